@@ -1,0 +1,281 @@
+//! Handoff's use of NATS JetStream: one work-queue stream, subjects partitioned by member,
+//! publishing that waits for the stream's acknowledgement, and ordered per-partition
+//! consumers that ack only after the handler's effect is durable.
+//!
+//! Subjects (`P` = `hash(member) % partitions`):
+//! - `<prefix>.events.p<P>.<kind>` — everything the router consumes;
+//! - `<prefix>.deliver.<target>.p<P>.<kind>` — commands for a gateway (`inlet`, `outlet`, `bot`).
+//!
+//! Every partition has one durable consumer per service with `max_ack_pending = 1`, so
+//! messages of one member are handled strictly in stream order even with many replicas,
+//! while the other partitions keep flowing.
+
+mod consume;
+mod propagation;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use handoff_proto::{Envelope, Message as _};
+use uuid::Uuid;
+
+pub use consume::{Handled, Handler, run_consumers};
+
+/// Where a command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// inlet-gateway: customer-facing Send API calls.
+    Inlet,
+    /// outlet-gateway: Livechat / Relay / Send API calls to live-chat systems.
+    Outlet,
+    /// outlet-gateway: calls to bots.
+    Bot,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Inlet => "inlet",
+            Target::Outlet => "outlet",
+            Target::Bot => "bot",
+        }
+    }
+}
+
+/// Why a publish did not happen. `Unavailable` is what an HTTP edge turns into 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("NATS JetStream is unavailable: {0}")]
+    Unavailable(String),
+    #[error("event has no member id; it cannot be partitioned")]
+    NoMember,
+}
+
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub url: String,
+    pub prefix: String,
+    pub partitions: u16,
+    pub duplicate_window: Duration,
+    pub ack_wait: Duration,
+    pub replicas: usize,
+}
+
+/// A connection to the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: BusSettings,
+}
+
+impl Bus {
+    /// Connects and creates (or updates) the stream; idempotent, so every replica of every
+    /// service may call it at start.
+    pub async fn connect(settings: BusSettings) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("handoff-{}", settings.prefix))
+            .retry_on_initial_connect()
+            .connect(&settings.url)
+            .await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(5));
+        let bus = Self {
+            client,
+            js,
+            settings,
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    pub fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
+    pub fn stream_name(&self) -> String {
+        self.settings.prefix.to_uppercase()
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn ensure_stream(&self) -> anyhow::Result<()> {
+        self.js
+            .create_or_update_stream(stream::Config {
+                name: self.stream_name(),
+                subjects: vec![format!("{}.>", self.settings.prefix)],
+                // Each subject has exactly one consumer, and a message is done once handled.
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: self.settings.duplicate_window,
+                num_replicas: self.settings.replicas,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the server connection is up (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn partition_of(&self, member_id: &str) -> u16 {
+        partition_of(member_id, self.settings.partitions)
+    }
+
+    pub fn event_subject(&self, envelope: &Envelope) -> Result<String, PublishError> {
+        let p = self.partition_for(envelope)?;
+        Ok(format!(
+            "{}.events.p{p}.{}",
+            self.settings.prefix,
+            envelope.kind()
+        ))
+    }
+
+    pub fn command_subject(
+        &self,
+        target: Target,
+        envelope: &Envelope,
+    ) -> Result<String, PublishError> {
+        let p = self.partition_for(envelope)?;
+        Ok(format!(
+            "{}.deliver.{}.p{p}.{}",
+            self.settings.prefix,
+            target.as_str(),
+            envelope.kind()
+        ))
+    }
+
+    fn partition_for(&self, envelope: &Envelope) -> Result<u16, PublishError> {
+        if envelope.member_id.is_empty() {
+            return Err(PublishError::NoMember);
+        }
+        Ok(self.partition_of(&envelope.member_id))
+    }
+
+    /// Publishes an event for the router and waits until JetStream has stored it.
+    pub async fn publish_event(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let subject = self.event_subject(envelope)?;
+        self.publish_raw(
+            subject,
+            &envelope.event_id,
+            Bytes::from(envelope.encode_to_vec()),
+        )
+        .await
+    }
+
+    /// Publishes already-encoded bytes under `id`, with the current trace context, and
+    /// waits for the stream's acknowledgement (a duplicate id is acknowledged too).
+    pub async fn publish_raw(
+        &self,
+        subject: String,
+        id: &str,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        propagation::inject_current(&mut headers);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                    PublishError::Unavailable(e.to_string())
+                }
+                _ => PublishError::Unavailable(e.to_string()),
+            })?;
+        ack.await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes the stream (tests clean up after themselves with this).
+    pub async fn delete_stream(&self) -> anyhow::Result<()> {
+        self.js.delete_stream(self.stream_name()).await?;
+        Ok(())
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}
+
+/// Stable partition of a member id: the member id is a UUID whose bits are already uniform,
+/// but any string is accepted (hashed with FNV-1a so every service agrees).
+pub fn partition_of(member_id: &str, partitions: u16) -> u16 {
+    let partitions = partitions.max(1) as u64;
+    let hash = member_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % partitions) as u16
+}
+
+/// A fresh, time-ordered event id.
+pub fn new_event_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// The id of the `index`-th command derived from event `cause`: deterministic, so
+/// re-processing an event re-emits the same ids and JetStream / receivers drop copies.
+pub fn derived_id(cause: &str, purpose: &str, index: usize) -> String {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x1d0a_77c3_5b1e_4c49_8f0e_63a9_b2d4_e805);
+    Uuid::new_v5(&NAMESPACE, format!("{cause}/{purpose}/{index}").as_bytes()).to_string()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl BusSettings {
+    pub fn from_config(nats: &handoff_config::NatsSettings) -> Self {
+        Self {
+            url: nats.url.clone(),
+            prefix: nats.prefix.clone(),
+            partitions: nats.partitions,
+            duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
+            ack_wait: Duration::from_secs(nats.ack_wait_secs),
+            replicas: nats.replicas,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        for i in 0..1000 {
+            let id = format!("member-{i}");
+            let p = partition_of(&id, 16);
+            assert!(p < 16);
+            assert_eq!(p, partition_of(&id, 16));
+        }
+    }
+
+    #[test]
+    fn partitions_spread_members() {
+        let mut seen = [0usize; 8];
+        for i in 0..800 {
+            seen[partition_of(&Uuid::new_v4().to_string(), 8) as usize] += 1;
+            let _ = i;
+        }
+        assert!(seen.iter().all(|&n| n > 40), "{seen:?}");
+    }
+
+    #[test]
+    fn derived_ids_are_deterministic_and_distinct() {
+        assert_eq!(derived_id("e1", "bot", 0), derived_id("e1", "bot", 0));
+        assert_ne!(derived_id("e1", "bot", 0), derived_id("e1", "bot", 1));
+        assert_ne!(derived_id("e1", "bot", 0), derived_id("e2", "bot", 0));
+    }
+}

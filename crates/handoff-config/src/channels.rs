@@ -1,0 +1,442 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Why a channels file was refused. Every message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot read channels file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("channels file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    /// A Stella-compatible custom platform (web chat, messenger, custom live chat).
+    Custom,
+    /// Any HTTP bot speaking Handoff's webhook-bot protocol.
+    WebhookBot,
+    Selarti,
+    Zendesk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Inlet,
+    Outlet,
+    Bot,
+}
+
+/// How members of an inlet are handed to humans, and how long each state may last.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HandoffRules {
+    /// Customer texts that ask for a human (matched case-insensitively, whole message).
+    pub keywords: Vec<String>,
+    /// Postback payloads that ask for a human.
+    pub postbacks: Vec<String>,
+    /// PENDING without an answer from the outlet this long returns the member to the bot.
+    pub pending_timeout_secs: u64,
+    /// LIVE without any message this long returns the member to the bot (Stella: 24 h).
+    pub live_idle_timeout_secs: u64,
+    /// How long a `chatHistoryURL` stays valid.
+    pub history_link_ttl_secs: u64,
+}
+
+impl Default for HandoffRules {
+    fn default() -> Self {
+        Self {
+            keywords: Vec::new(),
+            postbacks: Vec::new(),
+            pending_timeout_secs: 300,
+            live_idle_timeout_secs: 24 * 3600,
+            history_link_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Agent-side commands of an outlet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LiveChatRules {
+    /// The agent command that ends a live chat.
+    pub end_command: String,
+    /// What the customer is told when an agent ends the live chat (empty: nothing).
+    pub end_text: String,
+}
+
+impl Default for LiveChatRules {
+    fn default() -> Self {
+        Self {
+            end_command: "done".into(),
+            end_text: "The agent has left the chat. You are talking to our assistant again.".into(),
+        }
+    }
+}
+
+/// One configured link to an external system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Channel {
+    pub id: String,
+    pub org: String,
+    pub platform: Platform,
+    pub role: Role,
+    /// What callers must present to this channel's inbound endpoint.
+    pub access_token: SecretString,
+    /// When set, outbound calls for this channel carry a Standard Webhooks signature.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    /// Platform endpoints and anything else the platform wants echoed in `channel.info`.
+    #[serde(default)]
+    pub info: Map<String, Value>,
+    /// Inlets: the bot that answers members while no human does.
+    #[serde(default)]
+    pub bot: Option<String>,
+    /// Inlets: where members are handed when they ask for a human.
+    #[serde(default)]
+    pub outlet: Option<String>,
+    #[serde(default)]
+    pub handoff: HandoffRules,
+    #[serde(default)]
+    pub live_chat: LiveChatRules,
+}
+
+impl Channel {
+    /// A string field of `info`, e.g. `sendResponseApi`.
+    pub fn info_str(&self, key: &str) -> Option<&str> {
+        self.info.get(key).and_then(Value::as_str)
+    }
+
+    /// Constant-time comparison of a presented token with this channel's.
+    pub fn token_matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        presented
+            .as_bytes()
+            .ct_eq(self.access_token.expose_secret().as_bytes())
+            .into()
+    }
+
+    pub fn member_id(&self, external_id: &str) -> Uuid {
+        member_id(&self.id, external_id)
+    }
+}
+
+/// Handoff's member `_id`: a name-based UUID of (inlet channel, externalId), so every
+/// gateway derives the same id, and so the same partition, without a database.
+pub fn member_id(channel: &str, external_id: &str) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_8d2e_4a0b_4f6e_9d57_2b1c_0e3a_5f71);
+    Uuid::new_v5(&NAMESPACE, format!("{channel}\n{external_id}").as_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsFile {
+    channels: Vec<Channel>,
+}
+
+/// All configured channels, by id.
+#[derive(Debug, Clone, Default)]
+pub struct Channels {
+    by_id: HashMap<String, Arc<Channel>>,
+}
+
+impl Channels {
+    pub fn load(path: &Path) -> Result<Self, ChannelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ChannelError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ChannelError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates a channels document; the error names the offending field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        expand_env(&mut value, "")?;
+        let file: ChannelsFile =
+            serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
+                p if p == "." => e.inner().to_string(),
+                p => format!("{p}: {}", e.inner()),
+            })?;
+        let mut by_id = HashMap::new();
+        for (i, channel) in file.channels.into_iter().enumerate() {
+            validate_shape(i, &channel)?;
+            let id = channel.id.clone();
+            if by_id.insert(id.clone(), Arc::new(channel)).is_some() {
+                return Err(format!("channels[{i}].id: `{id}` is used twice"));
+            }
+        }
+        let channels = Self { by_id };
+        channels.validate_links()?;
+        Ok(channels)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Channel>> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
+        self.by_id.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn validate_links(&self) -> Result<(), String> {
+        for channel in self.by_id.values() {
+            let id = &channel.id;
+            for (field, target, role) in [
+                ("bot", &channel.bot, Role::Bot),
+                ("outlet", &channel.outlet, Role::Outlet),
+            ] {
+                let Some(target) = target else { continue };
+                let other = self.by_id.get(target).ok_or_else(|| {
+                    format!("channel `{id}`.{field}: no channel has id `{target}`")
+                })?;
+                if other.role != role {
+                    return Err(format!(
+                        "channel `{id}`.{field}: channel `{target}` has role {:?}, expected {role:?}",
+                        other.role
+                    ));
+                }
+                if other.org != channel.org {
+                    return Err(format!(
+                        "channel `{id}`.{field}: channel `{target}` belongs to org `{}`, not `{}`",
+                        other.org, channel.org
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
+    let valid_token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    };
+    if !valid_token(&c.id) {
+        return Err(format!(
+            "channels[{i}].id: `{}` must be 1-64 characters of A-Z, a-z, 0-9, `-`, `_`",
+            c.id
+        ));
+    }
+    if !valid_token(&c.org) {
+        return Err(format!(
+            "channel `{}`.org: `{}` must be 1-64 characters of A-Z, a-z, 0-9, `-`, `_`",
+            c.id, c.org
+        ));
+    }
+    if c.access_token.expose_secret().len() < 8 {
+        return Err(format!(
+            "channel `{}`.accessToken: must be at least 8 characters",
+            c.id
+        ));
+    }
+    let need_url = |key: &str| -> Result<(), String> {
+        match c.info_str(key) {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+            Some(u) => Err(format!(
+                "channel `{}`.info.{key}: `{u}` is not an http(s) URL",
+                c.id
+            )),
+            None => Err(format!(
+                "channel `{}`.info.{key}: required for a {:?} {:?} channel",
+                c.id, c.platform, c.role
+            )),
+        }
+    };
+    match (c.platform, c.role) {
+        (Platform::Custom, Role::Inlet) => need_url("sendResponseApi")?,
+        (Platform::Custom, Role::Outlet) => {
+            need_url("livechatApi")?;
+            need_url("relayResponseApi")?;
+        }
+        (Platform::WebhookBot, Role::Bot) => need_url("url")?,
+        (Platform::Selarti | Platform::Zendesk, _) => {
+            return Err(format!(
+                "channel `{}`.platform: {:?} is not available in this version of Handoff",
+                c.id, c.platform
+            ));
+        }
+        (platform, role) => {
+            return Err(format!(
+                "channel `{}`.role: a {platform:?} channel cannot have role {role:?}",
+                c.id
+            ));
+        }
+    }
+    if c.role == Role::Inlet && c.bot.is_none() {
+        return Err(format!(
+            "channel `{}`.bot: an inlet needs the id of the bot that answers its members",
+            c.id
+        ));
+    }
+    if c.role != Role::Inlet && (c.bot.is_some() || c.outlet.is_some()) {
+        return Err(format!(
+            "channel `{}`: only inlets have `bot` and `outlet`",
+            c.id
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` in every string with the environment variable NAME.
+fn expand_env(value: &mut serde_yaml::Value, path: &str) -> Result<(), String> {
+    match value {
+        serde_yaml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("{path}: unterminated `${{` in value"))?;
+                let name = &after[..end];
+                let val = std::env::var(name)
+                    .map_err(|_| format!("{path}: environment variable `{name}` is not set"))?;
+                out.push_str(&val);
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = k.as_str().unwrap_or("?");
+                let child = if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                };
+                expand_env(v, &child)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+channels:
+  - id: web
+    org: acme
+    platform: custom
+    role: inlet
+    accessToken: "${HANDOFF_TEST_TOKEN}"
+    info:
+      sendResponseApi: http://127.0.0.1:9/send
+      brand: acme-blue
+    bot: echo
+    outlet: desk
+  - id: echo
+    org: acme
+    platform: webhook-bot
+    role: bot
+    accessToken: bot-token-123
+    info: { url: "http://127.0.0.1:9/bot" }
+  - id: desk
+    org: acme
+    platform: custom
+    role: outlet
+    accessToken: desk-token-123
+    info:
+      livechatApi: http://127.0.0.1:9/livechat
+      relayResponseApi: http://127.0.0.1:9/relay
+"#;
+
+    #[test]
+    fn a_valid_file_loads_and_keeps_extra_info_keys() {
+        let text = VALID.replace("${HANDOFF_TEST_TOKEN}", "s3cret-token");
+        let channels = Channels::parse(&text).unwrap();
+        let web = channels.get("web").unwrap();
+        assert_eq!(web.info_str("brand"), Some("acme-blue"));
+        assert!(web.token_matches("s3cret-token"));
+        assert!(!web.token_matches("s3cret-tokeN"));
+        assert_eq!(web.live_chat.end_command, "done");
+    }
+
+    #[test]
+    fn a_missing_env_reference_names_the_field() {
+        let text = VALID.replace("HANDOFF_TEST_TOKEN", "HANDOFF_SURELY_UNSET_VARIABLE");
+        let err = Channels::parse(&text).unwrap_err();
+        assert!(err.contains("channels[0].accessToken"), "{err}");
+        assert!(err.contains("HANDOFF_SURELY_UNSET_VARIABLE"), "{err}");
+    }
+
+    #[test]
+    fn env_references_are_expanded_from_the_environment() {
+        // PATH is set in every environment a test runs in.
+        let text = VALID
+            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
+            .replace("acme-blue", "${PATH}");
+        let channels = Channels::parse(&text).unwrap();
+        assert_eq!(
+            channels.get("web").unwrap().info_str("brand"),
+            Some(std::env::var("PATH").unwrap().as_str())
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let text = VALID
+            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
+            .replacen("    org: acme\n", "", 1);
+        let err = Channels::parse(&text).unwrap_err();
+        assert!(err.contains("channels[0]") && err.contains("org"), "{err}");
+    }
+
+    #[test]
+    fn a_custom_inlet_without_send_api_is_refused() {
+        let text = VALID
+            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
+            .replace("sendResponseApi", "sendApi");
+        let err = Channels::parse(&text).unwrap_err();
+        assert!(err.contains("`web`.info.sendResponseApi"), "{err}");
+    }
+
+    #[test]
+    fn a_link_to_an_unknown_bot_is_refused() {
+        let text = VALID
+            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
+            .replace("bot: echo", "bot: nobody");
+        let err = Channels::parse(&text).unwrap_err();
+        assert!(err.contains("`web`.bot") && err.contains("nobody"), "{err}");
+    }
+
+    #[test]
+    fn member_ids_are_stable_and_channel_scoped() {
+        assert_eq!(member_id("web", "u1"), member_id("web", "u1"));
+        assert_ne!(member_id("web", "u1"), member_id("web2", "u1"));
+        assert_ne!(member_id("web", "u1"), member_id("web", "u2"));
+    }
+}

@@ -1,0 +1,17 @@
+//! One typed configuration for every Handoff service, and the channels file.
+//!
+//! Settings are layered: built-in defaults, then an optional YAML file named by
+//! `HANDOFF_CONFIG`, then `HANDOFF_*` environment variables (`__` separates levels, e.g.
+//! `HANDOFF_NATS__URL`). Channels live in their own YAML file (`HANDOFF_CHANNELS`), because
+//! they are data an operator edits, not process tuning.
+
+mod channels;
+mod settings;
+
+pub use channels::{
+    Channel, ChannelError, Channels, HandoffRules, LiveChatRules, Platform, Role, member_id,
+};
+pub use settings::{
+    DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings, Settings, SettingsError,
+    TelemetrySettings,
+};

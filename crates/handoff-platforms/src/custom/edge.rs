@@ -1,0 +1,150 @@
+//! The HTTP edge of the Webhook API (`POST /v2.4/customWebhook?accessToken=…&c=…&a=…`),
+//! shared by inlet-gateway (inlet channels) and outlet-gateway (outlet channels).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use handoff_config::{Channel, Channels, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::transform::{WebhookRequest, parse_webhook_request};
+
+/// The path Stella's custom platforms post to; keeping it lets a platform move to Handoff
+/// by changing the host only.
+pub const WEBHOOK_PATH: &str = "/v2.4/customWebhook";
+
+/// Query parameters of the Webhook API. All optional here so their absence gets our own
+/// error, not the extractor's.
+#[derive(Debug, Deserialize)]
+pub struct WebhookQuery {
+    #[serde(rename = "accessToken")]
+    pub access_token: Option<String>,
+    pub c: Option<String>,
+    pub a: Option<String>,
+}
+
+/// Everything the Webhook API can answer besides 200. The status mapping is exhaustive.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("query parameter `{0}` is required")]
+    MissingParameter(&'static str),
+    #[error("body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+    #[error("the access token is missing or wrong")]
+    Unauthorized,
+    #[error("no channel `{channel}` in org `{org}` is served here")]
+    UnknownChannel { channel: String, org: String },
+    #[error("no member `{0}` is known")]
+    UnknownMember(String),
+    #[error("no open conversation `{0}` on this outlet")]
+    UnknownConversation(String),
+    #[error("member `{0}` is not in a live chat")]
+    NotLive(String),
+    #[error("body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the message could not be stored; try again")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::UnknownChannel { .. } => (StatusCode::NOT_FOUND, "unknown_channel"),
+            ApiError::UnknownMember(_) => (StatusCode::NOT_FOUND, "unknown_member"),
+            ApiError::UnknownConversation(_) => (StatusCode::NOT_FOUND, "unknown_conversation"),
+            ApiError::NotLive(_) => (StatusCode::CONFLICT, "member_not_live"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        match &self {
+            ApiError::Unavailable(detail) | ApiError::Internal(detail) => {
+                tracing::error!(%detail, code, "request failed");
+            }
+            _ => tracing::info!(error = %self, code, "request refused"),
+        }
+        let mut error = json!({"code": code, "message": self.to_string()});
+        if let ApiError::InvalidField { field, .. } = &self {
+            error["field"] = json!(field);
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// Finds the channel named by `c`/`a` among those with `role`, then checks the token in
+/// constant time.
+pub fn authorize(
+    channels: &Channels,
+    query: &WebhookQuery,
+    role: Role,
+) -> Result<Arc<Channel>, ApiError> {
+    let channel_id = query
+        .c
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::MissingParameter("c"))?;
+    let org = query
+        .a
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::MissingParameter("a"))?;
+    let token = query
+        .access_token
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let channel = channels
+        .get(channel_id)
+        .filter(|c| c.org == org && c.role == role)
+        .ok_or_else(|| ApiError::UnknownChannel {
+            channel: channel_id.to_string(),
+            org: org.to_string(),
+        })?;
+    if !channel.token_matches(token) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(channel.clone())
+}
+
+/// Reads and validates the body of a Webhook API request; also returns the parsed JSON,
+/// whose canonical form (sorted keys) identifies a re-posted body.
+pub fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    inlet: bool,
+) -> Result<(WebhookRequest, serde_json::Value), ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let request =
+        parse_webhook_request(value.clone(), inlet).map_err(|e| ApiError::InvalidField {
+            field: e.field,
+            message: e.message,
+        })?;
+    Ok((request, value))
+}

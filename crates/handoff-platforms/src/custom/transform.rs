@@ -1,0 +1,537 @@
+use handoff_proto::v1::{button, content, media};
+use handoff_proto::{
+    Button, Buttons, Card, Carousel, Choice, Content, HandoffDetails, Media, Member, Postback,
+    QuickReplies, Text, Unsupported,
+};
+use serde_json::{Map, Value, json};
+
+use super::wire::{StellaTimestamp, StellaWebhookBody};
+
+/// A validated Webhook API request, in Handoff's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookRequest {
+    /// `sendToBot`: a customer message (on an inlet) or an agent command (on an outlet).
+    SendToBot {
+        external_id: Option<String>,
+        profile: Map<String, Value>,
+        from: String,
+        to: Option<String>,
+        content: Content,
+        source_message_id: Option<String>,
+        timestamp_ms: i64,
+    },
+    /// `sendToInlet`: an agent's reply for the member `member_id`.
+    SendToInlet {
+        member_id: String,
+        content: Content,
+        source_message_id: Option<String>,
+    },
+}
+
+/// A request that does not follow the protocol, with the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidRequest {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses a Webhook API body. `inlet` is true for inlet channels, where `profile`,
+/// `externalId` and `sendToBot` are required.
+pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest, InvalidRequest> {
+    let body: StellaWebhookBody = serde_path_to_error::deserialize(body).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.inner().to_string();
+        // serde names a missing field in its message; surface it as the field.
+        match message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            Some(missing) => {
+                let full = if field == "." {
+                    missing.to_string()
+                } else {
+                    format!("{field}.{missing}")
+                };
+                invalid(&full, format!("`{full}` is required"))
+            }
+            None => invalid(&field, message),
+        }
+    })?;
+    match (body.send_to_bot, body.send_to_inlet) {
+        (Some(_), Some(_)) => Err(invalid(
+            "sendToBot",
+            "a request carries either `sendToBot` or `sendToInlet`, not both",
+        )),
+        (None, None) => Err(invalid(
+            "sendToBot",
+            "one of `sendToBot` or `sendToInlet` is required",
+        )),
+        (None, Some(_)) if inlet => Err(invalid(
+            "sendToInlet",
+            "`sendToInlet` is accepted on outlet channels only",
+        )),
+        (Some(stb), None) => {
+            let ev = stb.message_event;
+            if inlet && body.profile.is_none() {
+                return Err(invalid("profile", "`profile` is required"));
+            }
+            let external_id = body.external_id.filter(|s| !s.is_empty());
+            if inlet && external_id.is_none() {
+                return Err(invalid("externalId", "`externalId` is required"));
+            }
+            if ev.from.is_empty() {
+                return Err(invalid(
+                    "sendToBot.messageEvent.from",
+                    "`sendToBot.messageEvent.from` must not be empty",
+                ));
+            }
+            let timestamp_ms = match ev.timestamp {
+                StellaTimestamp::Number(n) => n,
+                StellaTimestamp::Text(s) => s.trim().parse::<i64>().map_err(|_| {
+                    invalid(
+                        "sendToBot.messageEvent.timestamp",
+                        "`timestamp` must be a number (ms since epoch)",
+                    )
+                })?,
+            };
+            // Epoch seconds (10 digits) are normalized to ms.
+            let timestamp_ms = if timestamp_ms < 100_000_000_000 {
+                timestamp_ms * 1000
+            } else {
+                timestamp_ms
+            };
+            let content = content_from_message_event(&ev.kind, &ev.data)?;
+            let source_message_id = ev.message_id.or_else(|| {
+                ev.data
+                    .get("messageId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            Ok(WebhookRequest::SendToBot {
+                external_id,
+                profile: body.profile.unwrap_or_default(),
+                from: ev.from,
+                to: ev.to.filter(|s| !s.is_empty()),
+                content,
+                source_message_id,
+                timestamp_ms,
+            })
+        }
+        (None, Some(sti)) => {
+            if sti.member_id.is_empty() {
+                return Err(invalid(
+                    "sendToInlet.memberId",
+                    "`sendToInlet.memberId` must not be empty",
+                ));
+            }
+            let source_message_id = sti
+                .response
+                .get("messageId")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let content = content_from_response(&Value::Object(sti.response))
+                .map_err(|m| invalid("sendToInlet.response", m))?;
+            Ok(WebhookRequest::SendToInlet {
+                member_id: sti.member_id,
+                content,
+                source_message_id,
+            })
+        }
+    }
+}
+
+/// A customer message event becomes content whose raw form is a Stella response object
+/// (`{"type": …, …data}`), so relaying it to an outlet loses nothing.
+fn content_from_message_event(
+    kind: &str,
+    data: &Map<String, Value>,
+) -> Result<Content, InvalidRequest> {
+    let text = data.get("text").and_then(Value::as_str);
+    let payload = data.get("payload").and_then(Value::as_str);
+    let kind_upper = kind.to_ascii_uppercase();
+    let typed = match kind_upper.as_str() {
+        "TEXT" => content::Kind::Text(Text {
+            text: text
+                .ok_or_else(|| {
+                    invalid(
+                        "sendToBot.messageEvent.data.text",
+                        "a TEXT message needs `data.text`",
+                    )
+                })?
+                .to_string(),
+        }),
+        "PAYLOAD" => content::Kind::Postback(Postback {
+            payload: payload
+                .ok_or_else(|| {
+                    invalid(
+                        "sendToBot.messageEvent.data.payload",
+                        "a PAYLOAD message needs `data.payload`",
+                    )
+                })?
+                .to_string(),
+            title: text.unwrap_or_default().to_string(),
+        }),
+        "" => {
+            return Err(invalid(
+                "sendToBot.messageEvent.type",
+                "`type` must not be empty",
+            ));
+        }
+        other => content::Kind::Unsupported(Unsupported {
+            original_type: other.to_string(),
+        }),
+    };
+    let mut raw = Map::new();
+    raw.insert("type".into(), Value::String(kind_upper));
+    raw.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(Content {
+        kind: Some(typed),
+        raw_json: Value::Object(raw).to_string(),
+    })
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn buttons_of(v: &Value) -> Vec<Button> {
+    v.get("buttons")
+        .and_then(Value::as_array)
+        .map(|bs| {
+            bs.iter()
+                .map(|b| {
+                    let (kind, value) = match str_of(b, "type") {
+                        "web_url" | "url" => (button::Kind::Url, str_of(b, "url")),
+                        "phone_number" | "call" => (button::Kind::Call, str_of(b, "payload")),
+                        _ => (button::Kind::Postback, str_of(b, "payload")),
+                    };
+                    Button {
+                        kind: kind as i32,
+                        title: str_of(b, "title").to_string(),
+                        value: value.to_string(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Stella response object (bot answer, agent reply) into normalized content. Unknown
+/// types are kept as `Unsupported` with the whole object in `raw_json`.
+pub fn content_from_response(v: &Value) -> Result<Content, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| "a response must be a JSON object".to_string())?;
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "a response needs a string `type`".to_string())?
+        .to_ascii_uppercase();
+    let typed = match kind.as_str() {
+        "TEXT" => {
+            let text = str_of(v, "text").to_string();
+            match v.get("quickReplies").and_then(Value::as_array) {
+                Some(qrs) if !qrs.is_empty() => content::Kind::QuickReplies(QuickReplies {
+                    text,
+                    options: qrs
+                        .iter()
+                        .map(|q| Choice {
+                            title: str_of(q, "title").to_string(),
+                            payload: str_of(q, "payload").to_string(),
+                        })
+                        .collect(),
+                }),
+                _ => content::Kind::Text(Text { text }),
+            }
+        }
+        "PAYLOAD" => content::Kind::Postback(Postback {
+            payload: str_of(v, "payload").to_string(),
+            title: str_of(v, "text").to_string(),
+        }),
+        "IMAGE" | "AUDIO" | "VIDEO" | "FILE" | "STICKER" => content::Kind::Media(Media {
+            kind: match kind.as_str() {
+                "IMAGE" => media::Kind::Image,
+                "AUDIO" => media::Kind::Audio,
+                "VIDEO" => media::Kind::Video,
+                "FILE" => media::Kind::File,
+                _ => media::Kind::Sticker,
+            } as i32,
+            url: str_of(v, "url").to_string(),
+            caption: str_of(v, "text").to_string(),
+        }),
+        "BUTTON" => content::Kind::Buttons(Buttons {
+            text: str_of(v, "text").to_string(),
+            buttons: buttons_of(v),
+        }),
+        "CAROUSEL" => content::Kind::Carousel(Carousel {
+            cards: v
+                .get("carousel")
+                .and_then(Value::as_array)
+                .map(|cards| {
+                    cards
+                        .iter()
+                        .map(|c| Card {
+                            title: str_of(c, "title").to_string(),
+                            subtitle: str_of(c, "subtitle").to_string(),
+                            image_url: str_of(c, "image_url").to_string(),
+                            buttons: buttons_of(c),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        other => content::Kind::Unsupported(Unsupported {
+            original_type: other.to_string(),
+        }),
+    };
+    Ok(Content {
+        kind: Some(typed),
+        raw_json: v.to_string(),
+    })
+}
+
+/// Normalized content as a Stella response object: the original object when there is one
+/// (lossless), otherwise built from the typed form.
+pub fn content_to_response(content: &Content) -> Value {
+    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&content.raw_json) {
+        return v;
+    }
+    let button = |b: &Button| match button::Kind::try_from(b.kind).unwrap_or_default() {
+        button::Kind::Url => json!({"type": "web_url", "title": b.title, "url": b.value}),
+        button::Kind::Call => json!({"type": "phone_number", "title": b.title, "payload": b.value}),
+        _ => json!({"type": "postback", "title": b.title, "payload": b.value}),
+    };
+    match &content.kind {
+        Some(content::Kind::Text(t)) => json!({"type": "TEXT", "text": t.text}),
+        Some(content::Kind::Postback(p)) => {
+            json!({"type": "PAYLOAD", "payload": p.payload, "text": p.title})
+        }
+        Some(content::Kind::QuickReplies(q)) => json!({
+            "type": "TEXT",
+            "text": q.text,
+            "quickReplies": q.options.iter().map(|o| json!({
+                "content_type": "text", "title": o.title, "payload": o.payload
+            })).collect::<Vec<_>>(),
+        }),
+        Some(content::Kind::Buttons(b)) => json!({
+            "type": "BUTTON",
+            "text": b.text,
+            "buttons": b.buttons.iter().map(button).collect::<Vec<_>>(),
+        }),
+        Some(content::Kind::Carousel(c)) => json!({
+            "type": "CAROUSEL",
+            "carousel": c.cards.iter().map(|card| json!({
+                "title": card.title,
+                "subtitle": card.subtitle,
+                "image_url": card.image_url,
+                "buttons": card.buttons.iter().map(button).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Some(content::Kind::Media(m)) => {
+            let kind = match media::Kind::try_from(m.kind).unwrap_or_default() {
+                media::Kind::Audio => "AUDIO",
+                media::Kind::Video => "VIDEO",
+                media::Kind::File => "FILE",
+                media::Kind::Sticker => "STICKER",
+                _ => "IMAGE",
+            };
+            json!({"type": kind, "url": m.url, "text": m.caption})
+        }
+        Some(content::Kind::Location(l)) => json!({
+            "type": "TEXT",
+            "text": format!("{} ({}, {})", l.title, l.latitude, l.longitude),
+        }),
+        Some(content::Kind::Unsupported(u)) => json!({"type": u.original_type}),
+        None => json!({"type": "TEXT", "text": ""}),
+    }
+}
+
+fn json_object(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::Object(Map::new()),
+    }
+}
+
+fn bot_meta(member: &Member) -> Value {
+    json!({
+        "liveChat": member.live_chat,
+        "tempData": json_object(&member.temp_data_json),
+    })
+}
+
+/// Send API body: `{response, member: {externalId, profile, meta, botMeta}, channel: {info}}`
+/// plus `conversationId` when the response goes to a conversation.
+pub fn send_body(
+    content: &Content,
+    member: &Member,
+    channel_info: &Map<String, Value>,
+    conversation_id: Option<&str>,
+) -> Value {
+    let mut body = json!({
+        "response": content_to_response(content),
+        "member": {
+            "externalId": member.external_id,
+            "profile": json_object(&member.profile_json),
+            "meta": json_object(&member.meta_json),
+            "botMeta": bot_meta(member),
+        },
+        "channel": { "info": channel_info },
+    });
+    if let Some(id) = conversation_id {
+        body["conversationId"] = Value::String(id.to_string());
+    }
+    body
+}
+
+/// Relay API body: `{response, member: {_id, profile, meta, botMeta: {liveChat, tempData}},
+/// channel: {info}}` (channel = the outlet), plus Handoff's `conversationId`.
+pub fn relay_body(
+    content: &Content,
+    member: &Member,
+    outlet_info: &Map<String, Value>,
+    conversation_id: &str,
+) -> Value {
+    json!({
+        "response": content_to_response(content),
+        "member": {
+            "_id": member.id,
+            "profile": json_object(&member.profile_json),
+            "meta": json_object(&member.meta_json),
+            "botMeta": bot_meta(member),
+        },
+        "channel": { "info": outlet_info },
+        "conversationId": conversation_id,
+    })
+}
+
+/// Livechat API body: `{member: {_id, profile, meta, botMeta}, assignmentDetails: {summary,
+/// groupName}, chatHistoryURL, meta}`; `meta` carries Handoff's `conversationId`, the
+/// label and whatever meta the trigger supplied.
+pub fn livechat_body(
+    member: &Member,
+    details: &HandoffDetails,
+    chat_history_url: &str,
+    conversation_id: &str,
+) -> Value {
+    let mut meta = json_object(&details.meta_json);
+    if let Value::Object(m) = &mut meta {
+        m.insert("conversationId".into(), json!(conversation_id));
+        if !details.label.is_empty() {
+            m.insert("label".into(), json!(details.label));
+        }
+        m.insert("trigger".into(), json!(details.trigger));
+    }
+    json!({
+        "member": {
+            "_id": member.id,
+            "externalId": member.external_id,
+            "profile": json_object(&member.profile_json),
+            "meta": json_object(&member.meta_json),
+            "botMeta": bot_meta(member),
+        },
+        "assignmentDetails": {
+            "summary": details.summary,
+            "groupName": details.group_name,
+        },
+        "chatHistoryURL": chat_history_url,
+        "meta": meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inlet_body() -> Value {
+        json!({
+            "profile": {"firstName": "Ada"},
+            "externalId": "u-1",
+            "sendToBot": {"messageEvent": {
+                "from": "u-1", "to": "web", "type": "TEXT",
+                "data": {"text": "hello"}, "timestamp": 1_599_536_864_000_i64
+            }}
+        })
+    }
+
+    #[test]
+    fn a_text_message_event_parses() {
+        let req = parse_webhook_request(inlet_body(), true).unwrap();
+        let WebhookRequest::SendToBot {
+            content,
+            timestamp_ms,
+            ..
+        } = req
+        else {
+            panic!("expected sendToBot")
+        };
+        assert_eq!(timestamp_ms, 1_599_536_864_000);
+        assert!(matches!(content.kind, Some(content::Kind::Text(ref t)) if t.text == "hello"));
+        assert_eq!(
+            content_to_response(&content),
+            json!({"type": "TEXT", "text": "hello"})
+        );
+    }
+
+    #[test]
+    fn a_missing_nested_field_is_named() {
+        let mut body = inlet_body();
+        body["sendToBot"]["messageEvent"]
+            .as_object_mut()
+            .unwrap()
+            .remove("from");
+        let err = parse_webhook_request(body, true).unwrap_err();
+        assert_eq!(err.field, "sendToBot.messageEvent.from");
+    }
+
+    #[test]
+    fn a_missing_external_id_is_named_on_inlets() {
+        let mut body = inlet_body();
+        body.as_object_mut().unwrap().remove("externalId");
+        assert_eq!(
+            parse_webhook_request(body, true).unwrap_err().field,
+            "externalId"
+        );
+    }
+
+    #[test]
+    fn seconds_as_strings_are_normalized_to_ms() {
+        let mut body = inlet_body();
+        body["sendToBot"]["messageEvent"]["timestamp"] = json!("1599536864");
+        let WebhookRequest::SendToBot { timestamp_ms, .. } =
+            parse_webhook_request(body, true).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(timestamp_ms, 1_599_536_864_000);
+    }
+
+    #[test]
+    fn quick_replies_round_trip_through_typed_content() {
+        let v = json!({"type": "TEXT", "text": "Pick", "quickReplies": [
+            {"content_type": "text", "title": "Yes", "payload": "Y"}]});
+        let mut c = content_from_response(&v).unwrap();
+        assert!(
+            matches!(c.kind, Some(content::Kind::QuickReplies(ref q)) if q.options[0].payload == "Y")
+        );
+        c.raw_json.clear();
+        assert_eq!(content_to_response(&c), v);
+    }
+
+    #[test]
+    fn unknown_response_types_are_kept_whole() {
+        let v = json!({"type": "LIST", "items": [1, 2]});
+        let c = content_from_response(&v).unwrap();
+        assert!(
+            matches!(c.kind, Some(content::Kind::Unsupported(ref u)) if u.original_type == "LIST")
+        );
+        assert_eq!(content_to_response(&c), v);
+    }
+}

@@ -1,0 +1,14 @@
+//! Platform adapters and the outbound HTTP client they share.
+//!
+//! - [`custom`]: the Stella-compatible custom platform protocol (Webhook API bodies we
+//!   accept; Livechat, Relay and Send API bodies we send), for inlets and outlets.
+//! - [`webhook_bot`]: Handoff's generic webhook-bot protocol.
+//! - [`outbound`]: signed (Standard Webhooks), retrying POSTs with a stable `webhook-id`.
+//!
+//! Wire shapes stay inside each adapter; the rest of Handoff sees `handoff_proto` types.
+
+pub mod custom;
+pub mod outbound;
+pub mod webhook_bot;
+
+pub use outbound::{DeliveryError, OutboundClient, OutboundSettings, Signer};

@@ -1,0 +1,282 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The platform-side APIs Handoff calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    Send,
+    Livechat,
+    Relay,
+}
+
+/// One call Handoff made to the platform.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub api: Api,
+    pub webhook_id: String,
+    pub signature: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Behaviour {
+    /// Answer with this status instead of 200 (`None`: healthy).
+    failing: Option<u16>,
+    /// Answer this many next calls with the failing status, then recover.
+    fail_next: usize,
+    /// Wait this long before answering.
+    stall: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Mutex<Vec<Recorded>>,
+    behaviour: Mutex<HashMap<Api, Behaviour>>,
+    notify: Notify,
+    tickets: Mutex<u64>,
+    verbose: bool,
+}
+
+/// A running simulated custom platform. Cheap to clone.
+#[derive(Clone)]
+pub struct CustomPlatform {
+    inner: Arc<Inner>,
+    port: u16,
+}
+
+impl CustomPlatform {
+    /// Binds `addr` (use `127.0.0.1:0` in tests) and serves `/send`, `/livechat`, `/relay`.
+    pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let port = listener.local_addr()?.port();
+        let inner = Arc::new(Inner {
+            verbose,
+            ..Default::default()
+        });
+        let app = Router::new()
+            .route("/send", post(|s, h, b| receive(Api::Send, s, h, b)))
+            .route("/livechat", post(|s, h, b| receive(Api::Livechat, s, h, b)))
+            .route("/relay", post(|s, h, b| receive(Api::Relay, s, h, b)))
+            .with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { inner, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every call to `api` so far, in arrival order.
+    pub fn calls(&self, api: Api) -> Vec<Recorded> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.api == api)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `api` has received at least `n` calls, or `timeout` passes.
+    pub async fn wait_for(&self, api: Api, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.notify.notified();
+            let calls = self.calls(api);
+            if calls.len() >= n || tokio::time::Instant::now() >= deadline {
+                return calls;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Makes `api` answer `status` until told otherwise (`None` heals it).
+    pub fn set_failing(&self, api: Api, status: Option<u16>) {
+        self.inner
+            .behaviour
+            .lock()
+            .unwrap()
+            .entry(api)
+            .or_default()
+            .failing = status;
+    }
+
+    /// Makes the next `n` calls to `api` answer `status`.
+    pub fn fail_next(&self, api: Api, n: usize, status: u16) {
+        let mut b = self.inner.behaviour.lock().unwrap();
+        let b = b.entry(api).or_default();
+        b.fail_next = n;
+        b.failing = Some(status);
+    }
+
+    /// Makes `api` wait `delay` before answering.
+    pub fn stall(&self, api: Api, delay: Duration) {
+        self.inner
+            .behaviour
+            .lock()
+            .unwrap()
+            .entry(api)
+            .or_default()
+            .stall = delay;
+    }
+}
+
+async fn receive(
+    api: Api,
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let (status, stall) = {
+        let mut all = inner.behaviour.lock().unwrap();
+        let b = all.entry(api).or_default();
+        let status = b.failing;
+        if b.fail_next > 0 {
+            b.fail_next -= 1;
+            if b.fail_next == 0 {
+                b.failing = None;
+            }
+        }
+        (status, b.stall)
+    };
+    if !stall.is_zero() {
+        tokio::time::sleep(stall).await;
+    }
+    if let Some(code) = status {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, Json(json!({"error": "simulated failure"})));
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if inner.verbose {
+        println!("[platform] {api:?} API <- {body}");
+    }
+    inner.calls.lock().unwrap().push(Recorded {
+        api,
+        webhook_id: header("webhook-id").unwrap_or_default(),
+        signature: header("webhook-signature"),
+        body,
+    });
+    inner.notify.notify_waiters();
+    let answer = match api {
+        Api::Livechat => {
+            let mut n = inner.tickets.lock().unwrap();
+            *n += 1;
+            json!({"ok": true, "ticketId": format!("T-{n}")})
+        }
+        _ => json!({"ok": true}),
+    };
+    (StatusCode::OK, Json(answer))
+}
+
+/// Posts to a hub's Webhook API the way a custom platform does.
+#[derive(Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl WebhookClient {
+    /// `base` is the gateway's root URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+        }
+    }
+
+    fn url(&self, channel: &str, org: &str, token: &str) -> String {
+        format!(
+            "{}/v2.4/customWebhook?accessToken={token}&c={channel}&a={org}",
+            self.base
+        )
+    }
+
+    /// Any body, for tests of bad input. Returns status and JSON body (or Null).
+    pub async fn post_raw(
+        &self,
+        channel: &str,
+        org: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .post(self.url(channel, org, token))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    pub async fn post(
+        &self,
+        channel: &str,
+        org: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        self.post_raw(channel, org, token, serde_json::to_vec(body)?, headers)
+            .await
+    }
+
+    /// The `sendToBot` body of a customer text message.
+    pub fn customer_text(external_id: &str, channel: &str, text: &str, timestamp_ms: i64) -> Value {
+        json!({
+            "profile": {"firstName": "Test", "lastName": external_id},
+            "externalId": external_id,
+            "sendToBot": {"messageEvent": {
+                "from": external_id, "to": channel, "type": "TEXT",
+                "data": {"text": text}, "timestamp": timestamp_ms
+            }}
+        })
+    }
+
+    /// The `sendToInlet` body of an agent reply.
+    pub fn agent_reply(member_id: &str, text: &str) -> Value {
+        json!({
+            "profile": {},
+            "externalId": "agent-1",
+            "sendToInlet": {"response": {"type": "TEXT", "text": text}, "memberId": member_id}
+        })
+    }
+
+    /// The `sendToBot` body of an agent command for a conversation.
+    pub fn agent_command(conversation: &str, text: &str, timestamp_ms: i64) -> Value {
+        json!({
+            "profile": {},
+            "externalId": "agent-1",
+            "sendToBot": {"messageEvent": {
+                "from": "agent-1", "to": conversation, "type": "TEXT",
+                "data": {"text": text}, "timestamp": timestamp_ms
+            }}
+        })
+    }
+}

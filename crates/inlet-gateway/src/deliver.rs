@@ -1,0 +1,77 @@
+//! `deliver.inlet` commands: responses for a customer, sent to the inlet's Send API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use handoff_bus::{Bus, Handled, Handler, derived_id, now_ms};
+use handoff_config::Channels;
+use handoff_platforms::custom::send_body;
+use handoff_platforms::{OutboundClient, Signer};
+use handoff_proto::{Body, DeliveryFailed, Envelope};
+
+pub(crate) struct Deliverer {
+    pub bus: Bus,
+    pub channels: Arc<Channels>,
+    pub client: OutboundClient,
+}
+
+impl Handler for Deliverer {
+    async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
+        let Some(Body::DeliverToMember(cmd)) = &envelope.body else {
+            tracing::error!(
+                kind = envelope.kind(),
+                "unexpected command on deliver.inlet"
+            );
+            return Handled::Done;
+        };
+        let Some(channel) = self.channels.get(&envelope.channel) else {
+            // Configuration differs between services (a rollout in progress): wait for it.
+            return Handled::Retry {
+                after: Duration::from_secs(30),
+                reason: format!("channel `{}` is not configured here", envelope.channel),
+            };
+        };
+        let (Some(member), Some(content)) = (&cmd.member, &cmd.content) else {
+            tracing::error!("deliver_to_member without member or content dropped");
+            return Handled::Done;
+        };
+        let Some(url) = channel.info_str("sendResponseApi") else {
+            tracing::error!(channel = %channel.id, "channel has no sendResponseApi");
+            return Handled::Done;
+        };
+        let body = send_body(content, member, &channel.info, None);
+        let signer = Signer::for_channel(channel);
+        match self
+            .client
+            .post_json(url, &envelope.event_id, &body, signer.as_ref())
+            .await
+        {
+            Ok(_) => Handled::Done,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery to the customer failed");
+                let failed = Envelope {
+                    event_id: derived_id(&envelope.event_id, "delivery_failed", 0),
+                    org: envelope.org.clone(),
+                    channel: envelope.channel.clone(),
+                    member_id: envelope.member_id.clone(),
+                    conversation_id: envelope.conversation_id.clone(),
+                    causation_id: envelope.event_id.clone(),
+                    accepted_at_ms: now_ms(),
+                    body: Some(Body::DeliveryFailed(DeliveryFailed {
+                        content: Some(content.clone()),
+                        reason: e.to_string(),
+                        status: e.status().unwrap_or_default().into(),
+                    })),
+                    ..Default::default()
+                };
+                match self.bus.publish_event(&failed).await {
+                    Ok(()) => Handled::Done,
+                    Err(e) => Handled::Retry {
+                        after: Duration::from_secs(1),
+                        reason: e.to_string(),
+                    },
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `deliver.outlet`: Livechat API (hand a member to humans), Relay API (a customer message
+//! while LIVE) and Send API with `conversationId` (a bot answer to an agent command).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use handoff_bus::{Bus, Handled, Handler};
+use handoff_config::Channels;
+use handoff_platforms::custom::{livechat_body, relay_body, send_body};
+use handoff_platforms::{OutboundClient, Signer};
+use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
+use serde_json::Value;
+
+use crate::publish_result;
+
+pub(crate) struct LiveChatDeliverer {
+    pub bus: Bus,
+    pub channels: Arc<Channels>,
+    pub client: OutboundClient,
+}
+
+/// The outlet's own id for the chat, if its Livechat API answer names one.
+fn ticket_id(body: &[u8]) -> String {
+    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    ["ticketId", "groupId", "conversationId", "id"]
+        .iter()
+        .find_map(|k| match v.get(*k) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+impl Handler for LiveChatDeliverer {
+    async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
+        let Some(outlet) = self.channels.get(&envelope.channel) else {
+            return Handled::Retry {
+                after: Duration::from_secs(30),
+                reason: format!("outlet `{}` is not configured here", envelope.channel),
+            };
+        };
+        let signer = Signer::for_channel(outlet);
+        let id = envelope.event_id.as_str();
+        let conversation = envelope.conversation_id.as_str();
+        match &envelope.body {
+            Some(Body::RequestLivechat(cmd)) => {
+                let url = outlet.info_str("livechatApi").unwrap_or_default();
+                let member = cmd.member.clone().unwrap_or_default();
+                let details = cmd.details.clone().unwrap_or_default();
+                let body = livechat_body(&member, &details, &cmd.chat_history_url, conversation);
+                let result = match self.client.post_json(url, id, &body, signer.as_ref()).await {
+                    Ok(ok) => Body::HandoffAccepted(HandoffAccepted {
+                        external_conversation_id: ticket_id(&ok.body),
+                    }),
+                    Err(e) => Body::HandoffFailed(HandoffFailed {
+                        reason: e.to_string(),
+                        status: e.status().unwrap_or_default().into(),
+                    }),
+                };
+                publish_result(&self.bus, &envelope, "livechat_result", &outlet.id, result).await
+            }
+            Some(Body::RelayToOutlet(cmd)) => {
+                let url = outlet.info_str("relayResponseApi").unwrap_or_default();
+                let member = cmd.member.clone().unwrap_or_default();
+                let content = cmd.content.clone().unwrap_or_default();
+                let body = relay_body(&content, &member, &outlet.info, conversation);
+                match self.client.post_json(url, id, &body, signer.as_ref()).await {
+                    Ok(_) => Handled::Done,
+                    Err(e) => {
+                        let failed = Body::RelayFailed(RelayFailed {
+                            content: Some(content),
+                            reason: e.to_string(),
+                            status: e.status().unwrap_or_default().into(),
+                        });
+                        publish_result(&self.bus, &envelope, "relay_failed", &outlet.id, failed)
+                            .await
+                    }
+                }
+            }
+            Some(Body::DeliverToOutlet(cmd)) => {
+                let Some(url) = outlet.info_str("sendResponseApi") else {
+                    tracing::warn!(outlet = %outlet.id, "outlet has no sendResponseApi; bot answer to an agent command dropped");
+                    return Handled::Done;
+                };
+                let member = cmd.member.clone().unwrap_or_default();
+                let content = cmd.content.clone().unwrap_or_default();
+                let body = send_body(&content, &member, &outlet.info, Some(&cmd.conversation_ref));
+                match self.client.post_json(url, id, &body, signer.as_ref()).await {
+                    Ok(_) => Handled::Done,
+                    Err(e) => {
+                        let failed = Body::DeliveryFailed(DeliveryFailed {
+                            content: Some(content),
+                            reason: e.to_string(),
+                            status: e.status().unwrap_or_default().into(),
+                        });
+                        publish_result(&self.bus, &envelope, "delivery_failed", &outlet.id, failed)
+                            .await
+                    }
+                }
+            }
+            _ => {
+                tracing::error!(
+                    kind = envelope.kind(),
+                    "unexpected command on deliver.outlet"
+                );
+                Handled::Done
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+use handoff_config::{Channels, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let _telemetry = handoff_service::init_telemetry(
+        "outlet-gateway",
+        &settings.telemetry.log_format,
+        settings.telemetry.otlp_endpoint.as_deref(),
+    )?;
+    let channels = Channels::load(&settings.channels)?;
+    let app = outlet_gateway::Application::build(&settings, channels).await?;
+    tracing::info!(port = app.port(), "outlet-gateway listening");
+    app.run_until_stopped(handoff_service::shutdown_token())
+        .await
+}

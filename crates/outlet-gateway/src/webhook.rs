@@ -1,0 +1,192 @@
+//! `POST /v2.4/customWebhook` for outlet channels: what agents send.
+//! - `sendToInlet {response, memberId}`: a reply for the customer; 404 for an unknown
+//!   member, 409 when the member is not in a live chat.
+//! - `sendToBot {messageEvent}`: an agent command for the conversation named by
+//!   `messageEvent.to` (Handoff's id or the outlet's ticket id); 404 when unknown.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use handoff_bus::{PublishError, derived_id, now_ms};
+use handoff_config::Role;
+use handoff_platforms::custom::WebhookRequest;
+use handoff_platforms::custom::edge::{
+    ApiError, WEBHOOK_PATH, WebhookQuery, authorize, parse_body,
+};
+use handoff_proto::{AgentCommand, AgentMessage, Body, Envelope};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::AppState;
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(receive))
+        .with_state(state)
+}
+
+/// The router's look-up contract (`<prefix>_rpc.lookup`), mirrored here.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LookupRequest<'a> {
+    member_id: Option<&'a str>,
+    outlet_channel: Option<&'a str>,
+    conversation_ref: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LookupReply {
+    found: bool,
+    member_id: String,
+    state: String,
+    conversation_id: String,
+    outlet_channel: String,
+    error: Option<String>,
+}
+
+async fn lookup(state: &AppState, request: LookupRequest<'_>) -> Result<LookupReply, ApiError> {
+    let subject = format!("{}_rpc.lookup", state.bus.settings().prefix);
+    let payload = serde_json::to_vec(&request).expect("serializable");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        state.bus.client().request(subject, payload.into()),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("member look-up timed out".into()))?
+    .map_err(|e| ApiError::Unavailable(format!("member look-up failed: {e}")))?;
+    let reply: LookupReply = serde_json::from_slice(&reply.payload)
+        .map_err(|e| ApiError::Internal(format!("bad look-up reply: {e}")))?;
+    if let Some(error) = reply.error {
+        return Err(ApiError::Unavailable(error));
+    }
+    Ok(reply)
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    Query(query): Query<WebhookQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let outlet = authorize(&state.channels, &query, Role::Outlet)?;
+    let (request, parsed) = parse_body(body, state.body_limit, false)?;
+    // A redelivery of the same agent message is recognised by the sender's stable id
+    // (Standard Webhooks `webhook-id`), else the message's own id, else its body.
+    let header_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("webhook-id:{s}"));
+    let body_id = || {
+        let digest = Sha256::digest(parsed.to_string().as_bytes());
+        format!(
+            "sha256:{}",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    };
+    let (member_id, conversation_id, source_id, occurred, body) = match request {
+        WebhookRequest::SendToInlet {
+            member_id,
+            content,
+            source_message_id,
+        } => {
+            let found = lookup(
+                &state,
+                LookupRequest {
+                    member_id: Some(&member_id),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            if !found.found {
+                return Err(ApiError::UnknownMember(member_id));
+            }
+            if found.state != "live" || found.outlet_channel != outlet.id {
+                return Err(ApiError::NotLive(member_id));
+            }
+            let source = header_id
+                .or(source_message_id.map(|m| format!("message-id:{m}")))
+                .unwrap_or_else(body_id);
+            (
+                found.member_id,
+                found.conversation_id,
+                source,
+                now_ms(),
+                Body::AgentMessage(AgentMessage {
+                    content: Some(content),
+                }),
+            )
+        }
+        WebhookRequest::SendToBot {
+            to,
+            content,
+            source_message_id,
+            timestamp_ms,
+            ..
+        } => {
+            let reference = to.ok_or_else(|| ApiError::InvalidField {
+                field: "sendToBot.messageEvent.to".into(),
+                message: "an agent command names its conversation in `messageEvent.to`".into(),
+            })?;
+            let found = lookup(
+                &state,
+                LookupRequest {
+                    outlet_channel: Some(&outlet.id),
+                    conversation_ref: Some(&reference),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            if !found.found || found.conversation_id.is_empty() {
+                return Err(ApiError::UnknownConversation(reference));
+            }
+            if found.state == "bot" {
+                return Err(ApiError::NotLive(found.member_id));
+            }
+            let source = header_id
+                .or(source_message_id.map(|m| format!("message-id:{m}")))
+                .unwrap_or_else(body_id);
+            (
+                found.member_id,
+                found.conversation_id,
+                source,
+                timestamp_ms,
+                Body::AgentCommand(AgentCommand {
+                    content: Some(content),
+                    conversation_ref: reference,
+                }),
+            )
+        }
+    };
+    let envelope = Envelope {
+        event_id: derived_id(&format!("{}\n{source_id}", outlet.id), "agent", 0),
+        org: outlet.org.clone(),
+        channel: outlet.id.clone(),
+        member_id,
+        conversation_id,
+        source_message_id: source_id,
+        occurred_at_ms: occurred,
+        accepted_at_ms: now_ms(),
+        body: Some(body),
+        ..Default::default()
+    };
+    state
+        .bus
+        .publish_event(&envelope)
+        .await
+        .map_err(|e| match e {
+            PublishError::Unavailable(why) => ApiError::Unavailable(why),
+            PublishError::NoMember => ApiError::Internal(e.to_string()),
+        })?;
+    Ok(Json(json!({"ok": true, "eventId": envelope.event_id})))
+}

@@ -1,0 +1,980 @@
+//! The conversation state machine, applied one event at a time per partition.
+//!
+//! ```text
+//!   BOT ──handoff──▶ PENDING ──livechat 2xx──▶ LIVE ──done / idle timeout──▶ BOT
+//!    ▲                  │                        │
+//!    └─livechat fails / pending timeout          └─relay fails → bot (relayMessageError)
+//! ```
+//! BOT is "no open conversation". Every transition is a compare-and-set on the
+//! conversation's state, so a duplicated or late event cannot apply twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use handoff_bus::{Bus, Handled, Handler, Target, derived_id, now_ms};
+use handoff_config::{Channel, Channels};
+use handoff_platforms::custom::{content_from_response, content_to_response};
+use handoff_proto::v1::content;
+use handoff_proto::{
+    AgentCommand, AgentMessage, Body, BotReply, Content, ConversationTimeout, DeliverToMember,
+    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, RelayToOutlet,
+    RequestLivechat, SendToBot, Text,
+};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, Row as _, Transaction};
+use uuid::Uuid;
+
+use crate::store::{self, ConvState, ConversationRow, MemberRow};
+
+/// Advisory-lock class for "one transaction per partition at a time", across replicas.
+const PARTITION_LOCK_CLASS: i32 = 0x4846_4f46; // "HFOF"
+
+pub(crate) struct Engine {
+    pub pool: PgPool,
+    pub bus: Bus,
+    pub channels: Arc<Channels>,
+    public_url: String,
+}
+
+struct OutboxRow {
+    seq: i64,
+    id: String,
+    subject: String,
+    payload: Bytes,
+}
+
+enum Applied {
+    New(Vec<OutboxRow>),
+    Duplicate,
+}
+
+/// One event's unit of work: the open transaction and the commands it derives.
+struct Work<'a> {
+    tx: Transaction<'static, Postgres>,
+    cause: &'a Envelope,
+    commands: Vec<(Target, Envelope)>,
+    messages: usize,
+}
+
+impl Work<'_> {
+    /// Queues a command; its id derives from the cause, so re-processing re-emits it as-is.
+    fn command(&mut self, target: Target, channel: &str, conversation: Option<Uuid>, body: Body) {
+        let index = self.commands.len();
+        let envelope = Envelope {
+            event_id: derived_id(&self.cause.event_id, "command", index),
+            org: self.cause.org.clone(),
+            channel: channel.to_string(),
+            member_id: self.cause.member_id.clone(),
+            conversation_id: conversation.map(|c| c.to_string()).unwrap_or_default(),
+            causation_id: self.cause.event_id.clone(),
+            occurred_at_ms: self.cause.occurred_at_ms,
+            accepted_at_ms: now_ms(),
+            body: Some(body),
+            ..Default::default()
+        };
+        self.commands.push((target, envelope));
+    }
+
+    /// Appends a transcript line. The first line of a customer or agent message carries the
+    /// platform's message id; `false` means that id was already recorded (a duplicate).
+    async fn record(
+        &mut self,
+        member: Uuid,
+        conversation: Option<Uuid>,
+        channel: &str,
+        author: &str,
+        content: &Value,
+        held: bool,
+    ) -> sqlx::Result<bool> {
+        let index = self.messages;
+        self.messages += 1;
+        let event_id: Uuid = if index == 0 && author == "customer" {
+            self.cause
+                .event_id
+                .parse()
+                .unwrap_or_else(|_| Uuid::now_v7())
+        } else {
+            derived_id(&self.cause.event_id, "message", index)
+                .parse()
+                .expect("derived ids are UUIDs")
+        };
+        let source = (author != "bot" && author != "system" && index == 0)
+            .then(|| self.cause.source_message_id.clone())
+            .filter(|s| !s.is_empty());
+        let inserted = sqlx::query(
+            "INSERT INTO messages (event_id, member_id, conversation_id, channel_id,
+               source_message_id, author, content, held)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(member)
+        .bind(conversation)
+        .bind(channel)
+        .bind(source)
+        .bind(author)
+        .bind(content)
+        .bind(held)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+}
+
+fn text_content(text: &str) -> Content {
+    Content {
+        kind: Some(content::Kind::Text(Text { text: text.into() })),
+        raw_json: String::new(),
+    }
+}
+
+fn event_content(event: &str, detail: Value) -> Content {
+    let mut v = json!({"type": "EVENT", "event": event});
+    if let (Value::Object(m), Value::Object(d)) = (&mut v, detail) {
+        m.extend(d);
+    }
+    content_from_response(&v).expect("an object with a type")
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, bus: Bus, channels: Arc<Channels>, public_url: String) -> Self {
+        Self {
+            pool,
+            bus,
+            channels,
+            public_url,
+        }
+    }
+
+    fn channel(&self, id: &str) -> anyhow::Result<&Arc<Channel>> {
+        self.channels
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("channel `{id}` is not configured"))
+    }
+
+    /// Applies one event in one transaction, returning the commands to publish.
+    async fn apply(&self, envelope: &Envelope, partition: u16) -> anyhow::Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(PARTITION_LOCK_CLASS)
+            .bind(i32::from(partition))
+            .execute(&mut *tx)
+            .await?;
+        let event_id: Uuid = envelope
+            .event_id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("event id `{}` is not a UUID", envelope.event_id))?;
+        let fresh = sqlx::query(
+            "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(Applied::Duplicate);
+        }
+        let mut work = Work {
+            tx,
+            cause: envelope,
+            commands: Vec::new(),
+            messages: 0,
+        };
+        let applied = match &envelope.body {
+            Some(Body::InboundMessage(m)) => self.on_inbound(&mut work, m).await?,
+            Some(Body::BotReply(r)) => self.on_bot_reply(&mut work, r).await?,
+            Some(Body::AgentMessage(m)) => self.on_agent_message(&mut work, m).await?,
+            Some(Body::AgentCommand(c)) => self.on_agent_command(&mut work, c).await?,
+            Some(Body::HandoffRequested(r)) => {
+                let member = self.member(&mut work).await?;
+                let details = r.details.clone().unwrap_or_default();
+                self.open_handoff(&mut work, &member, details).await?;
+                true
+            }
+            Some(Body::HandoffAccepted(a)) => {
+                self.on_handoff_accepted(&mut work, &a.external_conversation_id)
+                    .await?
+            }
+            Some(Body::HandoffFailed(f)) => {
+                let error =
+                    json!({"reason": "livechat_failed", "status": f.status, "message": f.reason});
+                self.on_handoff_ended_before_live(&mut work, "livechat_failed", error)
+                    .await?
+            }
+            Some(Body::ConversationTimeout(t)) => self.on_timeout(&mut work, t).await?,
+            Some(Body::RelayFailed(f)) => {
+                let member = self.member(&mut work).await?;
+                let error = json!({"reason": f.reason, "status": f.status});
+                let content = f.content.clone().unwrap_or_default();
+                self.record_system(&mut work, &member, "RELAY_FAILED", error.clone())
+                    .await?;
+                self.to_bot(
+                    &mut work,
+                    &member,
+                    false,
+                    SendToBot {
+                        content: Some(content),
+                        relay_message_error_json: error.to_string(),
+                        ..Default::default()
+                    },
+                )?;
+                true
+            }
+            Some(Body::DeliveryFailed(f)) => {
+                let member = self.member(&mut work).await?;
+                let detail = json!({"reason": f.reason, "status": f.status});
+                self.record_system(&mut work, &member, "DELIVERY_FAILED", detail)
+                    .await?;
+                true
+            }
+            Some(Body::BotFailed(f)) => {
+                let member = self.member(&mut work).await?;
+                self.record_system(
+                    &mut work,
+                    &member,
+                    "BOT_FAILED",
+                    json!({"reason": f.reason}),
+                )
+                .await?;
+                true
+            }
+            other => {
+                tracing::error!(kind = envelope.kind(), "not an event; ignored");
+                let _ = other;
+                true
+            }
+        };
+        if !applied {
+            // Duplicate by another key (e.g. the same source message id under a new event
+            // id): nothing of this event may take effect.
+            work.tx.rollback().await?;
+            return Ok(Applied::Duplicate);
+        }
+        let rows = self.write_outbox(&mut work, partition).await?;
+        work.tx.commit().await?;
+        Ok(Applied::New(rows))
+    }
+
+    async fn write_outbox(
+        &self,
+        work: &mut Work<'_>,
+        partition: u16,
+    ) -> anyhow::Result<Vec<OutboxRow>> {
+        if work.commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        let mut subjects = Vec::new();
+        let mut payloads = Vec::new();
+        for (target, envelope) in &work.commands {
+            ids.push(envelope.event_id.parse::<Uuid>()?);
+            subjects.push(self.bus.command_subject(*target, envelope)?);
+            payloads.push(envelope.encode_to_vec());
+        }
+        let seqs: Vec<i64> = sqlx::query(
+            "INSERT INTO outbox (partition, command_id, subject, payload)
+             SELECT $1, t.i, t.s, t.p FROM unnest($2::uuid[], $3::text[], $4::bytea[]) WITH ORDINALITY AS t(i, s, p, o)
+             ORDER BY o
+             RETURNING seq",
+        )
+        .bind(i32::from(partition))
+        .bind(&ids)
+        .bind(&subjects)
+        .bind(&payloads)
+        .fetch_all(&mut *work.tx)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        let mut rows = Vec::new();
+        for (((seq, id), subject), payload) in seqs.into_iter().zip(ids).zip(subjects).zip(payloads)
+        {
+            rows.push(OutboxRow {
+                seq,
+                id: id.to_string(),
+                subject,
+                payload: Bytes::from(payload),
+            });
+        }
+        rows.sort_by_key(|r| r.seq);
+        Ok(rows)
+    }
+
+    /// Publishes outbox rows in order and deletes them once JetStream has them.
+    async fn publish(&self, rows: Vec<OutboxRow>) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(rows.len());
+        for row in rows {
+            self.bus
+                .publish_raw(row.subject, &row.id, row.payload)
+                .await?;
+            done.push(row.seq);
+        }
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
+            .bind(&done)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes whatever an earlier attempt (or a crashed replica) left in the partition's
+    /// outbox, oldest first.
+    async fn flush_outbox(&self, partition: u16) -> anyhow::Result<()> {
+        let rows = sqlx::query(
+            "SELECT seq, command_id, subject, payload FROM outbox WHERE partition = $1 ORDER BY seq",
+        )
+        .bind(i32::from(partition))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| OutboxRow {
+            seq: r.get("seq"),
+            id: r.get::<Uuid, _>("command_id").to_string(),
+            subject: r.get("subject"),
+            payload: Bytes::from(r.get::<Vec<u8>, _>("payload")),
+        })
+        .collect();
+        self.publish(rows).await
+    }
+
+    async fn member(&self, work: &mut Work<'_>) -> anyhow::Result<MemberRow> {
+        let id: Uuid = work.cause.member_id.parse()?;
+        store::find_member(&mut *work.tx, id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("member {id} is unknown"))
+    }
+
+    fn to_bot(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        live: bool,
+        mut cmd: SendToBot,
+    ) -> anyhow::Result<()> {
+        let inlet = self.channel(&member.channel_id)?;
+        let Some(bot) = inlet.bot.clone() else {
+            return Ok(());
+        };
+        cmd.member = Some(member.to_proto(live));
+        work.command(Target::Bot, &bot, None, Body::SendToBot(cmd));
+        Ok(())
+    }
+
+    fn to_member(&self, work: &mut Work<'_>, member: &MemberRow, live: bool, content: Content) {
+        work.command(
+            Target::Inlet,
+            &member.channel_id,
+            None,
+            Body::DeliverToMember(DeliverToMember {
+                member: Some(member.to_proto(live)),
+                content: Some(content),
+            }),
+        );
+    }
+
+    async fn record_system(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        event: &str,
+        detail: Value,
+    ) -> anyhow::Result<()> {
+        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let content = content_to_response(&event_content(event, detail));
+        work.record(
+            member.id,
+            conv.map(|c| c.id),
+            &member.channel_id,
+            "system",
+            &content,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn on_inbound(&self, work: &mut Work<'_>, m: &InboundMessage) -> anyhow::Result<bool> {
+        let inlet = self.channel(&work.cause.channel)?.clone();
+        let member_id: Uuid = work.cause.member_id.parse()?;
+        let profile: Value = serde_json::from_str(&m.profile_json).unwrap_or(json!({}));
+        let member = store::upsert_member(
+            &mut *work.tx,
+            member_id,
+            &inlet.id,
+            &m.external_id,
+            &profile,
+        )
+        .await?;
+        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let content = m.content.clone().unwrap_or_default();
+        let held = matches!(&conv, Some(c) if c.state == ConvState::Pending);
+        let stored = content_to_response(&content);
+        if !work
+            .record(
+                member.id,
+                conv.as_ref().map(|c| c.id),
+                &inlet.id,
+                "customer",
+                &stored,
+                held,
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        match conv {
+            Some(c) if c.state == ConvState::Live => {
+                touch(work, c.id).await?;
+                work.command(
+                    Target::Outlet,
+                    &c.outlet_channel_id,
+                    Some(c.id),
+                    Body::RelayToOutlet(RelayToOutlet {
+                        member: Some(member.to_proto(true)),
+                        content: Some(content),
+                    }),
+                );
+            }
+            // Held until the outlet accepts (then relayed) or fails (then given to the bot).
+            Some(_) => {}
+            None => {
+                if let Some(trigger) = handoff_trigger(&inlet, &content) {
+                    let details = HandoffDetails {
+                        summary: format!("Customer asked for a human ({trigger})"),
+                        trigger: trigger.into(),
+                        meta_json: "{}".into(),
+                        ..Default::default()
+                    };
+                    self.open_handoff(work, &member, details).await?;
+                } else {
+                    self.to_bot(
+                        work,
+                        &member,
+                        false,
+                        SendToBot {
+                            content: Some(content),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// BOT -> PENDING, and a Livechat API request to the inlet's outlet. A member who is
+    /// already handed off stays as they are.
+    async fn open_handoff(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        details: HandoffDetails,
+    ) -> anyhow::Result<()> {
+        let inlet = self.channel(&member.channel_id)?.clone();
+        let Some(outlet_id) = inlet.outlet.clone() else {
+            let error =
+                json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
+            self.record_system(work, member, "HANDOFF_FAILED", error.clone())
+                .await?;
+            self.to_bot(
+                work,
+                member,
+                false,
+                SendToBot {
+                    content: Some(event_content("HANDOFF_FAILED", error.clone())),
+                    handoff_error_json: error.to_string(),
+                    ..Default::default()
+                },
+            )?;
+            return Ok(());
+        };
+        let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
+        let token = history_token();
+        let ttl = inlet.handoff.history_link_ttl_secs as f64;
+        let meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+        let opened = sqlx::query(
+            "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+               group_name, label, meta, trigger, history_token, history_expires_at)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
+                     now() + make_interval(secs => $10))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(conv_id)
+        .bind(member.id)
+        .bind(&outlet_id)
+        .bind(&details.summary)
+        .bind(&details.group_name)
+        .bind(&details.label)
+        .bind(&meta)
+        .bind(&details.trigger)
+        .bind(&token)
+        .bind(ttl)
+        .execute(&mut *work.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !opened {
+            tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
+            return Ok(());
+        }
+        let content = event_content(
+            "HANDOFF_REQUESTED",
+            json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),
+        );
+        work.record(
+            member.id,
+            Some(conv_id),
+            &member.channel_id,
+            "system",
+            &content_to_response(&content),
+            false,
+        )
+        .await?;
+        work.command(
+            Target::Outlet,
+            &outlet_id,
+            Some(conv_id),
+            Body::RequestLivechat(RequestLivechat {
+                member: Some(member.to_proto(false)),
+                details: Some(details),
+                chat_history_url: format!("{}/history/{token}", self.public_url),
+            }),
+        );
+        Ok(())
+    }
+
+    async fn on_bot_reply(&self, work: &mut Work<'_>, r: &BotReply) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let live = matches!(&conv, Some(c) if c.state == ConvState::Live);
+        let bot_channel = work.cause.channel.clone();
+        for response in &r.responses {
+            work.record(
+                member.id,
+                conv.as_ref().map(|c| c.id),
+                &bot_channel,
+                "bot",
+                &content_to_response(response),
+                false,
+            )
+            .await?;
+            if r.agent_conversation_id.is_empty() {
+                self.to_member(work, &member, live, response.clone());
+            } else if let Some(c) = &conv {
+                // The answer to an agent command goes back to the live chat.
+                work.command(
+                    Target::Outlet,
+                    &c.outlet_channel_id,
+                    Some(c.id),
+                    Body::DeliverToOutlet(DeliverToOutlet {
+                        member: Some(member.to_proto(live)),
+                        content: Some(response.clone()),
+                        conversation_ref: r.agent_conversation_id.clone(),
+                    }),
+                );
+            }
+        }
+        if let Some(details) = r.handoff.clone() {
+            if conv.is_none() {
+                self.open_handoff(work, &member, details).await?;
+            }
+        } else if r.close
+            && let Some(c) = conv
+        {
+            self.close(work, &member, &c, "bot_closed").await?;
+        }
+        Ok(true)
+    }
+
+    async fn on_handoff_accepted(
+        &self,
+        work: &mut Work<'_>,
+        external_id: &str,
+    ) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let conv_id: Uuid = work.cause.conversation_id.parse()?;
+        let became_live = sqlx::query(
+            "UPDATE conversations SET state = 'live', external_id = COALESCE(NULLIF($2, ''), external_id),
+               state_changed_at = now(), last_activity_at = now()
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(conv_id)
+        .bind(external_id)
+        .execute(&mut *work.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !became_live {
+            tracing::info!(conversation = %conv_id, "late livechat acceptance ignored");
+            return Ok(true);
+        }
+        self.record_system(
+            work,
+            &member,
+            "LIVE_CHAT_STARTED",
+            json!({"ticket": external_id}),
+        )
+        .await?;
+        let outlet = sqlx::query_scalar::<_, String>(
+            "SELECT outlet_channel_id FROM conversations WHERE id = $1",
+        )
+        .bind(conv_id)
+        .fetch_one(&mut *work.tx)
+        .await?;
+        for content in release_held(work, conv_id).await? {
+            work.command(
+                Target::Outlet,
+                &outlet,
+                Some(conv_id),
+                Body::RelayToOutlet(RelayToOutlet {
+                    member: Some(member.to_proto(true)),
+                    content: Some(content),
+                }),
+            );
+        }
+        Ok(true)
+    }
+
+    /// PENDING -> BOT (Livechat API failed, or nobody answered in time): the bot is told
+    /// why and gets the messages the customer sent meanwhile.
+    async fn on_handoff_ended_before_live(
+        &self,
+        work: &mut Work<'_>,
+        reason: &str,
+        error: Value,
+    ) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let conv_id: Uuid = work.cause.conversation_id.parse()?;
+        let closed = cas_close(work, conv_id, "pending", reason).await?;
+        if !closed {
+            return Ok(true);
+        }
+        work.record(
+            member.id,
+            Some(conv_id),
+            &member.channel_id,
+            "system",
+            &content_to_response(&event_content("HANDOFF_FAILED", error.clone())),
+            false,
+        )
+        .await?;
+        self.to_bot(
+            work,
+            &member,
+            false,
+            SendToBot {
+                content: Some(event_content("HANDOFF_FAILED", error.clone())),
+                handoff_error_json: error.to_string(),
+                ..Default::default()
+            },
+        )?;
+        for content in release_held(work, conv_id).await? {
+            self.to_bot(
+                work,
+                &member,
+                false,
+                SendToBot {
+                    content: Some(content),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(true)
+    }
+
+    async fn on_agent_message(
+        &self,
+        work: &mut Work<'_>,
+        m: &AgentMessage,
+    ) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let Some(conv) = store::open_conversation(&mut *work.tx, member.id)
+            .await?
+            .filter(|c| c.state == ConvState::Live)
+        else {
+            tracing::warn!(member = %member.id, "agent message for a member not in a live chat dropped");
+            return Ok(true);
+        };
+        let content = m.content.clone().unwrap_or_default();
+        if !work
+            .record(
+                member.id,
+                Some(conv.id),
+                &work.cause.channel.clone(),
+                "agent",
+                &content_to_response(&content),
+                false,
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        touch(work, conv.id).await?;
+        self.to_member(work, &member, true, content);
+        Ok(true)
+    }
+
+    async fn on_agent_command(
+        &self,
+        work: &mut Work<'_>,
+        c: &AgentCommand,
+    ) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let Some(conv) = store::open_conversation(&mut *work.tx, member.id).await? else {
+            tracing::warn!(member = %member.id, "agent command without an open conversation dropped");
+            return Ok(true);
+        };
+        let outlet = self.channel(&conv.outlet_channel_id)?.clone();
+        let content = c.content.clone().unwrap_or_default();
+        if !work
+            .record(
+                member.id,
+                Some(conv.id),
+                &outlet.id,
+                "agent",
+                &content_to_response(&content),
+                false,
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        let text = match &content.kind {
+            Some(content::Kind::Text(t)) => t.text.trim().to_string(),
+            Some(content::Kind::Postback(p)) => p.payload.trim().to_string(),
+            _ => String::new(),
+        };
+        if text.eq_ignore_ascii_case(outlet.live_chat.end_command.trim()) {
+            self.close(work, &member, &conv, "agent_ended").await?;
+        } else {
+            touch(work, conv.id).await?;
+            let reference = if c.conversation_ref.is_empty() {
+                conv.id.to_string()
+            } else {
+                c.conversation_ref.clone()
+            };
+            self.to_bot(
+                work,
+                &member,
+                conv.state == ConvState::Live,
+                SendToBot {
+                    content: Some(content),
+                    agent_conversation_id: reference,
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// LIVE (or PENDING) -> BOT: the customer is told (the outlet's end text), the bot is told.
+    async fn close(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        conv: &ConversationRow,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        if !cas_close(work, conv.id, conv.state.as_str(), reason).await? {
+            return Ok(());
+        }
+        let ended = json!({"reason": reason});
+        work.record(
+            member.id,
+            Some(conv.id),
+            &member.channel_id,
+            "system",
+            &content_to_response(&event_content("LIVE_CHAT_ENDED", ended.clone())),
+            false,
+        )
+        .await?;
+        let outlet = self.channel(&conv.outlet_channel_id)?.clone();
+        if conv.state == ConvState::Live && !outlet.live_chat.end_text.is_empty() {
+            self.to_member(
+                work,
+                member,
+                false,
+                text_content(&outlet.live_chat.end_text),
+            );
+        }
+        // Anything still held goes to the bot, in order.
+        for content in release_held(work, conv.id).await? {
+            self.to_bot(
+                work,
+                member,
+                false,
+                SendToBot {
+                    content: Some(content),
+                    ..Default::default()
+                },
+            )?;
+        }
+        self.to_bot(
+            work,
+            member,
+            false,
+            SendToBot {
+                content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
+                live_chat_ended_json: ended.to_string(),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    async fn on_timeout(
+        &self,
+        work: &mut Work<'_>,
+        t: &ConversationTimeout,
+    ) -> anyhow::Result<bool> {
+        let member = self.member(work).await?;
+        let Some(conv) = store::open_conversation(&mut *work.tx, member.id).await? else {
+            return Ok(true);
+        };
+        if conv.id.to_string() != work.cause.conversation_id || conv.state.as_str() != t.state {
+            return Ok(true);
+        }
+        // Still overdue now? A message may have arrived since the sweeper looked.
+        let inlet = self.channel(&member.channel_id)?.clone();
+        let limit = match conv.state {
+            ConvState::Pending => inlet.handoff.pending_timeout_secs,
+            ConvState::Live => inlet.handoff.live_idle_timeout_secs,
+        } as f64;
+        let overdue: bool = sqlx::query_scalar(
+            "SELECT CASE WHEN state = 'pending' THEN state_changed_at ELSE last_activity_at END
+                    <= now() - make_interval(secs => $2)
+             FROM conversations WHERE id = $1",
+        )
+        .bind(conv.id)
+        .bind(limit)
+        .fetch_one(&mut *work.tx)
+        .await?;
+        if !overdue {
+            return Ok(true);
+        }
+        match conv.state {
+            ConvState::Pending => {
+                let error = json!({"reason": t.reason, "message": "no agent accepted in time"});
+                self.on_handoff_ended_before_live(work, &t.reason, error)
+                    .await
+            }
+            ConvState::Live => {
+                // The agent's side learns the chat is over too.
+                work.command(
+                    Target::Outlet,
+                    &conv.outlet_channel_id,
+                    Some(conv.id),
+                    Body::RelayToOutlet(RelayToOutlet {
+                        member: Some(member.to_proto(false)),
+                        content: Some(event_content(
+                            "LIVE_CHAT_ENDED",
+                            json!({"reason": t.reason}),
+                        )),
+                    }),
+                );
+                self.close(work, &member, &conv, &t.reason).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+fn handoff_trigger(inlet: &Channel, content: &Content) -> Option<&'static str> {
+    match &content.kind {
+        Some(content::Kind::Text(t))
+            if inlet
+                .handoff
+                .keywords
+                .iter()
+                .any(|k| k.trim().eq_ignore_ascii_case(t.text.trim())) =>
+        {
+            Some("keyword")
+        }
+        Some(content::Kind::Postback(p))
+            if inlet.handoff.postbacks.iter().any(|k| k == &p.payload) =>
+        {
+            Some("postback")
+        }
+        _ => None,
+    }
+}
+
+async fn touch(work: &mut Work<'_>, conv: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE conversations SET last_activity_at = now() WHERE id = $1")
+        .bind(conv)
+        .execute(&mut *work.tx)
+        .await?;
+    Ok(())
+}
+
+async fn cas_close(
+    work: &mut Work<'_>,
+    conv: Uuid,
+    from: &str,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE conversations SET state = 'closed', closed_at = now(), state_changed_at = now(),
+           close_reason = $3
+         WHERE id = $1 AND state = $2",
+    )
+    .bind(conv)
+    .bind(from)
+    .bind(reason)
+    .execute(&mut *work.tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Customer messages held while PENDING, oldest first, no longer held.
+async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Content>> {
+    let rows = sqlx::query(
+        "WITH released AS (
+            UPDATE messages SET held = false WHERE conversation_id = $1 AND held
+            RETURNING id, content)
+         SELECT content FROM released ORDER BY id",
+    )
+    .bind(conv)
+    .fetch_all(&mut *work.tx)
+    .await?;
+    rows.iter()
+        .map(|r| content_from_response(&r.get::<Value, _>("content")).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+fn history_token() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Handler for Engine {
+    async fn partition_started(&self, partition: u16) {
+        if let Err(e) = self.flush_outbox(partition).await {
+            tracing::warn!(partition, error = %e, "outbox not flushed at start; will retry with the next event");
+        }
+    }
+
+    async fn handle(&self, envelope: Envelope, partition: u16) -> Handled {
+        let retry = |e: anyhow::Error| Handled::Retry {
+            after: Duration::from_millis(500),
+            reason: format!("{e:#}"),
+        };
+        match self.apply(&envelope, partition).await {
+            Ok(Applied::New(rows)) => match self.publish(rows).await {
+                Ok(()) => Handled::Done,
+                Err(e) => retry(e),
+            },
+            Ok(Applied::Duplicate) => match self.flush_outbox(partition).await {
+                Ok(()) => Handled::Done,
+                Err(e) => retry(e),
+            },
+            Err(e) => retry(e),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! `GET /history/{token}`: the member's transcript behind an unguessable, expiring link
+//! (`chatHistoryURL`). HTML for people, JSON for `Accept: application/json`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row as _};
+use uuid::Uuid;
+
+pub(crate) fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/history/{token}", get(history))
+        .with_state(pool)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn history(
+    State(pool): State<PgPool>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let conv = sqlx::query(
+        "SELECT c.member_id, c.history_expires_at > now() AS valid, m.external_id, m.profile
+         FROM conversations c JOIN members m ON m.id = c.member_id
+         WHERE c.history_token = $1",
+    )
+    .bind(&token)
+    .fetch_optional(&pool)
+    .await;
+    let row = match conv {
+        Ok(Some(row)) => row,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such transcript"),
+        Err(e) => {
+            tracing::error!(error = %e, "transcript lookup failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
+        }
+    };
+    if !row.get::<bool, _>("valid") {
+        return error(
+            StatusCode::GONE,
+            "expired",
+            "this transcript link has expired",
+        );
+    }
+    let member: Uuid = row.get("member_id");
+    let external_id: String = row.get("external_id");
+    let profile: Value = row.get("profile");
+    let lines = match sqlx::query(
+        "SELECT author, content, conversation_id, created_at FROM messages
+         WHERE member_id = $1 ORDER BY id LIMIT 5000",
+    )
+    .bind(member)
+    .fetch_all(&pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "transcript read failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
+        }
+    };
+    let messages: Vec<Value> = lines
+        .iter()
+        .map(|r| {
+            let at: time::OffsetDateTime = r.get("created_at");
+            json!({
+                "author": r.get::<String, _>("author"),
+                "content": r.get::<Value, _>("content"),
+                "conversationId": r.get::<Option<Uuid>, _>("conversation_id"),
+                "at": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        return Json(json!({
+            "member": {"_id": member, "externalId": external_id, "profile": profile},
+            "messages": messages,
+        }))
+        .into_response();
+    }
+    Html(render(&external_id, &messages)).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// What a person reads for one transcript line.
+fn line_text(content: &Value) -> String {
+    let kind = content["type"].as_str().unwrap_or_default();
+    let text = content["text"].as_str().unwrap_or_default();
+    match kind {
+        "TEXT" => text.to_string(),
+        "PAYLOAD" => format!(
+            "[button] {}",
+            if text.is_empty() {
+                content["payload"].as_str().unwrap_or_default()
+            } else {
+                text
+            }
+        ),
+        "EVENT" => format!(
+            "— {} {}",
+            content["event"]
+                .as_str()
+                .unwrap_or_default()
+                .replace('_', " ")
+                .to_lowercase(),
+            content["reason"].as_str().unwrap_or_default()
+        ),
+        "IMAGE" | "AUDIO" | "VIDEO" | "FILE" => {
+            format!(
+                "[{}] {}",
+                kind.to_lowercase(),
+                content["url"].as_str().unwrap_or_default()
+            )
+        }
+        _ if !text.is_empty() => text.to_string(),
+        other => format!("[{}]", other.to_lowercase()),
+    }
+}
+
+fn render(external_id: &str, messages: &[Value]) -> String {
+    let mut html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Transcript — {id}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;color:#222}}\
+         .m{{margin:.4rem 0;padding:.5rem .8rem;border-radius:.6rem;max-width:80%}}\
+         .customer{{background:#e8f0fe}}.bot{{background:#f1f3f4;margin-left:auto}}\
+         .agent{{background:#e6f4ea;margin-left:auto}}.system{{color:#777;font-size:.85rem;text-align:center;max-width:100%}}\
+         .who{{font-size:.75rem;color:#666}}</style></head><body><h1>Transcript</h1>\
+         <p>Customer <code>{id}</code></p>",
+        id = escape(external_id)
+    );
+    for m in messages {
+        let author = m["author"].as_str().unwrap_or_default();
+        html.push_str(&format!(
+            "<div class=\"m {author}\"><div class=\"who\">{author} · {at}</div>{text}</div>",
+            author = escape(author),
+            at = escape(m["at"].as_str().unwrap_or_default()),
+            text = escape(&line_text(&m["content"])),
+        ));
+    }
+    html.push_str("</body></html>");
+    html
+}

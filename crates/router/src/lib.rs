@@ -1,0 +1,124 @@
+//! router: the only owner of Postgres.
+//!
+//! It consumes every event in member order (one ordered consumer per partition), applies
+//! the conversation state machine in one transaction per event (inbox dedup, state, transcript
+//! and outbox together), then publishes the derived commands. It also answers gateways'
+//! member look-ups, serves transcript pages behind `chatHistoryURL`, and times out
+//! conversations that overstay PENDING or LIVE.
+
+mod engine;
+mod history;
+mod lookup;
+mod store;
+mod timeouts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use handoff_bus::{Bus, BusSettings};
+use handoff_config::{Channels, Settings};
+use handoff_service::{Readiness, health_router, http_trace_layer};
+use secrecy::ExposeSecret as _;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use lookup::{LookupReply, LookupRequest, lookup_subject};
+
+pub const DEFAULT_PORT: u16 = 8090;
+
+#[derive(Clone)]
+struct Ready {
+    pool: PgPool,
+    bus: Bus,
+}
+
+impl Readiness for Ready {
+    async fn ready(&self) -> Result<(), String> {
+        if !self.bus.is_connected() {
+            return Err("NATS is not connected".into());
+        }
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("Postgres: {e}"))
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    engine: Arc<engine::Engine>,
+    sweep_interval: Duration,
+}
+
+/// Opens the pool and applies `migrations/` (idempotent, safe with several replicas:
+/// sqlx takes an advisory lock while migrating).
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = settings.database.url.expose_secret().parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("../../migrations").run(&pool).await?;
+    Ok(pool)
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
+        let pool = connect_database(settings).await?;
+        store::sync_channels(&pool, &channels).await?;
+        let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let engine = Arc::new(engine::Engine::new(
+            pool,
+            bus,
+            Arc::new(channels),
+            settings.public_url.trim_end_matches('/').to_string(),
+        ));
+        Ok(Self {
+            listener,
+            engine,
+            sweep_interval: Duration::from_millis(settings.sweep_interval_ms.max(50)),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let engine = self.engine;
+        let ready = Ready {
+            pool: engine.pool.clone(),
+            bus: engine.bus.clone(),
+        };
+        let app = Router::new()
+            .merge(history::router(engine.pool.clone()))
+            .merge(health_router(ready))
+            .layer(http_trace_layer());
+        let server = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let consumers = handoff_bus::run_consumers(
+            engine.bus.clone(),
+            "events".into(),
+            "router".into(),
+            engine.clone(),
+            shutdown.clone(),
+        );
+        let lookups = lookup::serve(engine.clone(), shutdown.clone());
+        let sweeper = timeouts::run(engine.clone(), self.sweep_interval, shutdown.clone());
+        let (served, consumed, looked_up, ()) = tokio::join!(
+            async { server.await.map_err(anyhow::Error::from) },
+            consumers,
+            lookups,
+            sweeper
+        );
+        served?;
+        consumed?;
+        looked_up
+    }
+}

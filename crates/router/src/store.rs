@@ -1,0 +1,155 @@
+//! Row types and the queries the engine, the look-up service and the pages share.
+
+use handoff_config::{Channels, Role};
+use handoff_proto::Member;
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool, Row as _};
+use uuid::Uuid;
+
+/// Applies the channels file: every channel is upserted (secrets are not stored).
+pub async fn sync_channels(pool: &PgPool, channels: &Channels) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for c in channels.iter() {
+        let config = serde_json::json!({
+            "info": c.info,
+            "bot": c.bot,
+            "outlet": c.outlet,
+        });
+        let role = match c.role {
+            Role::Inlet => "inlet",
+            Role::Outlet => "outlet",
+            Role::Bot => "bot",
+        };
+        sqlx::query(
+            "INSERT INTO channels (id, org, platform, role, config) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET org = excluded.org, platform = excluded.platform,
+               role = excluded.role, config = excluded.config, updated_at = now()",
+        )
+        .bind(&c.id)
+        .bind(&c.org)
+        .bind(format!("{:?}", c.platform).to_lowercase())
+        .bind(role)
+        .bind(config)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub id: Uuid,
+    pub channel_id: String,
+    pub external_id: String,
+    pub profile: Value,
+    pub meta: Value,
+    pub temp_data: Value,
+}
+
+impl MemberRow {
+    pub fn to_proto(&self, live_chat: bool) -> Member {
+        Member {
+            id: self.id.to_string(),
+            external_id: self.external_id.clone(),
+            profile_json: self.profile.to_string(),
+            meta_json: self.meta.to_string(),
+            live_chat,
+            temp_data_json: self.temp_data.to_string(),
+            inlet_channel: self.channel_id.clone(),
+        }
+    }
+}
+
+const MEMBER_COLUMNS: &str = "id, channel_id, external_id, profile, meta, temp_data";
+
+fn member_from(row: &sqlx::postgres::PgRow) -> MemberRow {
+    MemberRow {
+        id: row.get("id"),
+        channel_id: row.get("channel_id"),
+        external_id: row.get("external_id"),
+        profile: row.get("profile"),
+        meta: row.get("meta"),
+        temp_data: row.get("temp_data"),
+    }
+}
+
+/// Creates the member or refreshes its profile (an empty profile keeps the stored one).
+pub async fn upsert_member(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    channel_id: &str,
+    external_id: &str,
+    profile: &Value,
+) -> sqlx::Result<MemberRow> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO members (id, channel_id, external_id, profile) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET
+           profile = CASE WHEN excluded.profile = '{{}}'::jsonb THEN members.profile
+                          ELSE excluded.profile END,
+           updated_at = now()
+         RETURNING {MEMBER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(channel_id)
+    .bind(external_id)
+    .bind(profile)
+    .fetch_one(db)
+    .await?;
+    Ok(member_from(&row))
+}
+
+pub async fn find_member(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<MemberRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(member_from))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvState {
+    Pending,
+    Live,
+}
+
+impl ConvState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConvState::Pending => "pending",
+            ConvState::Live => "live",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub state: ConvState,
+    pub outlet_channel_id: String,
+}
+
+/// The member's open conversation, locked for this transaction.
+pub async fn open_conversation(
+    db: impl PgExecutor<'_>,
+    member_id: Uuid,
+) -> sqlx::Result<Option<ConversationRow>> {
+    let row = sqlx::query(
+        "SELECT id, state, outlet_channel_id FROM conversations
+         WHERE member_id = $1 AND state <> 'closed' FOR UPDATE",
+    )
+    .bind(member_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| ConversationRow {
+        id: r.get("id"),
+        state: if r.get::<String, _>("state") == "live" {
+            ConvState::Live
+        } else {
+            ConvState::Pending
+        },
+        outlet_channel_id: r.get("outlet_channel_id"),
+    }))
+}

@@ -1,0 +1,202 @@
+use handoff_simulators::WebhookClient;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn stream_messages(hub: &TestHub) -> u64 {
+    let client = async_nats::connect(&hub.settings.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(hub.settings.nats.prefix.to_uppercase())
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+fn good() -> Value {
+    WebhookClient::customer_text("eve", INLET, "hi", now_ms())
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_specific_status_and_error_and_store_nothing() {
+    // Arrange: no router, so whatever inlet-gateway publishes stays in the stream.
+    let hub = TestHub::start_with(HubOptions {
+        router: false,
+        ..Default::default()
+    })
+    .await;
+    let mut no_external = good();
+    no_external.as_object_mut().unwrap().remove("externalId");
+    let mut no_from = good();
+    no_from["sendToBot"]["messageEvent"]
+        .as_object_mut()
+        .unwrap()
+        .remove("from");
+    let mut no_text = good();
+    no_text["sendToBot"]["messageEvent"]["data"] = json!({});
+    let mut bad_ts = good();
+    bad_ts["sendToBot"]["messageEvent"]["timestamp"] = json!(true);
+    let huge = json!({"profile": {}, "externalId": "eve", "sendToBot": {"messageEvent": {
+        "from": "eve", "type": "TEXT", "data": {"text": "x".repeat(300 * 1024)}, "timestamp": 1}}});
+
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<u8>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            INLET,
+            INLET_TOKEN,
+            b"{not json".to_vec(),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "missing externalId",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&no_external).unwrap(),
+            400,
+            "invalid_field",
+            Some("externalId"),
+        ),
+        (
+            "missing from",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&no_from).unwrap(),
+            400,
+            "invalid_field",
+            Some("sendToBot.messageEvent.from"),
+        ),
+        (
+            "TEXT without text",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&no_text).unwrap(),
+            400,
+            "invalid_field",
+            Some("sendToBot.messageEvent.data.text"),
+        ),
+        (
+            "bad timestamp",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&bad_ts).unwrap(),
+            400,
+            "invalid_field",
+            Some("sendToBot.messageEvent.timestamp"),
+        ),
+        (
+            "wrong token",
+            INLET,
+            "inlet-token-12X",
+            serde_json::to_vec(&good()).unwrap(),
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            "unknown channel",
+            "nope",
+            INLET_TOKEN,
+            serde_json::to_vec(&good()).unwrap(),
+            404,
+            "unknown_channel",
+            None,
+        ),
+        (
+            "outlet channel on the inlet gateway",
+            OUTLET,
+            OUTLET_TOKEN,
+            serde_json::to_vec(&good()).unwrap(),
+            404,
+            "unknown_channel",
+            None,
+        ),
+        (
+            "body over 256 KiB",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&huge).unwrap(),
+            413,
+            "payload_too_large",
+            None,
+        ),
+    ];
+
+    // Act / Assert
+    for (name, channel, token, body, status, code, field) in cases {
+        let (got, err) = hub
+            .inlet
+            .post_raw(channel, ORG, token, body, &[])
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{name}: {err}");
+        assert_eq!(err["error"]["code"], code, "{name}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+        if let Some(field) = field {
+            assert_eq!(err["error"]["field"], field, "{name}: {err}");
+        }
+    }
+    let (got, err) = hub
+        .inlet
+        .post(INLET, "other-org", INLET_TOKEN, &good(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (got, err["error"]["code"].as_str()),
+        (404, Some("unknown_channel")),
+        "wrong org"
+    );
+    assert_eq!(stream_messages(&hub).await, 0, "nothing was published");
+
+    // The same gateway does publish a good request, so the count above could have moved.
+    let (got, _) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &good(), &[])
+        .await
+        .unwrap();
+    assert_eq!(got, 200);
+    assert_eq!(stream_messages(&hub).await, 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_is_refused_with_503_when_jetstream_cannot_store_it() {
+    // Arrange: the stream disappears under the running gateway.
+    let hub = TestHub::start_with(HubOptions {
+        router: false,
+        ..Default::default()
+    })
+    .await;
+    let client = async_nats::connect(&hub.settings.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(hub.settings.nats.prefix.to_uppercase())
+        .await
+        .unwrap();
+
+    // Act
+    let (status, err) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &good(), &[])
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable");
+    hub.shutdown().await;
+}

@@ -1,0 +1,415 @@
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use handoff_config::{Channels, Settings};
+use handoff_simulators::{Api, CustomPlatform, DemoBot, Recorded, WebhookClient};
+use serde_json::Value;
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const ORG: &str = "acme";
+pub const INLET: &str = "web";
+pub const INLET_TOKEN: &str = "inlet-token-123";
+pub const OUTLET: &str = "desk";
+pub const OUTLET_TOKEN: &str = "desk-token-456";
+pub const INLET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+fn admin_url() -> String {
+    std::env::var("HANDOFF_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("HANDOFF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// How the hub under test is put together.
+#[derive(Clone)]
+pub struct HubOptions {
+    /// Run the router as a separate OS process (so a test can kill it).
+    pub router_process: bool,
+    /// Start the router at all.
+    pub router: bool,
+    pub pending_timeout_secs: u64,
+    pub live_idle_timeout_secs: u64,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            router_process: false,
+            router: true,
+            pending_timeout_secs: 300,
+            live_idle_timeout_secs: 86_400,
+        }
+    }
+}
+
+enum RouterHandle {
+    InProcess(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ),
+    Process(tokio::process::Child),
+}
+
+pub struct TestHub {
+    pub settings: Settings,
+    pub inlet: WebhookClient,
+    pub outlet: WebhookClient,
+    /// The customer's web chat (inlet Send API).
+    pub customer: CustomPlatform,
+    /// The live-chat system (outlet Livechat / Relay / Send APIs).
+    pub desk: CustomPlatform,
+    pub bot: DemoBot,
+    pub router_url: Option<String>,
+    channels_path: PathBuf,
+    db_name: String,
+    gateways: CancellationToken,
+    router: Option<RouterHandle>,
+    options: HubOptions,
+}
+
+fn channels_yaml(
+    customer: &CustomPlatform,
+    desk: &CustomPlatform,
+    bot: &DemoBot,
+    o: &HubOptions,
+) -> String {
+    format!(
+        r#"
+channels:
+  - id: {INLET}
+    org: {ORG}
+    platform: custom
+    role: inlet
+    accessToken: {INLET_TOKEN}
+    secret: {INLET_SECRET}
+    info:
+      sendResponseApi: {send}
+      theme: blue
+    bot: demo-bot
+    outlet: {OUTLET}
+    handoff:
+      keywords: ["talk to a human"]
+      postbacks: ["LIVE_CHAT"]
+      pendingTimeoutSecs: {pending}
+      liveIdleTimeoutSecs: {idle}
+  - id: demo-bot
+    org: {ORG}
+    platform: webhook-bot
+    role: bot
+    accessToken: bot-token-789
+    info:
+      url: {bot}
+  - id: {OUTLET}
+    org: {ORG}
+    platform: custom
+    role: outlet
+    accessToken: {OUTLET_TOKEN}
+    info:
+      livechatApi: {livechat}
+      relayResponseApi: {relay}
+      sendResponseApi: {desk_send}
+    liveChat:
+      endCommand: done
+      endText: The agent has left. The assistant is back.
+"#,
+        send = customer.url("/send"),
+        bot = bot.url(),
+        livechat = desk.url("/livechat"),
+        relay = desk.url("/relay"),
+        desk_send = desk.url("/send"),
+        pending = o.pending_timeout_secs,
+        idle = o.live_idle_timeout_secs,
+    )
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        Self::start_with(HubOptions::default()).await
+    }
+
+    pub async fn start_with(options: HubOptions) -> Self {
+        // `RUST_LOG=debug cargo test …` shows the services' logs for a failing test.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("handoff_test_{id}");
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("Postgres is reachable");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+            .await
+            .expect("create test database");
+        let db_url = {
+            let mut url = url_without_db(&admin_url());
+            url.push('/');
+            url.push_str(&db_name);
+            url
+        };
+
+        let customer = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
+        let desk = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
+        let bot = DemoBot::start("127.0.0.1:0", false).await.unwrap();
+        let yaml = channels_yaml(&customer, &desk, &bot, &options);
+        let channels_path = std::env::temp_dir().join(format!("handoff-channels-{id}.yaml"));
+        std::fs::write(&channels_path, &yaml).unwrap();
+
+        let defaults = Settings::default();
+        let settings = Settings {
+            channels: channels_path.clone(),
+            http: handoff_config::HttpSettings {
+                host: "127.0.0.1".into(),
+                port: Some(0),
+                ..defaults.http
+            },
+            nats: handoff_config::NatsSettings {
+                url: nats_url(),
+                prefix: format!("t{id}"),
+                partitions: 4,
+                ack_wait_secs: 3,
+                ..defaults.nats
+            },
+            database: handoff_config::DatabaseSettings {
+                url: db_url.into(),
+                max_connections: 5,
+            },
+            delivery: handoff_config::DeliverySettings {
+                max_attempts: 3,
+                initial_backoff_ms: 20,
+                max_backoff_ms: 100,
+                timeout_ms: 2_000,
+                ..defaults.delivery
+            },
+            sweep_interval_ms: 200,
+            ..defaults
+        };
+
+        let gateways = CancellationToken::new();
+        let channels = Channels::parse(&yaml).unwrap();
+        let inlet = inlet_gateway::Application::build(&settings, channels.clone())
+            .await
+            .expect("inlet-gateway starts");
+        let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
+        tokio::spawn(inlet.run_until_stopped(gateways.clone()));
+        let outlet = outlet_gateway::Application::build(&settings, channels)
+            .await
+            .expect("outlet-gateway starts");
+        let outlet_url = format!("http://127.0.0.1:{}", outlet.port());
+        tokio::spawn(outlet.run_until_stopped(gateways.clone()));
+
+        let mut hub = Self {
+            settings,
+            inlet: WebhookClient::new(inlet_url),
+            outlet: WebhookClient::new(outlet_url),
+            customer,
+            desk,
+            bot,
+            router_url: None,
+            channels_path,
+            db_name,
+            gateways,
+            router: None,
+            options: options.clone(),
+        };
+        if options.router {
+            hub.start_router().await;
+        }
+        hub
+    }
+
+    pub async fn start_router(&mut self) {
+        assert!(self.router.is_none(), "router already running");
+        if self.options.router_process {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_router"))
+                .env("HANDOFF_CHANNELS", &self.channels_path)
+                .env("HANDOFF_HTTP__HOST", "127.0.0.1")
+                .env("HANDOFF_HTTP__PORT", "0")
+                .env("HANDOFF_NATS__URL", &self.settings.nats.url)
+                .env("HANDOFF_NATS__PREFIX", &self.settings.nats.prefix)
+                .env(
+                    "HANDOFF_NATS__PARTITIONS",
+                    self.settings.nats.partitions.to_string(),
+                )
+                .env(
+                    "HANDOFF_NATS__ACK_WAIT_SECS",
+                    self.settings.nats.ack_wait_secs.to_string(),
+                )
+                .env(
+                    "HANDOFF_DATABASE__URL",
+                    secrecy::ExposeSecret::expose_secret(&self.settings.database.url),
+                )
+                .env("HANDOFF_SWEEP_INTERVAL_MS", "200")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("router binary starts");
+            // Ready once it has migrated and subscribed: its look-up service answers.
+            let client = async_nats::connect(&self.settings.nats.url).await.unwrap();
+            let subject = router::lookup_subject(&self.settings.nats.prefix);
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                if let Ok(Ok(_)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.request(subject.clone(), "{}".into()),
+                )
+                .await
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "router process never became ready"
+                );
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("router process exited: {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.router = Some(RouterHandle::Process(child));
+        } else {
+            let channels = Channels::load(&self.channels_path).unwrap();
+            let app = router::Application::build(&self.settings, channels)
+                .await
+                .expect("router starts");
+            self.router_url = Some(format!("http://127.0.0.1:{}", app.port()));
+            let token = CancellationToken::new();
+            let task = tokio::spawn(app.run_until_stopped(token.clone()));
+            self.router = Some(RouterHandle::InProcess(token, task));
+        }
+    }
+
+    /// Ends the router abruptly: SIGKILL for a process (no ack, no cleanup).
+    pub async fn kill_router(&mut self) {
+        match self.router.take() {
+            Some(RouterHandle::Process(mut child)) => {
+                child.start_kill().unwrap();
+                child.wait().await.unwrap();
+            }
+            Some(RouterHandle::InProcess(token, task)) => {
+                token.cancel();
+                task.abort();
+                let _ = task.await;
+            }
+            None => {}
+        }
+    }
+
+    pub async fn db(&self) -> PgConnection {
+        PgConnection::connect(secrecy::ExposeSecret::expose_secret(
+            &self.settings.database.url,
+        ))
+        .await
+        .unwrap()
+    }
+
+    pub async fn say(&self, external_id: &str, text: &str) -> (u16, Value) {
+        let body = WebhookClient::customer_text(external_id, INLET, text, now_ms());
+        self.inlet
+            .post(INLET, ORG, INLET_TOKEN, &body, &[])
+            .await
+            .unwrap()
+    }
+
+    /// Send API calls the customer `external_id` received, in order.
+    pub fn received(&self, external_id: &str) -> Vec<Recorded> {
+        self.customer
+            .calls(Api::Send)
+            .into_iter()
+            .filter(|c| c.body["member"]["externalId"] == external_id)
+            .collect()
+    }
+
+    /// Waits until the customer has received `n` responses.
+    pub async fn wait_received(&self, external_id: &str, n: usize) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.received(external_id);
+            if got.len() >= n || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            self.customer
+                .wait_for(
+                    Api::Send,
+                    self.customer.calls(Api::Send).len() + 1,
+                    Duration::from_millis(200),
+                )
+                .await;
+        }
+    }
+
+    /// Waits for a bot request matching `pred`.
+    pub async fn wait_bot(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(call) = self.bot.calls().into_iter().find(|c| pred(c)) {
+                return call;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bot never got the expected call"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_desk(&self, api: Api, n: usize) -> Vec<Recorded> {
+        self.desk.wait_for(api, n, WAIT).await
+    }
+
+    pub async fn shutdown(mut self) {
+        self.kill_router().await;
+        self.gateways.cancel();
+        if let Ok(client) = async_nats::connect(&self.settings.nats.url).await {
+            let js = async_nats::jetstream::new(client);
+            let _ = js
+                .delete_stream(self.settings.nats.prefix.to_uppercase())
+                .await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str(),
+                )
+                .await;
+        }
+        let _ = std::fs::remove_file(&self.channels_path);
+    }
+}
+
+fn url_without_db(url: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[scheme_end..].find('/') {
+        Some(i) => url[..scheme_end + i].to_string(),
+        None => url.to_string(),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn text_of(call: &Recorded) -> String {
+    call.body["response"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn member_id(external_id: &str) -> String {
+    handoff_config::member_id(INLET, external_id).to_string()
+}

@@ -1,0 +1,10 @@
+//! System tests: the real services against a real Postgres and a real NATS JetStream,
+//! talking over loopback HTTP to the simulated platforms. Each test has its own database,
+//! its own stream/subject prefix and its own ports.
+
+mod helpers;
+
+mod bad_input;
+mod bot_flow;
+mod crash_recovery;
+mod live_chat;
