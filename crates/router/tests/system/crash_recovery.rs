@@ -61,3 +61,40 @@ async fn a_message_accepted_while_the_router_is_down_is_answered_when_it_starts(
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_router_killed_mid_handoff_resumes_in_one_consistent_state_losing_nothing() {
+    // Arrange
+    let mut hub = TestHub::start_with(HubOptions {
+        router_process: true,
+        ..Default::default()
+    })
+    .await;
+    hub.say("max", "agent").await;
+    hub.wait_desk(Api::Livechat, 1).await;
+
+    // Act: killed while the acceptance is in flight; the customer keeps writing.
+    hub.kill_router().await;
+    for i in 0..3 {
+        hub.say("max", &format!("while down {i}")).await;
+    }
+    hub.start_router().await;
+
+    // Assert: one live conversation, every message relayed once and in order.
+    let relays = hub.wait_desk(Api::Relay, 3).await;
+    let texts: Vec<&str> = relays
+        .iter()
+        .map(|r| r.body["response"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["while down 0", "while down 1", "while down 2"]);
+    let mut db = hub.db().await;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM conversations")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(states, ["live"]);
+    tokio::time::sleep(Duration::from_secs(hub.settings.nats.ack_wait_secs + 1)).await;
+    assert_eq!(hub.desk.calls(Api::Livechat).len(), 1);
+    assert_eq!(hub.desk.calls(Api::Relay).len(), 3);
+    hub.shutdown().await;
+}
