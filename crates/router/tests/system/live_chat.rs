@@ -357,3 +357,23 @@ async fn pending_and_live_timeouts_return_the_member_to_the_bot_with_their_reaso
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_configured_keyword_hands_the_customer_over_without_asking_the_bot() {
+    // Arrange
+    let hub = TestHub::start().await;
+
+    // Act
+    hub.say("kay", "Talk to a human").await;
+
+    // Assert
+    let calls = hub.wait_desk(Api::Livechat, 1).await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["meta"]["trigger"], "keyword");
+    assert_eq!(calls[0].body["member"]["_id"], member_id("kay"));
+    assert!(
+        hub.bot.calls().is_empty(),
+        "the keyword is not the bot's to answer"
+    );
+    hub.shutdown().await;
+}
