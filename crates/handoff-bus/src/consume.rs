@@ -1,15 +1,34 @@
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+//! Consuming with a lane per member.
+//!
+//! A replica consumes the partitions it holds a lease for (see `lease`). Inside a partition,
+//! messages are dispatched to one lane per member: a lane handles its member's messages one
+//! at a time, in stream order, and retries a failing one in place, so only that member's
+//! later messages wait. Any number of lanes run at once, bounded by the consumer's
+//! `max_ack_pending` per partition and by `max_in_flight` per process.
+//!
+//! On taking a partition over, the new owner deletes the previous owner's consumer and
+//! reads the partition again from its oldest unacknowledged message: the stream is a work
+//! queue, so it holds exactly what nobody has finished, in order. Whatever the previous
+//! owner finished but could not acknowledge comes again and is absorbed by the handler's
+//! idempotency (the router's inbox; the receivers' `webhook-id`).
 
-use async_nats::jetstream::AckKind;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
-use futures::StreamExt as _;
+use async_nats::jetstream::{AckKind, stream::Stream};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use handoff_proto::{Envelope, Message as _};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::lease::{Leases, Renewal};
 use crate::{Bus, propagation};
 
 /// What a handler decided about one message.
@@ -17,26 +36,47 @@ use crate::{Bus, propagation};
 pub enum Handled {
     /// The effect is durable: acknowledge.
     Done,
-    /// A transient failure: redeliver after the delay. Later messages of the partition wait,
-    /// which is what keeps each member's messages in order.
+    /// A transient failure: try the same message again after the delay. The member's later
+    /// messages wait (that keeps them in order); other members do not.
     Retry { after: Duration, reason: String },
 }
 
-/// Handles one envelope of one partition. Called for one message at a time per partition.
+/// Handles one envelope. Called for one message at a time per member; many members at once.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, envelope: Envelope, partition: u16) -> impl Future<Output = Handled> + Send;
 
-    /// Called once per partition before its consumer starts (e.g. to flush an outbox).
+    /// Called when this replica takes a partition, before its first message (e.g. to flush
+    /// an outbox the previous owner left behind).
     fn partition_started(&self, _partition: u16) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
 
-/// Runs one ordered durable consumer per partition of `<prefix>.<area>.p<N>.>` until
-/// `shutdown` is cancelled; the message in hand is finished before returning.
+/// How long a partition being handed to another replica may take to finish what it holds.
+const DRAIN: Duration = Duration::from_secs(5);
+
+struct Ctx<H> {
+    bus: Bus,
+    stream: Stream,
+    area: String,
+    name: String,
+    handler: Arc<H>,
+    permits: Arc<Semaphore>,
+}
+
+struct Owned {
+    revision: u64,
+    renewed: Instant,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    releasing: bool,
+}
+
+/// Consumes `<prefix>.<area>.p<N>.>` for every partition this replica owns, until `shutdown`
+/// is cancelled; then finishes what it holds and gives its partitions back.
 ///
-/// `area` is `events` (router) or `deliver.<target>` (gateways); `name` is the durable
-/// consumer's base name, shared by all replicas of the service.
+/// `area` is `events` (router) or `deliver.<target>` (gateways); `name` names the service:
+/// all its replicas share the leases and divide the partitions between them.
 pub async fn run_consumers<H: Handler>(
     bus: Bus,
     area: String,
@@ -45,49 +85,145 @@ pub async fn run_consumers<H: Handler>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = bus.jetstream().get_stream(bus.stream_name()).await?;
-    let mut tasks = JoinSet::new();
-    for p in 0..bus.settings().partitions {
-        let consumer: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(format!("{name}-p{p}")),
-                filter_subject: format!("{}.{area}.p{p}.>", bus.settings().prefix),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: bus.settings().ack_wait,
-                // One in flight per partition: strict order across replicas.
-                max_ack_pending: 1,
-                max_deliver: -1,
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        let ack_wait = bus.settings().ack_wait;
-        tasks.spawn(async move {
-            handler.partition_started(p).await;
-            run_partition(consumer, ack_wait, p, handler, shutdown).await
-        });
-    }
-    while let Some(res) = tasks.join_next().await {
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "consumer stopped"),
-            Err(e) => tracing::error!(error = %e, "consumer task failed"),
+    let leases = Leases::open(&bus, &name).await.inspect_err(|e| {
+        tracing::error!(service = %name, error = %e, "cannot open the lease bucket");
+    })?;
+    let partitions = bus.settings().partitions;
+    let ctx = Arc::new(Ctx {
+        permits: Arc::new(Semaphore::new(bus.settings().max_in_flight)),
+        bus,
+        stream,
+        area,
+        name,
+        handler,
+    });
+    let period = leases.ttl() / 3;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut owned: HashMap<u16, Owned> = HashMap::new();
+    tracing::info!(service = %ctx.name, instance = leases.instance(), "consuming");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = leases.heartbeat().await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
+        let desired = leases.desired(partitions);
+        let mut ended = Vec::new();
+        for (&p, o) in owned.iter_mut() {
+            if o.task.is_finished() {
+                ended.push((p, true));
+                continue;
+            }
+            if !desired[usize::from(p)] && !o.releasing {
+                // Another replica should have it: finish what is in hand, then hand it over.
+                o.stop.cancel();
+                o.releasing = true;
+            }
+            match leases.renew(p, o.revision).await {
+                Renewal::Renewed(revision) => {
+                    o.revision = revision;
+                    o.renewed = Instant::now();
+                }
+                Renewal::Lost => {
+                    tracing::warn!(partition = p, "lease taken by another replica; stopping");
+                    o.task.abort();
+                    ended.push((p, false));
+                }
+                Renewal::Failed(e) => {
+                    // Past this point another replica may already own it: stop before then.
+                    if o.renewed.elapsed() + period >= leases.ttl() {
+                        tracing::warn!(partition = p, error = %e, "lease cannot be renewed; stopping");
+                        o.task.abort();
+                        ended.push((p, false));
+                    }
+                }
+            }
+        }
+        for (p, still_ours) in ended {
+            let Some(o) = owned.remove(&p) else { continue };
+            if still_ours {
+                if let Ok(Err(e)) = o.task.await {
+                    tracing::warn!(partition = p, error = %e, "partition consumer stopped; will retry");
+                }
+                leases.release(p, o.revision).await;
+            }
+        }
+        for p in 0..partitions {
+            if !desired[usize::from(p)] || owned.contains_key(&p) {
+                continue;
+            }
+            if let Some(revision) = leases.acquire(p).await {
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(run_partition(ctx.clone(), p, revision, stop.clone()));
+                tracing::info!(partition = p, "partition taken");
+                owned.insert(
+                    p,
+                    Owned {
+                        revision,
+                        renewed: Instant::now(),
+                        stop,
+                        task,
+                        releasing: false,
+                    },
+                );
+            }
         }
     }
+    // Finish what is in hand, then let the successors start at once.
+    for o in owned.values() {
+        o.stop.cancel();
+    }
+    for (p, o) in owned {
+        let _ = o.task.await;
+        leases.release(p, o.revision).await;
+    }
+    leases.leave().await;
     Ok(())
 }
 
 async fn run_partition<H: Handler>(
-    consumer: consumer::PullConsumer,
-    ack_wait: Duration,
+    ctx: Arc<Ctx<H>>,
     partition: u16,
-    handler: Arc<H>,
-    shutdown: CancellationToken,
+    epoch: u64,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
+    let settings = ctx.bus.settings().clone();
+    let filter = format!("{}.{}.p{partition}.>", settings.prefix, ctx.area);
+    let mut previous = Vec::new();
+    let mut infos = ctx.stream.consumers();
+    while let Some(info) = infos.try_next().await? {
+        if info.config.filter_subject == filter {
+            previous.push(info.name);
+        }
+    }
+    for name in previous {
+        ctx.stream.delete_consumer(&name).await?;
+    }
+    let consumer: consumer::PullConsumer = ctx
+        .stream
+        .create_consumer(consumer::pull::Config {
+            // A new name per lease: a stalled former owner pulling by the old name gets
+            // nothing, instead of this owner's messages.
+            durable_name: Some(format!("{}-p{partition}-{epoch}", ctx.name)),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_ack_pending: settings.max_ack_pending,
+            max_deliver: -1,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    ctx.handler.partition_started(partition).await;
+    let mut lanes = Lanes::new(ctx.clone(), partition);
+    let mut progress = tokio::time::interval(settings.ack_wait / 3);
+    progress.tick().await;
+    let result = 'pull: loop {
         let mut messages = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = stop.cancelled() => break 'pull Ok(()),
             m = consumer.messages() => match m {
                 Ok(m) => m,
                 Err(e) => {
@@ -98,39 +234,146 @@ async fn run_partition<H: Handler>(
             },
         };
         loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, partition, "pull error");
-                    continue;
+            tokio::select! {
+                () = stop.cancelled() => break 'pull Ok(()),
+                Some(done) = lanes.running.join_next(), if !lanes.running.is_empty() => {
+                    lanes.finished(done);
                 }
-                // The pull stream ended (e.g. reconnect): open a new one.
-                None => break,
-            };
-            handle_one(&message, partition, handler.as_ref(), ack_wait).await;
+                next = messages.next() => match next {
+                    Some(Ok(message)) => lanes.push(message).await,
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, partition, "pull error"),
+                    // The pull stream ended (e.g. a reconnect): open a new one.
+                    None => continue 'pull,
+                },
+                _ = progress.tick() => lanes.progress().await,
+            }
+        }
+    };
+    // Finish the messages being handled; the ones still queued stay unacknowledged and the
+    // next owner reads them again, in order.
+    let drained = tokio::time::timeout(DRAIN, async {
+        while lanes.running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        lanes.running.abort_all();
+    }
+    result
+}
+
+struct Item {
+    message: async_nats::jetstream::Message,
+    envelope: Envelope,
+    sequence: u64,
+}
+
+/// One partition's member lanes. Only the partition's task touches it.
+struct Lanes<H> {
+    ctx: Arc<Ctx<H>>,
+    partition: u16,
+    /// Each member's messages in stream order; the head is being handled.
+    queues: HashMap<String, VecDeque<Item>>,
+    /// Stream sequences held here, so a redelivery of one of them is not handled twice.
+    held: HashSet<u64>,
+    running: JoinSet<String>,
+}
+
+impl<H: Handler> Lanes<H> {
+    fn new(ctx: Arc<Ctx<H>>, partition: u16) -> Self {
+        Self {
+            ctx,
+            partition,
+            queues: HashMap::new(),
+            held: HashSet::new(),
+            running: JoinSet::new(),
+        }
+    }
+
+    async fn push(&mut self, message: async_nats::jetstream::Message) {
+        let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
+            tracing::error!(subject = %message.subject, "a message without JetStream metadata");
+            return;
+        };
+        if !self.held.insert(sequence) {
+            return;
+        }
+        let envelope = match Envelope::decode(message.payload.as_ref()) {
+            Ok(e) => e,
+            Err(e) => {
+                // Not ours or corrupt: retrying cannot help, and it would hold its member.
+                tracing::error!(subject = %message.subject, sequence, error = %e, "undecodable message dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                self.held.remove(&sequence);
+                return;
+            }
+        };
+        let member = envelope.member_id.clone();
+        let queue = self.queues.entry(member.clone()).or_default();
+        queue.push_back(Item {
+            message,
+            envelope,
+            sequence,
+        });
+        if queue.len() == 1 {
+            self.start(member);
+        }
+    }
+
+    fn start(&mut self, member: String) {
+        let Some(item) = self.queues.get(&member).and_then(|q| q.front()) else {
+            return;
+        };
+        let message = item.message.clone();
+        let envelope = item.envelope.clone();
+        let ctx = self.ctx.clone();
+        let partition = self.partition;
+        self.running.spawn(async move {
+            let _permit = ctx.permits.clone().acquire_owned().await;
+            handle_until_done(ctx.handler.as_ref(), &message, envelope, partition).await;
+            // Plain ack: a lost one only means a redelivery, which handlers absorb.
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "ack not sent; the message may be redelivered");
+            }
+            member
+        });
+    }
+
+    fn finished(&mut self, done: Result<String, tokio::task::JoinError>) {
+        let Ok(member) = done else {
+            // Only an abort ends a lane task early, and aborts happen on the way out.
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(&member) else {
+            return;
+        };
+        if let Some(item) = queue.pop_front() {
+            self.held.remove(&item.sequence);
+        }
+        if queue.is_empty() {
+            self.queues.remove(&member);
+        } else {
+            self.start(member);
+        }
+    }
+
+    /// Tells JetStream every held message is still being worked on, so none is redelivered
+    /// while its member waits behind a slow one.
+    async fn progress(&self) {
+        for item in self.queues.values().flatten() {
+            let _ = item.message.ack_with(AckKind::Progress).await;
         }
     }
 }
 
-async fn handle_one<H: Handler>(
-    message: &async_nats::jetstream::Message,
-    partition: u16,
+async fn handle_until_done<H: Handler>(
     handler: &H,
-    ack_wait: Duration,
+    message: &async_nats::jetstream::Message,
+    envelope: Envelope,
+    partition: u16,
 ) {
-    let envelope = match Envelope::decode(message.payload.as_ref()) {
-        Ok(e) => e,
-        Err(e) => {
-            // Not ours or corrupt: retrying cannot help, and it would block the partition.
-            tracing::error!(subject = %message.subject, error = %e, "undecodable message dropped");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
     let span = tracing::info_span!(
         "handle",
         kind = envelope.kind(),
@@ -139,30 +382,20 @@ async fn handle_one<H: Handler>(
         partition,
     );
     propagation::extract_into(&span, message.headers.as_ref());
-    // Long handlers (an endpoint being retried) tell JetStream they are still working, so
-    // the message is not redelivered to another replica meanwhile.
-    let work = handler.handle(envelope, partition).instrument(span);
-    tokio::pin!(work);
-    let mut progress = tokio::time::interval(ack_wait / 3);
-    progress.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut work => break outcome,
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
-        }
-    };
-    match outcome {
-        Handled::Done => {
-            // Confirmed ack: once this returns, the message will not be redelivered.
-            if let Err(e) = message.double_ack().await {
-                tracing::warn!(error = %e, "ack not confirmed; the message may be redelivered");
-            }
-        }
-        Handled::Retry { after, reason } => {
-            tracing::warn!(%reason, delay_ms = after.as_millis() as u64, "will retry");
-            let _ = message.ack_with(AckKind::Nak(Some(after))).await;
-        }
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let work = AssertUnwindSafe(handler.handle(envelope.clone(), partition))
+            .catch_unwind()
+            .instrument(span.clone());
+        let (after, reason) = match work.await {
+            Ok(Handled::Done) => return,
+            Ok(Handled::Retry { after, reason }) => (after, reason),
+            Err(_) => (Duration::from_secs(5), "handler panicked".to_string()),
+        };
+        span.in_scope(|| {
+            tracing::warn!(%reason, attempt, delay_ms = after.as_millis() as u64, "will retry");
+        });
+        tokio::time::sleep(after).await;
     }
 }

@@ -6,17 +6,19 @@
 //! - `<prefix>.events.p<P>.<kind>` — everything the router consumes;
 //! - `<prefix>.deliver.<target>.p<P>.<kind>` — commands for a gateway (`inlet`, `outlet`, `bot`).
 //!
-//! Every partition has one durable consumer per service with `max_ack_pending = 1`, so
-//! messages of one member are handled strictly in stream order even with many replicas,
-//! while the other partitions keep flowing.
+//! A partition is the unit of *ownership*, not of concurrency: one replica of a service owns
+//! a partition at a time (a lease in a KV bucket), and inside the owner every member has its
+//! own lane, so a member's messages are handled strictly in stream order while any number of
+//! members are in flight (see `consume` and `lease`).
 
 mod consume;
+mod lease;
 mod propagation;
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use handoff_proto::{Envelope, Message as _};
 use uuid::Uuid;
@@ -61,6 +63,9 @@ pub struct BusSettings {
     pub duplicate_window: Duration,
     pub ack_wait: Duration,
     pub replicas: usize,
+    pub lease_ttl: Duration,
+    pub max_ack_pending: i64,
+    pub max_in_flight: usize,
 }
 
 /// A connection to the bus. Cheap to clone.
@@ -177,27 +182,40 @@ impl Bus {
         id: &str,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id);
-        propagation::inject_current(&mut headers);
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                    PublishError::Unavailable(e.to_string())
-                }
-                _ => PublishError::Unavailable(e.to_string()),
-            })?;
-        ack.await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        self.publish_all([(subject, headers(id), payload)]).await
+    }
+
+    /// Publishes several messages pipelined: all are sent in order on the one connection,
+    /// then every acknowledgement is awaited, so N messages cost about one round trip.
+    pub async fn publish_all(
+        &self,
+        messages: impl IntoIterator<Item = (String, HeaderMap, Bytes)>,
+    ) -> Result<(), PublishError> {
+        let mut acks = Vec::new();
+        for (subject, headers, payload) in messages {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        }
         Ok(())
     }
 
-    /// Removes the stream (tests clean up after themselves with this).
+    /// Name of the KV bucket holding partition leases and replica heartbeats.
+    pub fn lease_bucket(&self) -> String {
+        format!("{}_LEASES", self.stream_name())
+    }
+
+    /// Removes the stream and the lease bucket (tests clean up after themselves with this).
     pub async fn delete_stream(&self) -> anyhow::Result<()> {
         self.js.delete_stream(self.stream_name()).await?;
+        let _ = self.js.delete_key_value(self.lease_bucket()).await;
         Ok(())
     }
 
@@ -214,6 +232,14 @@ pub fn partition_of(member_id: &str, partitions: u16) -> u16 {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % partitions) as u16
+}
+
+/// Headers for a message with id `id`: JetStream's dedup id and the current trace context.
+pub fn headers(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    propagation::inject_current(&mut headers);
+    headers
 }
 
 /// A fresh, time-ordered event id.
@@ -244,6 +270,9 @@ impl BusSettings {
             duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
             ack_wait: Duration::from_secs(nats.ack_wait_secs),
             replicas: nats.replicas,
+            lease_ttl: Duration::from_millis(nats.lease_ttl_ms.max(500)),
+            max_ack_pending: nats.max_ack_pending.max(1),
+            max_in_flight: nats.max_in_flight.max(1),
         }
     }
 }

@@ -102,6 +102,14 @@ pub struct NatsSettings {
     pub ack_wait_secs: u64,
     /// Stream replicas (1 for a single server, 3 for a cluster).
     pub replicas: usize,
+    /// A replica owns a partition through a lease in a NATS KV bucket; a lease not renewed
+    /// for this long (a killed replica) is taken over by a surviving or restarted one.
+    pub lease_ttl_ms: u64,
+    /// Messages one partition may have delivered and not yet acknowledged (JetStream's
+    /// `max_ack_pending`): how far other members can run ahead of a slow one.
+    pub max_ack_pending: i64,
+    /// Messages one service process handles at once, across all its partitions and members.
+    pub max_in_flight: usize,
 }
 
 impl Default for NatsSettings {
@@ -113,6 +121,9 @@ impl Default for NatsSettings {
             duplicate_window_secs: 120,
             ack_wait_secs: 30,
             replicas: 1,
+            lease_ttl_ms: 3_000,
+            max_ack_pending: 4_096,
+            max_in_flight: 4_096,
         }
     }
 }
@@ -144,6 +155,9 @@ pub struct DeliverySettings {
     pub max_backoff_ms: u64,
     /// Allow calls to loopback / private addresses (simulators, in-cluster services).
     pub allow_private_targets: bool,
+    /// Calls in flight at once to one endpoint (scheme, host and port), so one slow or dead
+    /// endpoint cannot take every connection of the service.
+    pub max_concurrent_per_endpoint: usize,
 }
 
 impl Default for DeliverySettings {
@@ -154,6 +168,7 @@ impl Default for DeliverySettings {
             initial_backoff_ms: 200,
             max_backoff_ms: 10_000,
             allow_private_targets: true,
+            max_concurrent_per_endpoint: 2_048,
         }
     }
 }

@@ -8,9 +8,11 @@
 //! BOT is "no open conversation". Every transition is a compare-and-set on the
 //! conversation's state, so a duplicated or late event cannot apply twice.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use handoff_bus::{Bus, Handled, Handler, Target, derived_id, now_ms};
 use handoff_config::{Channel, Channels};
@@ -23,18 +25,41 @@ use handoff_proto::{
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store::{self, ConvState, ConversationRow, MemberRow};
 
-/// Advisory-lock class for "one transaction per partition at a time", across replicas.
-const PARTITION_LOCK_CLASS: i32 = 0x4846_4f46; // "HFOF"
+/// Advisory-lock class for "one transaction per member at a time", across replicas.
+const MEMBER_LOCK_CLASS: i32 = 0x4846_4f4d; // "HFOM"
+
+/// Events applied in one transaction at most.
+const MAX_BATCH: usize = 64;
+
+/// Transactions the router runs at once (each a batch).
+const BATCH_WORKERS: usize = 4;
+
+enum Scope<'a> {
+    Partition(u16),
+    Member(&'a str),
+}
+
+/// An event waiting for a batch, and where its outcome goes.
+struct Job {
+    envelope: Envelope,
+    span: tracing::Span,
+    reply: oneshot::Sender<Handled>,
+}
 
 pub(crate) struct Engine {
     pub pool: PgPool,
     pub bus: Bus,
     pub channels: Arc<Channels>,
     public_url: String,
+    jobs: mpsc::UnboundedSender<Job>,
+    queue: Mutex<mpsc::UnboundedReceiver<Job>>,
 }
 
 struct OutboxRow {
@@ -49,9 +74,9 @@ enum Applied {
     Duplicate,
 }
 
-/// One event's unit of work: the open transaction and the commands it derives.
+/// One event's unit of work: the batch's open transaction and the commands it derives.
 struct Work<'a> {
-    tx: Transaction<'static, Postgres>,
+    tx: &'a mut Transaction<'static, Postgres>,
     cause: &'a Envelope,
     commands: Vec<(Target, Envelope)>,
     messages: usize,
@@ -115,7 +140,7 @@ impl Work<'_> {
         .bind(author)
         .bind(content)
         .bind(held)
-        .execute(&mut *self.tx)
+        .execute(&mut **self.tx)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -139,11 +164,95 @@ fn event_content(event: &str, detail: Value) -> Content {
 
 impl Engine {
     pub fn new(pool: PgPool, bus: Bus, channels: Arc<Channels>, public_url: String) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
         Self {
             pool,
             bus,
             channels,
             public_url,
+            jobs,
+            queue: Mutex::new(queue),
+        }
+    }
+
+    /// Applies queued events in batches until `shutdown`. Several workers run at once so a
+    /// batch waiting for its commit does not hold the next one.
+    pub async fn run_batches(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut workers = JoinSet::new();
+        for _ in 0..BATCH_WORKERS {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            workers.spawn(async move {
+                loop {
+                    let batch = {
+                        let mut queue = engine.queue.lock().await;
+                        let first = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            job = queue.recv() => match job { Some(j) => j, None => return },
+                        };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match queue.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    engine.run_batch(batch).await;
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
+    async fn run_batch(&self, batch: Vec<Job>) {
+        let envelopes: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+        match self.apply_batch(&envelopes).await {
+            Ok(outcomes) => {
+                let mut rows = Vec::new();
+                let mut duplicate = Vec::with_capacity(outcomes.len());
+                for (job, outcome) in batch.iter().zip(outcomes) {
+                    match outcome {
+                        Applied::New(new) => {
+                            // Each command carries the trace of the event it derives from.
+                            let _entered = job.span.enter();
+                            rows.extend(new.into_iter().map(|r| {
+                                let headers = handoff_bus::headers(&r.id);
+                                (r, headers)
+                            }));
+                            duplicate.push(false);
+                        }
+                        Applied::Duplicate => duplicate.push(true),
+                    }
+                }
+                let published = self.publish(rows).await;
+                for (job, duplicate) in batch.into_iter().zip(duplicate) {
+                    let handled = match &published {
+                        Err(e) => retry(e),
+                        Ok(()) if !duplicate => Handled::Done,
+                        // A redelivery: publish what its first run may have left behind.
+                        Ok(()) => match self
+                            .flush_outbox(Scope::Member(&job.envelope.member_id))
+                            .await
+                        {
+                            Ok(()) => Handled::Done,
+                            Err(e) => retry(&e),
+                        },
+                    };
+                    let _ = job.reply.send(handled);
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let job = batch.into_iter().next().expect("one job");
+                let _ = job.reply.send(retry(&e));
+            }
+            Err(_) => {
+                // One event spoiled the batch: apply each alone, so only its member waits.
+                for job in batch {
+                    Box::pin(self.run_batch(vec![job])).await;
+                }
+            }
         }
     }
 
@@ -153,65 +262,103 @@ impl Engine {
             .ok_or_else(|| anyhow::anyhow!("channel `{id}` is not configured"))
     }
 
-    /// Applies one event in one transaction, returning the commands to publish.
-    async fn apply(&self, envelope: &Envelope, partition: u16) -> anyhow::Result<Applied> {
+    /// Applies a batch of events (each of a different member) in one transaction: the
+    /// member locks, the inbox and the outbox are one statement each for the whole batch,
+    /// and the batch pays for one commit. Returns, per event, the commands to publish.
+    async fn apply_batch(&self, batch: &[Envelope]) -> anyhow::Result<Vec<Applied>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(PARTITION_LOCK_CLASS)
-            .bind(i32::from(partition))
-            .execute(&mut *tx)
-            .await?;
-        let event_id: Uuid = envelope
-            .event_id
-            .parse()
-            .map_err(|_| anyhow::anyhow!("event id `{}` is not a UUID", envelope.event_id))?;
-        let fresh = sqlx::query(
-            "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
+        members.sort_unstable();
+        members.dedup();
+        // A member's events are applied one at a time across replicas (a takeover replays
+        // what the previous owner may still be finishing). Sorted, so batches never deadlock.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1, hashtext(m))
+             FROM (SELECT m FROM unnest($2::text[]) AS m ORDER BY hashtext(m)) AS ordered",
         )
-        .bind(event_id)
+        .bind(MEMBER_LOCK_CLASS)
+        .bind(&members)
         .execute(&mut *tx)
+        .await?;
+        let ids = batch
+            .iter()
+            .map(|e| {
+                e.event_id
+                    .parse::<Uuid>()
+                    .map_err(|_| anyhow::anyhow!("event id `{}` is not a UUID", e.event_id))
+            })
+            .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        let fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
         .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            return Ok(Applied::Duplicate);
+        .into_iter()
+        .collect();
+        let mut commands: Vec<(usize, Target, Envelope)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (i, envelope) in batch.iter().enumerate() {
+            if !fresh.contains(&ids[i]) {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            let mut work = Work {
+                tx: &mut tx,
+                cause: envelope,
+                commands: Vec::new(),
+                messages: 0,
+            };
+            // `false`: a duplicate by another key (the same platform message id under a new
+            // event id); it was detected before any effect, so nothing is published.
+            if self.dispatch(&mut work).await? {
+                commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
+            }
+            outcomes.push(Applied::New(Vec::new()));
         }
-        let mut work = Work {
-            tx,
-            cause: envelope,
-            commands: Vec::new(),
-            messages: 0,
-        };
-        let applied = match &envelope.body {
-            Some(Body::InboundMessage(m)) => self.on_inbound(&mut work, m).await?,
-            Some(Body::BotReply(r)) => self.on_bot_reply(&mut work, r).await?,
-            Some(Body::AgentMessage(m)) => self.on_agent_message(&mut work, m).await?,
-            Some(Body::AgentCommand(c)) => self.on_agent_command(&mut work, c).await?,
+        for (i, row) in self.write_outbox(&mut tx, commands).await? {
+            if let Applied::New(rows) = &mut outcomes[i] {
+                rows.push(row);
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Applies one event's effects inside the batch's transaction.
+    async fn dispatch(&self, work: &mut Work<'_>) -> anyhow::Result<bool> {
+        let envelope = work.cause;
+        Ok(match &envelope.body {
+            Some(Body::InboundMessage(m)) => self.on_inbound(work, m).await?,
+            Some(Body::BotReply(r)) => self.on_bot_reply(work, r).await?,
+            Some(Body::AgentMessage(m)) => self.on_agent_message(work, m).await?,
+            Some(Body::AgentCommand(c)) => self.on_agent_command(work, c).await?,
             Some(Body::HandoffRequested(r)) => {
-                let member = self.member(&mut work).await?;
+                let member = self.member(work).await?;
                 let details = r.details.clone().unwrap_or_default();
-                self.open_handoff(&mut work, &member, details).await?;
+                self.open_handoff(work, &member, details).await?;
                 true
             }
             Some(Body::HandoffAccepted(a)) => {
-                self.on_handoff_accepted(&mut work, &a.external_conversation_id)
+                self.on_handoff_accepted(work, &a.external_conversation_id)
                     .await?
             }
             Some(Body::HandoffFailed(f)) => {
                 let error =
                     json!({"reason": "livechat_failed", "status": f.status, "message": f.reason});
-                self.on_handoff_ended_before_live(&mut work, "livechat_failed", error)
+                self.on_handoff_ended_before_live(work, "livechat_failed", error)
                     .await?
             }
-            Some(Body::ConversationTimeout(t)) => self.on_timeout(&mut work, t).await?,
+            Some(Body::ConversationTimeout(t)) => self.on_timeout(work, t).await?,
             Some(Body::RelayFailed(f)) => {
-                let member = self.member(&mut work).await?;
+                let member = self.member(work).await?;
                 let error = json!({"reason": f.reason, "status": f.status});
                 let content = f.content.clone().unwrap_or_default();
-                self.record_system(&mut work, &member, "RELAY_FAILED", error.clone())
+                self.record_system(work, &member, "RELAY_FAILED", error.clone())
                     .await?;
                 self.to_bot(
-                    &mut work,
+                    work,
                     &member,
                     false,
                     SendToBot {
@@ -223,127 +370,137 @@ impl Engine {
                 true
             }
             Some(Body::DeliveryFailed(f)) => {
-                let member = self.member(&mut work).await?;
+                let member = self.member(work).await?;
                 let detail = json!({"reason": f.reason, "status": f.status});
-                self.record_system(&mut work, &member, "DELIVERY_FAILED", detail)
+                self.record_system(work, &member, "DELIVERY_FAILED", detail)
                     .await?;
                 true
             }
             Some(Body::BotFailed(f)) => {
-                let member = self.member(&mut work).await?;
-                self.record_system(
-                    &mut work,
-                    &member,
-                    "BOT_FAILED",
-                    json!({"reason": f.reason}),
-                )
-                .await?;
+                let member = self.member(work).await?;
+                self.record_system(work, &member, "BOT_FAILED", json!({"reason": f.reason}))
+                    .await?;
                 true
             }
-            other => {
+            _ => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
-                let _ = other;
                 true
             }
-        };
-        if !applied {
-            // Duplicate by another key (e.g. the same source message id under a new event
-            // id): nothing of this event may take effect.
-            work.tx.rollback().await?;
-            return Ok(Applied::Duplicate);
-        }
-        let rows = self.write_outbox(&mut work, partition).await?;
-        work.tx.commit().await?;
-        Ok(Applied::New(rows))
+        })
     }
 
+    /// Writes the batch's commands to the outbox in one statement, in order.
     async fn write_outbox(
         &self,
-        work: &mut Work<'_>,
-        partition: u16,
-    ) -> anyhow::Result<Vec<OutboxRow>> {
-        if work.commands.is_empty() {
+        tx: &mut Transaction<'static, Postgres>,
+        commands: Vec<(usize, Target, Envelope)>,
+    ) -> anyhow::Result<Vec<(usize, OutboxRow)>> {
+        if commands.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::new();
-        let mut subjects = Vec::new();
-        let mut payloads = Vec::new();
-        for (target, envelope) in &work.commands {
+        let mut ids = Vec::with_capacity(commands.len());
+        let mut members = Vec::with_capacity(commands.len());
+        let mut partitions = Vec::with_capacity(commands.len());
+        let mut subjects = Vec::with_capacity(commands.len());
+        let mut payloads = Vec::with_capacity(commands.len());
+        for (_, target, envelope) in &commands {
             ids.push(envelope.event_id.parse::<Uuid>()?);
+            members.push(envelope.member_id.parse::<Uuid>()?);
+            partitions.push(i32::from(self.bus.partition_of(&envelope.member_id)));
             subjects.push(self.bus.command_subject(*target, envelope)?);
             payloads.push(envelope.encode_to_vec());
         }
-        let seqs: Vec<i64> = sqlx::query(
-            "INSERT INTO outbox (partition, command_id, subject, payload)
-             SELECT $1, t.i, t.s, t.p FROM unnest($2::uuid[], $3::text[], $4::bytea[]) WITH ORDINALITY AS t(i, s, p, o)
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO outbox (partition, member_id, command_id, subject, payload)
+             SELECT t.pa, t.m, t.i, t.s, t.p
+             FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bytea[])
+                  WITH ORDINALITY AS t(pa, m, i, s, p, o)
              ORDER BY o
              RETURNING seq",
         )
-        .bind(i32::from(partition))
+        .bind(&partitions)
+        .bind(&members)
         .bind(&ids)
         .bind(&subjects)
         .bind(&payloads)
-        .fetch_all(&mut *work.tx)
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-        let mut rows = Vec::new();
-        for (((seq, id), subject), payload) in seqs.into_iter().zip(ids).zip(subjects).zip(payloads)
-        {
-            rows.push(OutboxRow {
-                seq,
-                id: id.to_string(),
-                subject,
-                payload: Bytes::from(payload),
-            });
-        }
-        rows.sort_by_key(|r| r.seq);
-        Ok(rows)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut seqs = seqs;
+        // RETURNING does not promise the insertion order; the sequence does.
+        seqs.sort_unstable();
+        Ok(commands
+            .into_iter()
+            .zip(seqs)
+            .zip(ids.into_iter().zip(subjects).zip(payloads))
+            .map(|(((i, _, _), seq), ((id, subject), payload))| {
+                (
+                    i,
+                    OutboxRow {
+                        seq,
+                        id: id.to_string(),
+                        subject,
+                        payload: Bytes::from(payload),
+                    },
+                )
+            })
+            .collect())
     }
 
-    /// Publishes outbox rows in order and deletes them once JetStream has them.
-    async fn publish(&self, rows: Vec<OutboxRow>) -> anyhow::Result<()> {
+    /// Publishes outbox rows (pipelined, in order) and deletes them once JetStream has them.
+    async fn publish(&self, rows: Vec<(OutboxRow, HeaderMap)>) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut done = Vec::with_capacity(rows.len());
-        for row in rows {
-            self.bus
-                .publish_raw(row.subject, &row.id, row.payload)
-                .await?;
-            done.push(row.seq);
-        }
+        let seqs: Vec<i64> = rows.iter().map(|(r, _)| r.seq).collect();
+        self.bus
+            .publish_all(
+                rows.into_iter()
+                    .map(|(r, headers)| (r.subject, headers, r.payload)),
+            )
+            .await?;
         sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
-            .bind(&done)
+            .bind(&seqs)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Publishes whatever an earlier attempt (or a crashed replica) left in the partition's
-    /// outbox, oldest first.
-    async fn flush_outbox(&self, partition: u16) -> anyhow::Result<()> {
-        let rows = sqlx::query(
-            "SELECT seq, command_id, subject, payload FROM outbox WHERE partition = $1 ORDER BY seq",
-        )
-        .bind(i32::from(partition))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| OutboxRow {
-            seq: r.get("seq"),
-            id: r.get::<Uuid, _>("command_id").to_string(),
-            subject: r.get("subject"),
-            payload: Bytes::from(r.get::<Vec<u8>, _>("payload")),
-        })
-        .collect();
+    /// Publishes whatever an earlier attempt (or a crashed replica) left in the outbox for
+    /// a partition or one member, oldest first.
+    async fn flush_outbox(&self, scope: Scope<'_>) -> anyhow::Result<()> {
+        let query = match scope {
+            Scope::Partition(p) => sqlx::query(
+                "SELECT seq, command_id, subject, payload FROM outbox
+                 WHERE partition = $1 ORDER BY seq",
+            )
+            .bind(i32::from(p)),
+            Scope::Member(m) => sqlx::query(
+                "SELECT seq, command_id, subject, payload FROM outbox
+                 WHERE member_id = $1 ORDER BY seq",
+            )
+            .bind(m.parse::<Uuid>().unwrap_or_default()),
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let row = OutboxRow {
+                    seq: r.get("seq"),
+                    id: r.get::<Uuid, _>("command_id").to_string(),
+                    subject: r.get("subject"),
+                    payload: Bytes::from(r.get::<Vec<u8>, _>("payload")),
+                };
+                let headers = handoff_bus::headers(&row.id);
+                (row, headers)
+            })
+            .collect();
         self.publish(rows).await
     }
 
     async fn member(&self, work: &mut Work<'_>) -> anyhow::Result<MemberRow> {
         let id: Uuid = work.cause.member_id.parse()?;
-        store::find_member(&mut *work.tx, id)
+        store::find_member(&mut **work.tx, id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("member {id} is unknown"))
     }
@@ -383,7 +540,7 @@ impl Engine {
         event: &str,
         detail: Value,
     ) -> anyhow::Result<()> {
-        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
         let content = content_to_response(&event_content(event, detail));
         work.record(
             member.id,
@@ -402,14 +559,14 @@ impl Engine {
         let member_id: Uuid = work.cause.member_id.parse()?;
         let profile: Value = serde_json::from_str(&m.profile_json).unwrap_or(json!({}));
         let member = store::upsert_member(
-            &mut *work.tx,
+            &mut **work.tx,
             member_id,
             &inlet.id,
             &m.external_id,
             &profile,
         )
         .await?;
-        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
         let content = m.content.clone().unwrap_or_default();
         let held = matches!(&conv, Some(c) if c.state == ConvState::Pending);
         let stored = content_to_response(&content);
@@ -513,7 +670,7 @@ impl Engine {
         .bind(&details.trigger)
         .bind(&token)
         .bind(ttl)
-        .execute(&mut *work.tx)
+        .execute(&mut **work.tx)
         .await?
         .rows_affected()
             == 1;
@@ -549,7 +706,7 @@ impl Engine {
 
     async fn on_bot_reply(&self, work: &mut Work<'_>, r: &BotReply) -> anyhow::Result<bool> {
         let member = self.member(work).await?;
-        let conv = store::open_conversation(&mut *work.tx, member.id).await?;
+        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
         let live = matches!(&conv, Some(c) if c.state == ConvState::Live);
         let bot_channel = work.cause.channel.clone();
         for response in &r.responses {
@@ -604,7 +761,7 @@ impl Engine {
         )
         .bind(conv_id)
         .bind(external_id)
-        .execute(&mut *work.tx)
+        .execute(&mut **work.tx)
         .await?
         .rows_affected()
             == 1;
@@ -623,7 +780,7 @@ impl Engine {
             "SELECT outlet_channel_id FROM conversations WHERE id = $1",
         )
         .bind(conv_id)
-        .fetch_one(&mut *work.tx)
+        .fetch_one(&mut **work.tx)
         .await?;
         for content in release_held(work, conv_id).await? {
             work.command(
@@ -692,7 +849,7 @@ impl Engine {
         m: &AgentMessage,
     ) -> anyhow::Result<bool> {
         let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut *work.tx, member.id)
+        let Some(conv) = store::open_conversation(&mut **work.tx, member.id)
             .await?
             .filter(|c| c.state == ConvState::Live)
         else {
@@ -724,7 +881,7 @@ impl Engine {
         c: &AgentCommand,
     ) -> anyhow::Result<bool> {
         let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut *work.tx, member.id).await? else {
+        let Some(conv) = store::open_conversation(&mut **work.tx, member.id).await? else {
             tracing::warn!(member = %member.id, "agent command without an open conversation dropped");
             return Ok(true);
         };
@@ -832,7 +989,7 @@ impl Engine {
         t: &ConversationTimeout,
     ) -> anyhow::Result<bool> {
         let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut *work.tx, member.id).await? else {
+        let Some(conv) = store::open_conversation(&mut **work.tx, member.id).await? else {
             return Ok(true);
         };
         if conv.id.to_string() != work.cause.conversation_id || conv.state.as_str() != t.state {
@@ -851,7 +1008,7 @@ impl Engine {
         )
         .bind(conv.id)
         .bind(limit)
-        .fetch_one(&mut *work.tx)
+        .fetch_one(&mut **work.tx)
         .await?;
         if !overdue {
             return Ok(true);
@@ -906,7 +1063,7 @@ fn handoff_trigger(inlet: &Channel, content: &Content) -> Option<&'static str> {
 async fn touch(work: &mut Work<'_>, conv: Uuid) -> sqlx::Result<()> {
     sqlx::query("UPDATE conversations SET last_activity_at = now() WHERE id = $1")
         .bind(conv)
-        .execute(&mut *work.tx)
+        .execute(&mut **work.tx)
         .await?;
     Ok(())
 }
@@ -925,7 +1082,7 @@ async fn cas_close(
     .bind(conv)
     .bind(from)
     .bind(reason)
-    .execute(&mut *work.tx)
+    .execute(&mut **work.tx)
     .await?
     .rows_affected()
         == 1)
@@ -940,7 +1097,7 @@ async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Con
          SELECT content FROM released ORDER BY id",
     )
     .bind(conv)
-    .fetch_all(&mut *work.tx)
+    .fetch_all(&mut **work.tx)
     .await?;
     rows.iter()
         .map(|r| content_from_response(&r.get::<Value, _>("content")).map_err(anyhow::Error::msg))
@@ -953,28 +1110,32 @@ fn history_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn retry(e: &anyhow::Error) -> Handled {
+    Handled::Retry {
+        after: Duration::from_millis(500),
+        reason: format!("{e:#}"),
+    }
+}
+
 impl Handler for Engine {
     async fn partition_started(&self, partition: u16) {
-        if let Err(e) = self.flush_outbox(partition).await {
+        if let Err(e) = self.flush_outbox(Scope::Partition(partition)).await {
             tracing::warn!(partition, error = %e, "outbox not flushed at start; will retry with the next event");
         }
     }
 
-    async fn handle(&self, envelope: Envelope, partition: u16) -> Handled {
-        let retry = |e: anyhow::Error| Handled::Retry {
-            after: Duration::from_millis(500),
-            reason: format!("{e:#}"),
+    async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
+        let (reply, outcome) = oneshot::channel();
+        let job = Job {
+            envelope,
+            span: tracing::Span::current(),
+            reply,
         };
-        match self.apply(&envelope, partition).await {
-            Ok(Applied::New(rows)) => match self.publish(rows).await {
-                Ok(()) => Handled::Done,
-                Err(e) => retry(e),
-            },
-            Ok(Applied::Duplicate) => match self.flush_outbox(partition).await {
-                Ok(()) => Handled::Done,
-                Err(e) => retry(e),
-            },
-            Err(e) => retry(e),
+        if self.jobs.send(job).is_err() {
+            return retry(&anyhow::anyhow!("the router is shutting down"));
         }
+        outcome
+            .await
+            .unwrap_or_else(|_| retry(&anyhow::anyhow!("the batch was abandoned")))
     }
 }

@@ -102,13 +102,23 @@ impl Application {
             .layer(http_trace_layer());
         let server = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let consumers = handoff_bus::run_consumers(
-            engine.bus.clone(),
-            "events".into(),
-            "router".into(),
-            engine.clone(),
-            shutdown.clone(),
-        );
+        // Batches outlive the consumers: a consumer finishing its last messages at shutdown
+        // still needs them applied.
+        let batches_stop = CancellationToken::new();
+        let batches = tokio::spawn(engine.clone().run_batches(batches_stop.clone()));
+        let consumers = async {
+            let consumed = handoff_bus::run_consumers(
+                engine.bus.clone(),
+                "events".into(),
+                "router".into(),
+                engine.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            batches_stop.cancel();
+            let _ = batches.await;
+            consumed
+        };
         let lookups = lookup::serve(engine.clone(), shutdown.clone());
         let sweeper = timeouts::run(engine.clone(), self.sweep_interval, shutdown.clone());
         let (served, consumed, looked_up, ()) = tokio::join!(

@@ -373,9 +373,9 @@ impl TestHub {
         self.gateways.cancel();
         if let Ok(client) = async_nats::connect(&self.settings.nats.url).await {
             let js = async_nats::jetstream::new(client);
-            let _ = js
-                .delete_stream(self.settings.nats.prefix.to_uppercase())
-                .await;
+            let stream = self.settings.nats.prefix.to_uppercase();
+            let _ = js.delete_stream(&stream).await;
+            let _ = js.delete_key_value(format!("{stream}_LEASES")).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
             let _ = admin
