@@ -4,6 +4,8 @@
 //! 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and
 //! full jitter, honouring `Retry-After`; any other 4xx is final.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -13,6 +15,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac as _};
 use reqwest::StatusCode;
 use sha2::Sha256;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
@@ -20,6 +23,7 @@ pub struct OutboundSettings {
     pub max_attempts: usize,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    pub max_concurrent_per_endpoint: usize,
 }
 
 /// Why a delivery did not succeed.
@@ -91,6 +95,9 @@ pub struct Delivered {
 pub struct OutboundClient {
     http: reqwest::Client,
     settings: OutboundSettings,
+    /// Calls in flight per endpoint (scheme, host, port): a slow endpoint fills its own
+    /// slots, not the service's.
+    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 impl OutboundClient {
@@ -98,11 +105,34 @@ impl OutboundClient {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(1024)
             .user_agent(concat!("handoff/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("static client configuration is valid");
-        Self { http, settings }
+        Self {
+            http,
+            settings,
+            endpoints: Arc::default(),
+        }
+    }
+
+    fn endpoint_slots(&self, url: &str) -> Arc<Semaphore> {
+        let endpoint = reqwest::Url::parse(url)
+            .map(|u| {
+                format!(
+                    "{}://{}:{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or_default(),
+                    u.port_or_known_default().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        self.endpoints
+            .lock()
+            .expect("endpoint map lock")
+            .entry(endpoint)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_concurrent_per_endpoint)))
+            .clone()
     }
 
     /// POSTs `body` as JSON to `url` under delivery id `id`, retrying as described above.
@@ -120,10 +150,18 @@ impl OutboundClient {
             .with_max_times(self.settings.max_attempts.saturating_sub(1))
             .with_jitter()
             .build();
+        let slots = self.endpoint_slots(url);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (status, why, retry_after) = match self.attempt(url, id, &body, signer).await {
+            // A slot is held for the attempt only, never across a backoff.
+            let slot = slots
+                .acquire()
+                .await
+                .expect("endpoint slots are never closed");
+            let outcome = self.attempt(url, id, &body, signer).await;
+            drop(slot);
+            let (status, why, retry_after) = match outcome {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
@@ -223,6 +261,7 @@ impl OutboundSettings {
             max_attempts: d.max_attempts.max(1),
             initial_backoff: Duration::from_millis(d.initial_backoff_ms),
             max_backoff: Duration::from_millis(d.max_backoff_ms),
+            max_concurrent_per_endpoint: d.max_concurrent_per_endpoint.max(1),
         }
     }
 }

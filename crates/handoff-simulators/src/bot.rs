@@ -1,4 +1,7 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -13,24 +16,66 @@ use tokio::net::TcpListener;
 /// - a message that could not be relayed → tells the customer so;
 /// - a failed handoff → tells the customer no agent is available;
 /// - an agent command → `Bot received command: <text>` (goes back to the agent).
+///
+/// Like a language model, it can be told to think before answering: for everyone
+/// ([`DemoBot::set_think_time`]) or for one customer ([`DemoBot::set_think_time_for`]).
 #[derive(Clone)]
 pub struct DemoBot {
-    calls: Arc<Mutex<Vec<Value>>>,
+    state: Arc<BotState>,
     port: u16,
+}
+
+#[derive(Default)]
+struct BotState {
+    calls: Mutex<Vec<Value>>,
+    verbose: bool,
+    /// Whether to keep every request (tests) or only count them (load runs).
+    record: AtomicBool,
+    count: AtomicUsize,
+    think: Mutex<Duration>,
+    think_for: Mutex<HashMap<String, Duration>>,
 }
 
 impl DemoBot {
     pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
-        let calls = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(BotState {
+            verbose,
+            record: AtomicBool::new(true),
+            ..Default::default()
+        });
         let app = Router::new()
             .route("/bot", post(answer))
-            .with_state((calls.clone(), verbose));
+            .with_state(state.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { calls, port })
+        Ok(Self { state, port })
+    }
+
+    /// Every answer takes this long.
+    pub fn set_think_time(&self, delay: Duration) {
+        *self.state.think.lock().unwrap() = delay;
+    }
+
+    /// Answers about the customer `external_id` take this long.
+    pub fn set_think_time_for(&self, external_id: &str, delay: Duration) {
+        self.state
+            .think_for
+            .lock()
+            .unwrap()
+            .insert(external_id.to_string(), delay);
+    }
+
+    /// Stops keeping requests (a load run would hold millions); they are still counted.
+    pub fn stop_recording(&self) {
+        self.state.record.store(false, Ordering::Relaxed);
+    }
+
+    /// How many requests the bot received.
+    pub fn count(&self) -> usize {
+        self.state.count.load(Ordering::Relaxed)
     }
 
     pub fn url(&self) -> String {
@@ -39,7 +84,7 @@ impl DemoBot {
 
     /// Every request the bot received, in order.
     pub fn calls(&self) -> Vec<Value> {
-        self.calls.lock().unwrap().clone()
+        self.state.calls.lock().unwrap().clone()
     }
 }
 
@@ -47,14 +92,21 @@ fn text(t: impl Into<String>) -> Value {
     json!({"type": "TEXT", "text": t.into()})
 }
 
-async fn answer(
-    State((calls, verbose)): State<(Arc<Mutex<Vec<Value>>>, bool)>,
-    Json(request): Json<Value>,
-) -> Json<Value> {
-    if verbose {
+async fn answer(State(state): State<Arc<BotState>>, Json(request): Json<Value>) -> Json<Value> {
+    if state.verbose {
         println!("[bot] <- {request}");
     }
-    calls.lock().unwrap().push(request.clone());
+    state.count.fetch_add(1, Ordering::Relaxed);
+    if state.record.load(Ordering::Relaxed) {
+        state.calls.lock().unwrap().push(request.clone());
+    }
+    let think = request["member"]["externalId"]
+        .as_str()
+        .and_then(|m| state.think_for.lock().unwrap().get(m).copied())
+        .unwrap_or_else(|| *state.think.lock().unwrap());
+    if !think.is_zero() {
+        tokio::time::sleep(think).await;
+    }
     let message = &request["message"];
     let said = message["text"]
         .as_str()

@@ -41,6 +41,10 @@ struct Behaviour {
 struct Inner {
     calls: Mutex<Vec<Recorded>>,
     behaviour: Mutex<HashMap<Api, Behaviour>>,
+    /// Calls about these customers (`member.externalId`) answer this status.
+    failing_members: Mutex<HashMap<String, u16>>,
+    /// Every accepted call is also sent here, with the moment it arrived (load tests).
+    taps: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(std::time::Instant, Recorded)>>>,
     notify: Notify,
     tickets: Mutex<u64>,
     verbose: bool,
@@ -125,6 +129,28 @@ impl CustomPlatform {
         b.failing = Some(status);
     }
 
+    /// Makes every API answer `status` for calls about the customer `external_id`, until
+    /// healed with `None`: one customer's deliveries fail while the others' succeed.
+    pub fn set_failing_for(&self, external_id: &str, status: Option<u16>) {
+        let mut failing = self.inner.failing_members.lock().unwrap();
+        match status {
+            Some(code) => failing.insert(external_id.to_string(), code),
+            None => failing.remove(external_id),
+        };
+    }
+
+    /// A stream of every call accepted from now on, with its arrival time.
+    pub fn tap(&self) -> tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Recorded)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.taps.lock().unwrap().push(tx);
+        rx
+    }
+
+    /// Forgets the calls recorded so far (long load runs keep only their tap).
+    pub fn clear(&self) {
+        self.inner.calls.lock().unwrap().clear();
+    }
+
     /// Makes `api` wait `delay` before answering.
     pub fn stall(&self, api: Api, delay: Duration) {
         self.inner
@@ -158,7 +184,10 @@ async fn receive(
     if !stall.is_zero() {
         tokio::time::sleep(stall).await;
     }
-    if let Some(code) = status {
+    let member_status = body["member"]["externalId"]
+        .as_str()
+        .and_then(|m| inner.failing_members.lock().unwrap().get(m).copied());
+    if let Some(code) = status.or(member_status) {
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, Json(json!({"error": "simulated failure"})));
     }
@@ -171,12 +200,18 @@ async fn receive(
     if inner.verbose {
         println!("[platform] {api:?} API <- {body}");
     }
-    inner.calls.lock().unwrap().push(Recorded {
+    let recorded = Recorded {
         api,
         webhook_id: header("webhook-id").unwrap_or_default(),
         signature: header("webhook-signature"),
         body,
-    });
+    };
+    {
+        let now = std::time::Instant::now();
+        let mut taps = inner.taps.lock().unwrap();
+        taps.retain(|t| t.send((now, recorded.clone())).is_ok());
+    }
+    inner.calls.lock().unwrap().push(recorded);
     inner.notify.notify_waiters();
     let answer = match api {
         Api::Livechat => {

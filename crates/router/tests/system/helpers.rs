@@ -35,6 +35,11 @@ pub struct HubOptions {
     pub router: bool,
     pub pending_timeout_secs: u64,
     pub live_idle_timeout_secs: u64,
+    /// JetStream's redelivery timeout; failover must not depend on it.
+    pub ack_wait_secs: u64,
+    /// Outbound attempts per delivery, and the backoff between them.
+    pub delivery_attempts: usize,
+    pub backoff_ms: (u64, u64),
 }
 
 impl Default for HubOptions {
@@ -44,6 +49,9 @@ impl Default for HubOptions {
             router: true,
             pending_timeout_secs: 300,
             live_idle_timeout_secs: 86_400,
+            ack_wait_secs: 3,
+            delivery_attempts: 3,
+            backoff_ms: (20, 100),
         }
     }
 }
@@ -70,6 +78,11 @@ pub struct TestHub {
     db_name: String,
     gateways: CancellationToken,
     router: Option<RouterHandle>,
+    /// Extra replicas started by a test, each stoppable on its own.
+    replicas: Vec<(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
     options: HubOptions,
 }
 
@@ -176,7 +189,7 @@ impl TestHub {
                 url: nats_url(),
                 prefix: format!("t{id}"),
                 partitions: 4,
-                ack_wait_secs: 3,
+                ack_wait_secs: options.ack_wait_secs,
                 ..defaults.nats
             },
             database: handoff_config::DatabaseSettings {
@@ -184,9 +197,9 @@ impl TestHub {
                 max_connections: 5,
             },
             delivery: handoff_config::DeliverySettings {
-                max_attempts: 3,
-                initial_backoff_ms: 20,
-                max_backoff_ms: 100,
+                max_attempts: options.delivery_attempts,
+                initial_backoff_ms: options.backoff_ms.0,
+                max_backoff_ms: options.backoff_ms.1,
                 timeout_ms: 2_000,
                 ..defaults.delivery
             },
@@ -219,6 +232,7 @@ impl TestHub {
             db_name,
             gateways,
             router: None,
+            replicas: Vec::new(),
             options: options.clone(),
         };
         if options.router {
@@ -288,6 +302,37 @@ impl TestHub {
             let task = tokio::spawn(app.run_until_stopped(token.clone()));
             self.router = Some(RouterHandle::InProcess(token, task));
         }
+    }
+
+    /// Starts one more router in this process; returns its index for `stop_replica`.
+    pub async fn add_router_replica(&mut self) -> usize {
+        let channels = Channels::load(&self.channels_path).unwrap();
+        let app = router::Application::build(&self.settings, channels)
+            .await
+            .expect("router replica starts");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        self.replicas.push((token, task));
+        self.replicas.len() - 1
+    }
+
+    /// Starts one more outlet-gateway in this process; returns its index for `stop_replica`.
+    pub async fn add_outlet_replica(&mut self) -> usize {
+        let channels = Channels::load(&self.channels_path).unwrap();
+        let app = outlet_gateway::Application::build(&self.settings, channels)
+            .await
+            .expect("outlet-gateway replica starts");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(token.clone()));
+        self.replicas.push((token, task));
+        self.replicas.len() - 1
+    }
+
+    /// Stops a replica the way an orchestrator does (SIGTERM): it finishes what it holds.
+    pub async fn stop_replica(&mut self, index: usize) {
+        let (token, task) = &mut self.replicas[index];
+        token.cancel();
+        let _ = task.await;
     }
 
     /// Ends the router abruptly: SIGKILL for a process (no ack, no cleanup).
@@ -370,6 +415,9 @@ impl TestHub {
 
     pub async fn shutdown(mut self) {
         self.kill_router().await;
+        for (token, _) in &self.replicas {
+            token.cancel();
+        }
         self.gateways.cancel();
         if let Ok(client) = async_nats::connect(&self.settings.nats.url).await {
             let js = async_nats::jetstream::new(client);

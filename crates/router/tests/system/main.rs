@@ -7,4 +7,5 @@ mod helpers;
 mod bad_input;
 mod bot_flow;
 mod crash_recovery;
+mod independence;
 mod live_chat;

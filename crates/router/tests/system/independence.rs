@@ -1,0 +1,209 @@
+//! No customer waits for another: a slow bot, a failing endpoint, a killed router or a
+//! rebalancing replica delays only the members it concerns.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use handoff_simulators::{Api, Recorded};
+
+use crate::helpers::*;
+
+const OTHERS: usize = 50;
+const ON_TIME: Duration = Duration::from_millis(500);
+
+/// Sends one message for each of `OTHERS` customers at once and returns how long each
+/// waited for its answer (request sent → answer at the customer's platform).
+async fn others_answer_times(hub: &TestHub) -> Vec<(String, Duration)> {
+    let mut tap = hub.customer.tap();
+    let sent: HashMap<String, Instant> = futures::future::join_all((0..OTHERS).map(|i| {
+        let who = format!("other-{i}");
+        async move {
+            let at = Instant::now();
+            let (status, body) = hub.say(&who, "hi").await;
+            assert_eq!(status, 200, "{body}");
+            (who, at)
+        }
+    }))
+    .await
+    .into_iter()
+    .collect();
+    let mut waited = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while waited.len() < OTHERS {
+        let (arrived, call): (Instant, Recorded) = tokio::time::timeout_at(deadline, tap.recv())
+            .await
+            .expect("every other customer is answered")
+            .expect("tap open");
+        let who = call.body["member"]["externalId"]
+            .as_str()
+            .unwrap_or_default();
+        if let Some(at) = sent.get(who) {
+            waited.push((who.to_string(), arrived - *at));
+        }
+    }
+    waited
+}
+
+fn late(waited: &[(String, Duration)]) -> Vec<&(String, Duration)> {
+    waited.iter().filter(|(_, d)| *d > ON_TIME).collect()
+}
+
+#[tokio::test]
+async fn a_bot_thinking_for_seconds_about_one_customer_leaves_fifty_others_answered_on_time() {
+    // Arrange: the bot takes 1.5 s for one customer, who has two messages waiting.
+    let hub = TestHub::start().await;
+    hub.bot
+        .set_think_time_for("slow", Duration::from_millis(1_500));
+    for text in ["first", "second"] {
+        assert_eq!(hub.say("slow", text).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Act
+    let waited = others_answer_times(&hub).await;
+
+    // Assert: nobody else waits; the slow customer's answers come, in order.
+    assert!(late(&waited).is_empty(), "late: {:?}", late(&waited));
+    let slow: Vec<String> = hub
+        .wait_received("slow", 2)
+        .await
+        .iter()
+        .map(text_of)
+        .collect();
+    assert_eq!(slow, ["You said: first", "You said: second"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_customer_whose_deliveries_fail_holds_back_only_their_own_answers() {
+    // Arrange: deliveries are retried for seconds; this customer's platform answers 503.
+    let hub = TestHub::start_with(HubOptions {
+        delivery_attempts: 40,
+        backoff_ms: (100, 100),
+        ..Default::default()
+    })
+    .await;
+    hub.customer.set_failing_for("unlucky", Some(503));
+    for text in ["one", "two", "three"] {
+        assert_eq!(hub.say("unlucky", text).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act
+    let waited = others_answer_times(&hub).await;
+    hub.customer.set_failing_for("unlucky", None);
+
+    // Assert: the others were on time; the unlucky customer gets all three, in order,
+    // once the platform recovers.
+    assert!(late(&waited).is_empty(), "late: {:?}", late(&waited));
+    let got: Vec<String> = hub
+        .wait_received("unlucky", 3)
+        .await
+        .iter()
+        .map(text_of)
+        .collect();
+    assert_eq!(got, ["You said: one", "You said: two", "You said: three"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_customer_flows_within_five_seconds_of_a_killed_router_restarting() {
+    // Arrange: a redelivery timeout far longer than the promise, so only a takeover that
+    // does not wait for it can keep the promise.
+    let mut hub = TestHub::start_with(HubOptions {
+        router_process: true,
+        ack_wait_secs: 60,
+        ..Default::default()
+    })
+    .await;
+    let members: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    for round in 0..3 {
+        for m in &members {
+            assert_eq!(hub.say(m, &format!("before {round}")).await.0, 200);
+        }
+    }
+
+    // Act: SIGKILL while those are in flight, messages keep coming, then a restart.
+    hub.kill_router().await;
+    for m in &members {
+        assert_eq!(hub.say(m, "while down").await.0, 200);
+    }
+    let restarted = Instant::now();
+    hub.start_router().await;
+    for m in &members {
+        assert_eq!(hub.say(m, "after").await.0, 200);
+    }
+
+    // Assert: every member has all five answers within 5 s of the restart, in order, once.
+    for m in &members {
+        let got = hub.wait_received(m, 5).await;
+        let texts: Vec<String> = got.iter().map(text_of).collect();
+        assert_eq!(
+            texts,
+            [
+                "You said: before 0",
+                "You said: before 1",
+                "You said: before 2",
+                "You said: while down",
+                "You said: after"
+            ],
+            "{m}"
+        );
+    }
+    assert!(
+        restarted.elapsed() <= Duration::from_secs(5),
+        "the last member flowed {:?} after the restart",
+        restarted.elapsed()
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_routers_and_two_outlet_gateways_joining_and_leaving_keep_every_members_order() {
+    // Arrange
+    let mut hub = TestHub::start().await;
+    let members: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    const N: usize = 15;
+
+    // Act: replicas join while customers write, then the first ones leave.
+    let writers = futures::future::join_all(members.iter().map(|m| {
+        let inlet = hub.inlet.clone();
+        let m = m.clone();
+        async move {
+            for i in 0..N {
+                let body = handoff_simulators::WebhookClient::customer_text(
+                    &m,
+                    INLET,
+                    &format!("m{i}"),
+                    now_ms(),
+                );
+                let (status, _) = inlet
+                    .post(INLET, ORG, INLET_TOKEN, &body, &[])
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+    }));
+    let churn = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        hub.add_router_replica().await;
+        hub.add_outlet_replica().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second_router = hub.add_router_replica().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hub.stop_replica(second_router).await;
+    };
+    tokio::join!(writers, churn);
+
+    // Assert: every member's answers arrived once each, in the order they wrote.
+    for m in &members {
+        let texts: Vec<String> = hub.wait_received(m, N).await.iter().map(text_of).collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("You said: m{i}")).collect();
+        assert_eq!(texts, expected, "{m}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hub.customer.calls(Api::Send).len(), members.len() * N);
+    hub.shutdown().await;
+}
