@@ -1,0 +1,183 @@
+//! The system under test: Postgres database, NATS prefix, the simulators in this process
+//! and the services as child processes that can be killed (SIGKILL) and restarted.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use handoff_simulators::{CustomPlatform, DemoBot};
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use tokio::process::{Child, Command};
+
+pub const ORG: &str = "bench";
+pub const INLET: &str = "web";
+pub const INLET_TOKEN: &str = "bench-inlet-token";
+
+pub const SERVICES: [&str; 3] = ["router", "inlet-gateway", "outlet-gateway"];
+
+pub struct Cluster {
+    pub db_url: String,
+    pub nats_url: String,
+    pub prefix: String,
+    pub customer: CustomPlatform,
+    pub bot: DemoBot,
+    channels: PathBuf,
+    bin_dir: PathBuf,
+    admin_url: String,
+    db_name: String,
+    /// Running replicas per service: (port, process).
+    pub replicas: HashMap<&'static str, Vec<(u16, Child)>>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Cluster {
+    pub async fn start(bin_dir: PathBuf) -> anyhow::Result<Self> {
+        let admin_url = std::env::var("HANDOFF_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let nats_url = std::env::var("HANDOFF_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let db_name = format!("handoff_bench_{id}");
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        admin
+            .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
+        let db_url = format!("{base}/{db_name}");
+        let customer = CustomPlatform::start("127.0.0.1:0", false).await?;
+        let bot = DemoBot::start("127.0.0.1:0", false).await?;
+        bot.stop_recording();
+        let channels = std::env::temp_dir().join(format!("handoff-bench-{id}.yaml"));
+        std::fs::write(
+            &channels,
+            format!(
+                r#"
+channels:
+  - id: {INLET}
+    org: {ORG}
+    platform: custom
+    role: inlet
+    accessToken: {INLET_TOKEN}
+    info:
+      sendResponseApi: {send}
+    bot: bench-bot
+  - id: bench-bot
+    org: {ORG}
+    platform: webhook-bot
+    role: bot
+    accessToken: bench-bot-token
+    info:
+      url: {bot}
+"#,
+                send = customer.url("/send"),
+                bot = bot.url(),
+            ),
+        )?;
+        Ok(Self {
+            prefix: format!("bench{id}"),
+            db_url,
+            nats_url,
+            customer,
+            bot,
+            channels,
+            bin_dir,
+            admin_url,
+            db_name,
+            replicas: HashMap::new(),
+        })
+    }
+
+    /// Starts one more replica of `service` and waits until it is ready.
+    pub async fn spawn(&mut self, service: &'static str) -> anyhow::Result<u16> {
+        let port = free_port()?;
+        let child = Command::new(self.bin_dir.join(service))
+            .env("HANDOFF_CHANNELS", &self.channels)
+            .env("HANDOFF_HTTP__HOST", "127.0.0.1")
+            .env("HANDOFF_HTTP__PORT", port.to_string())
+            .env("HANDOFF_NATS__URL", &self.nats_url)
+            .env("HANDOFF_NATS__PREFIX", &self.prefix)
+            .env("HANDOFF_DATABASE__URL", &self.db_url)
+            .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {service}: {e} (build with --release)"))?;
+        self.replicas
+            .entry(service)
+            .or_default()
+            .push((port, child));
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(port);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{service} did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs replica `index` of `service`: no shutdown, no ack, no lease given back.
+    pub async fn kill(&mut self, service: &'static str, index: usize) -> anyhow::Result<()> {
+        let replicas = self.replicas.get_mut(service).expect("service started");
+        let (_, mut child) = replicas.remove(index);
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
+    }
+
+    /// Base URLs of the running inlet-gateway replicas.
+    pub fn inlets(&self) -> Vec<String> {
+        self.replicas
+            .get("inlet-gateway")
+            .map(|r| {
+                r.iter()
+                    .map(|(p, _)| format!("http://127.0.0.1:{p}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        for (_, replicas) in self.replicas.drain() {
+            for (_, mut child) in replicas {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let js = async_nats::jetstream::new(client);
+            let stream = self.prefix.to_uppercase();
+            let _ = js.delete_stream(&stream).await;
+            let _ = js.delete_stream(format!("KV_{stream}_LEASES")).await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str(),
+                )
+                .await;
+        }
+        let _ = std::fs::remove_file(&self.channels);
+    }
+}

@@ -1,0 +1,194 @@
+//! Under load, kill -9 each service in turn and restart it, first with one replica of each,
+//! then with two; then compare what the customers were told was stored with what their
+//! platform received.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::{Cluster, SERVICES};
+use crate::load::{Customers, Key, Tracker};
+
+#[derive(Debug, Serialize)]
+pub struct Kill {
+    pub service: String,
+    pub replicas: usize,
+    pub at_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultReport {
+    pub customers: usize,
+    pub accepted: usize,
+    pub received: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub duplicates_sharing_webhook_id: usize,
+    pub out_of_order_customers: usize,
+    /// The longest any one message waited (accepted → arrival), and whose it was.
+    pub longest_wait_ms: f64,
+    pub longest_wait_customer: String,
+    /// Per kill: the longest wait of a message accepted within 10 s after it.
+    pub worst_wait_after_kill_ms: Vec<(String, f64)>,
+    pub kills: Vec<Kill>,
+    pub lost_keys: Vec<Key>,
+}
+
+pub async fn run(cluster: &mut Cluster, customers_n: usize) -> anyhow::Result<FaultReport> {
+    for service in SERVICES {
+        cluster.spawn(service).await?;
+    }
+    let customers = Customers::new(cluster.inlets());
+    let tracker = Tracker::watch(&cluster.customer);
+    let running = Arc::new(AtomicBool::new(true));
+    let origin = Instant::now();
+    // Each customer writes every ~600 ms, a message at a time, retrying a refused post (a
+    // killed inlet) with the same message id until the hub stores it.
+    let writers: Vec<_> = (0..customers_n)
+        .map(|i| {
+            let customers = customers.clone();
+            let running = running.clone();
+            tokio::spawn(async move {
+                let member = format!("f-{i}");
+                let mut accepted: Vec<(u64, Instant)> = Vec::new();
+                let mut seq = 0;
+                tokio::time::sleep(Duration::from_millis((i as u64 * 600) / customers_n as u64))
+                    .await;
+                while running.load(Ordering::Relaxed) {
+                    if let Some(at) = customers.send(&member, seq, Duration::from_secs(60)).await {
+                        accepted.push((seq, at));
+                    }
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+                (member, accepted)
+            })
+        })
+        .collect();
+
+    let mut kills = Vec::new();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for replicas in [1, 2] {
+        if replicas == 2 {
+            for service in SERVICES {
+                cluster.spawn(service).await?;
+            }
+            customers.set_inlets(cluster.inlets());
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        for service in SERVICES {
+            eprintln!("kill -9 {service} ({replicas} running)");
+            kills.push(Kill {
+                service: service.to_string(),
+                replicas,
+                at_secs: origin.elapsed().as_secs_f64(),
+            });
+            cluster.kill(service, 0).await?;
+            if service == "inlet-gateway" {
+                customers.set_inlets(cluster.inlets());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.spawn(service).await?;
+            customers.set_inlets(cluster.inlets());
+            tokio::time::sleep(Duration::from_secs(7)).await;
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+    let mut accepted: HashMap<Key, Instant> = HashMap::new();
+    for w in writers {
+        let (member, sent) = w.await?;
+        for (seq, at) in sent {
+            accepted.insert((member.clone(), seq), at);
+        }
+    }
+    // Quiet: everything accepted has arrived, or nothing has for 10 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let arrivals = tracker.arrivals();
+        let all = accepted.keys().all(|k| arrivals.contains_key(k));
+        let quiet = tracker
+            .last_arrival()
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+        if (all
+            && tracker
+                .last_arrival()
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(3)))
+            || quiet
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(check(&accepted, &tracker, kills, origin, customers_n))
+}
+
+fn check(
+    accepted: &HashMap<Key, Instant>,
+    tracker: &Tracker,
+    kills: Vec<Kill>,
+    origin: Instant,
+    customers: usize,
+) -> FaultReport {
+    let arrivals = tracker.arrivals();
+    let mut lost_keys: Vec<Key> = accepted
+        .keys()
+        .filter(|k| !arrivals.contains_key(*k))
+        .cloned()
+        .collect();
+    lost_keys.sort();
+    let mut duplicated = 0;
+    let mut same_id = 0;
+    for a in arrivals.values().filter(|a| a.len() > 1) {
+        duplicated += a.len() - 1;
+        if a.iter().all(|(_, id)| id == &a[0].1) {
+            same_id += a.len() - 1;
+        }
+    }
+    let out_of_order = tracker
+        .order()
+        .values()
+        .filter(|seqs| seqs.windows(2).any(|w| w[0] > w[1]))
+        .count();
+    let mut longest = (0.0, String::new());
+    let mut waits: Vec<(Instant, f64)> = Vec::new();
+    for (key, sent) in accepted {
+        if let Some((arrived, _)) = arrivals.get(key).and_then(|a| a.first()) {
+            let ms = arrived.saturating_duration_since(*sent).as_secs_f64() * 1000.0;
+            waits.push((*sent, ms));
+            if ms > longest.0 {
+                longest = (ms, key.0.clone());
+            }
+        }
+    }
+    let worst_wait_after_kill_ms = kills
+        .iter()
+        .map(|k| {
+            let from = origin + Duration::from_secs_f64(k.at_secs);
+            let to = from + Duration::from_secs(10);
+            let worst = waits
+                .iter()
+                .filter(|(sent, _)| *sent >= from - Duration::from_secs(2) && *sent < to)
+                .map(|(_, ms)| *ms)
+                .fold(0.0, f64::max);
+            (format!("{} ×{}", k.service, k.replicas), worst)
+        })
+        .collect();
+    FaultReport {
+        customers,
+        accepted: accepted.len(),
+        received: arrivals.len(),
+        lost: lost_keys.len(),
+        duplicated,
+        duplicates_sharing_webhook_id: same_id,
+        out_of_order_customers: out_of_order,
+        longest_wait_ms: longest.0,
+        longest_wait_customer: longest.1,
+        worst_wait_after_kill_ms,
+        kills,
+        lost_keys,
+    }
+}

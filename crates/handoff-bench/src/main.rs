@@ -1,0 +1,77 @@
+//! `handoff-bench`: the project's benchmark and fault run (see docs/performance.md and
+//! docs/reliability.md). It starts the release binaries of the services as processes
+//! against the local Postgres and NATS, simulates the customers' platform and the bot in
+//! this process, and writes its results under `docs/bench/`.
+//!
+//! ```text
+//! handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]
+//! handoff-bench faults [--out docs/bench] [--customers 60]
+//! ```
+
+mod baseline;
+mod bench;
+mod cluster;
+mod faults;
+mod load;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).cloned().unwrap_or_else(|| "bench".into());
+    let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "docs/bench".into()));
+    let number = |name: &str, default: usize| {
+        arg(&args, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    // The services sit next to this binary (target/release).
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&out)?;
+    let mut cluster = cluster::Cluster::start(bin_dir).await?;
+    let result = match mode.as_str() {
+        "bench" => bench::run(
+            &mut cluster,
+            bench::Options {
+                customers: number("--customers", 1000),
+                in_flight: number("--in-flight", 256),
+                run: Duration::from_secs(number("--seconds", 10) as u64),
+            },
+        )
+        .await
+        .and_then(|report| {
+            std::fs::write(
+                out.join("latency.svg"),
+                bench::latency_svg(&report.latency_at_half_load),
+            )?;
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(out.join("bench.json"), &json)?;
+            println!("{json}");
+            Ok(())
+        }),
+        "faults" => faults::run(&mut cluster, number("--customers", 60))
+            .await
+            .and_then(|report| {
+                let json = serde_json::to_string_pretty(&report)?;
+                std::fs::write(out.join("faults.json"), &json)?;
+                println!("{json}");
+                Ok(())
+            }),
+        other => Err(anyhow::anyhow!(
+            "unknown mode `{other}`: use bench or faults"
+        )),
+    };
+    cluster.stop().await;
+    result
+}
