@@ -36,10 +36,10 @@ use crate::store::{self, ConvState, ConversationRow, MemberRow};
 const MEMBER_LOCK_CLASS: i32 = 0x4846_4f4d; // "HFOM"
 
 /// Events applied in one transaction at most.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 16;
 
 /// Transactions the router runs at once (each a batch).
-const BATCH_WORKERS: usize = 4;
+const BATCH_WORKERS: usize = 8;
 
 enum Scope<'a> {
     Partition(u16),
