@@ -294,7 +294,7 @@ pub fn latency_svg(lat: &Latency) -> String {
         .iter()
         .enumerate()
         .step_by(step)
-        .chain(samples.iter().enumerate().last())
+        .chain(samples.iter().enumerate().next_back())
     {
         let x = pad + (v / max_x) * (w - 2.0 * pad);
         let y = h - pad - ((i + 1) as f64 / n) * (h - 2.0 * pad);
