@@ -66,12 +66,7 @@ pub struct Options {
 }
 
 /// Closed loop: `in_flight` customers at a time each send and wait for their answer.
-async fn throughput(
-    cluster: &Cluster,
-    customers: &Customers,
-    tracker: &Tracker,
-    o: &Options,
-) -> Throughput {
+async fn throughput(customers: &Customers, tracker: &Tracker, o: &Options) -> Throughput {
     let answered = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Instant::now() + o.run + Duration::from_secs(2);
@@ -120,7 +115,6 @@ async fn throughput(
     for w in workers {
         let _ = w.await;
     }
-    let _ = cluster;
     Throughput {
         customers: o.customers,
         in_flight: o.in_flight,
@@ -231,7 +225,7 @@ pub async fn run(cluster: &mut Cluster, o: Options) -> anyhow::Result<Report> {
     let tracker = Tracker::watch(&cluster.customer);
 
     eprintln!("flat out, instant bot…");
-    let tp = throughput(cluster, &customers, &tracker, &o).await;
+    let tp = throughput(&customers, &tracker, &o).await;
     eprintln!("  {:.0} answered/s", tp.answered_per_sec);
     cluster.customer.clear();
 

@@ -167,9 +167,10 @@ channels:
         }
         if let Ok(client) = async_nats::connect(&self.nats_url).await {
             let js = async_nats::jetstream::new(client);
-            let stream = self.prefix.to_uppercase();
-            let _ = js.delete_stream(&stream).await;
-            let _ = js.delete_stream(format!("KV_{stream}_LEASES")).await;
+            let _ = js.delete_stream(self.prefix.to_uppercase()).await;
+            let _ = js
+                .delete_key_value(handoff_bus::lease_bucket(&self.prefix))
+                .await;
         }
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let _ = admin

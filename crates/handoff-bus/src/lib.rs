@@ -209,7 +209,7 @@ impl Bus {
 
     /// Name of the KV bucket holding partition leases and replica heartbeats.
     pub fn lease_bucket(&self) -> String {
-        format!("{}_LEASES", self.stream_name())
+        lease_bucket(&self.settings.prefix)
     }
 
     /// Removes the stream and the lease bucket (tests clean up after themselves with this).
@@ -232,6 +232,12 @@ pub fn partition_of(member_id: &str, partitions: u16) -> u16 {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % partitions) as u16
+}
+
+/// The KV bucket holding the leases of the services using subject prefix `prefix`
+/// (test and benchmark teardown removes it with the stream).
+pub fn lease_bucket(prefix: &str) -> String {
+    format!("{}_LEASES", prefix.to_uppercase())
 }
 
 /// Headers for a message with id `id`: JetStream's dedup id and the current trace context.

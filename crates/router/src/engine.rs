@@ -207,7 +207,7 @@ impl Engine {
     }
 
     async fn run_batch(&self, batch: Vec<Job>) {
-        let envelopes: Vec<Envelope> = batch.iter().map(|j| j.envelope.clone()).collect();
+        let envelopes: Vec<&Envelope> = batch.iter().map(|j| &j.envelope).collect();
         match self.apply_batch(&envelopes).await {
             Ok(outcomes) => {
                 let mut rows = Vec::new();
@@ -265,7 +265,7 @@ impl Engine {
     /// Applies a batch of events (each of a different member) in one transaction: the
     /// member locks, the inbox and the outbox are one statement each for the whole batch,
     /// and the batch pays for one commit. Returns, per event, the commands to publish.
-    async fn apply_batch(&self, batch: &[Envelope]) -> anyhow::Result<Vec<Applied>> {
+    async fn apply_batch(&self, batch: &[&Envelope]) -> anyhow::Result<Vec<Applied>> {
         let mut tx = self.pool.begin().await?;
         let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
         members.sort_unstable();

@@ -310,10 +310,7 @@ impl TestHub {
         let app = router::Application::build(&self.settings, channels)
             .await
             .expect("router replica starts");
-        let token = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(token.clone()));
-        self.replicas.push((token, task));
-        self.replicas.len() - 1
+        self.keep_replica(|stop| app.run_until_stopped(stop))
     }
 
     /// Starts one more outlet-gateway in this process; returns its index for `stop_replica`.
@@ -322,9 +319,16 @@ impl TestHub {
         let app = outlet_gateway::Application::build(&self.settings, channels)
             .await
             .expect("outlet-gateway replica starts");
-        let token = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(token.clone()));
-        self.replicas.push((token, task));
+        self.keep_replica(|stop| app.run_until_stopped(stop))
+    }
+
+    fn keep_replica<F>(&mut self, run: impl FnOnce(CancellationToken) -> F) -> usize
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(stop.clone()));
+        self.replicas.push((stop, task));
         self.replicas.len() - 1
     }
 
@@ -421,9 +425,9 @@ impl TestHub {
         self.gateways.cancel();
         if let Ok(client) = async_nats::connect(&self.settings.nats.url).await {
             let js = async_nats::jetstream::new(client);
-            let stream = self.settings.nats.prefix.to_uppercase();
-            let _ = js.delete_stream(&stream).await;
-            let _ = js.delete_key_value(format!("{stream}_LEASES")).await;
+            let prefix = &self.settings.nats.prefix;
+            let _ = js.delete_stream(prefix.to_uppercase()).await;
+            let _ = js.delete_key_value(handoff_bus::lease_bucket(prefix)).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
             let _ = admin
