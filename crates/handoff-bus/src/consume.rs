@@ -11,6 +11,11 @@
 //! queue, so it holds exactly what nobody has finished, in order. Whatever the previous
 //! owner finished but could not acknowledge comes again and is absorbed by the handler's
 //! idempotency (the router's inbox; the receivers' `webhook-id`).
+//!
+//! Nothing poisons a lane: a message that can never be handled (undecodable bytes, or a
+//! handler's `Park`) is set aside with its reason and exact bytes (see `Parking`), and the
+//! member's next message goes on. Transient failures are retried in place for as long as
+//! the handler says, without holding an in-flight slot while waiting.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -20,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{AckKind, stream::Stream};
+use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use handoff_proto::{Envelope, Message as _};
 use tokio::sync::Semaphore;
@@ -29,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::lease::{Leases, Renewal};
-use crate::{Bus, propagation};
+use crate::{Bus, derived_id, propagation, storable};
 
 /// What a handler decided about one message.
 #[derive(Debug)]
@@ -39,6 +45,26 @@ pub enum Handled {
     /// A transient failure: try the same message again after the delay. The member's later
     /// messages wait (that keeps them in order); other members do not.
     Retry { after: Duration, reason: String },
+    /// Retrying cannot help: set the message aside (a dead letter, replayable by an
+    /// operator) and go on with the member's next one.
+    Park { reason: String },
+}
+
+/// A message set aside for good, with what an operator needs to see and replay it.
+#[derive(Debug, Clone)]
+pub struct Parking {
+    /// The same for a redelivery of the same stream message, so it is kept once.
+    pub parked_id: String,
+    pub service: String,
+    pub subject: String,
+    /// Empty when the message could not be decoded.
+    pub member_id: String,
+    pub original_event_id: String,
+    pub original_kind: String,
+    pub reason: String,
+    pub payload: Bytes,
+    /// The payload was cut to fit a bus message.
+    pub truncated: bool,
 }
 
 /// Handles one envelope. Called for one message at a time per member; many members at once.
@@ -50,7 +76,16 @@ pub trait Handler: Send + Sync + 'static {
     fn partition_started(&self, _partition: u16) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Keeps a parked message. `None` (the default) sends it to the router as a `Parked`
+    /// event; the router, which owns the dead-letter table, stores it itself.
+    fn park(&self, _parking: &Parking) -> impl Future<Output = Option<anyhow::Result<()>>> + Send {
+        async { None }
+    }
 }
+
+/// Room left in a bus message for the parking's own fields around the parked payload.
+const PARKING_OVERHEAD: usize = 8 * 1024;
 
 /// How long a partition being handed to another replica may take to finish what it holds.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -144,11 +179,22 @@ pub async fn run_consumers<H: Handler>(
         }
         for (p, still_ours) in ended {
             let Some(o) = owned.remove(&p) else { continue };
+            let what = format!("{} partition {p}", ctx.name);
             if still_ours {
-                if let Ok(Err(e)) = o.task.await {
-                    tracing::warn!(partition = p, error = %e, "partition consumer stopped; will retry");
+                match o.task.await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(partition = p, error = %e, "partition consumer stopped; restarting it");
+                        ctx.bus.report(&what, Some(format!("{e:#}")));
+                    }
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(partition = p, "partition consumer panicked; restarting it");
+                        ctx.bus.report(&what, Some("its consumer panicked".into()));
+                    }
+                    _ => ctx.bus.report(&what, None),
                 }
                 leases.release(p, o.revision).await;
+            } else {
+                ctx.bus.report(&what, None);
             }
         }
         for p in 0..partitions {
@@ -218,19 +264,19 @@ async fn run_partition<H: Handler>(
         })
         .await?;
     ctx.handler.partition_started(partition).await;
+    ctx.bus
+        .report(&format!("{} partition {partition}", ctx.name), None);
     let mut lanes = Lanes::new(ctx.clone(), partition);
     let mut progress = tokio::time::interval(settings.ack_wait / 3);
     progress.tick().await;
     let result = 'pull: loop {
         let mut messages = tokio::select! {
             () = stop.cancelled() => break 'pull Ok(()),
+            // The consumer is gone or the server refuses: end here, and the controller
+            // takes the partition again with a new consumer.
             m = consumer.messages() => match m {
                 Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, partition, "cannot pull; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+                Err(e) => break 'pull Err(anyhow::anyhow!("cannot pull from partition {partition}: {e}")),
             },
         };
         loop {
@@ -243,6 +289,11 @@ async fn run_partition<H: Handler>(
                     Some(Ok(message)) => lanes.push(message).await,
                     Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
                         break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
+                    }
+                    // No heartbeat: the pull may be dead; a new one finds out.
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
+                        tracing::warn!(partition, "pull heartbeat missed; pulling again");
+                        continue 'pull;
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, partition, "pull error"),
                     // The pull stream ended (e.g. a reconnect): open a new one.
@@ -303,10 +354,14 @@ impl<H: Handler> Lanes<H> {
         let envelope = match Envelope::decode(message.payload.as_ref()) {
             Ok(e) => e,
             Err(e) => {
-                // Not ours or corrupt: retrying cannot help, and it would hold its member.
-                tracing::error!(subject = %message.subject, sequence, error = %e, "undecodable message dropped");
-                let _ = message.ack_with(AckKind::Term).await;
+                // Not ours or corrupt: retrying cannot help, and it would hold its lane.
+                let ctx = self.ctx.clone();
                 self.held.remove(&sequence);
+                self.running.spawn(async move {
+                    park(&ctx, &message, None, format!("undecodable message: {e}")).await;
+                    ack(&message).await;
+                    UNDECODABLE.to_string()
+                });
                 return;
             }
         };
@@ -331,12 +386,8 @@ impl<H: Handler> Lanes<H> {
         let ctx = self.ctx.clone();
         let partition = self.partition;
         self.running.spawn(async move {
-            let _permit = ctx.permits.clone().acquire_owned().await;
-            handle_until_done(ctx.handler.as_ref(), &message, envelope, partition).await;
-            // Plain ack: a lost one only means a redelivery, which handlers absorb.
-            if let Err(e) = message.ack().await {
-                tracing::warn!(error = %e, "ack not sent; the message may be redelivered");
-            }
+            handle_until_done(&ctx, &message, envelope, partition).await;
+            ack(&message).await;
             member
         });
     }
@@ -363,13 +414,26 @@ impl<H: Handler> Lanes<H> {
     /// while its member waits behind a slow one.
     async fn progress(&self) {
         for item in self.queues.values().flatten() {
-            let _ = item.message.ack_with(AckKind::Progress).await;
+            let _ = item
+                .message
+                .ack_with(async_nats::jetstream::AckKind::Progress)
+                .await;
         }
     }
 }
 
+/// The lane key of a parking task for an undecodable message (no member lane waits on it).
+const UNDECODABLE: &str = "\0undecodable";
+
+/// Plain ack: a lost one only means a redelivery, which handlers absorb.
+async fn ack(message: &async_nats::jetstream::Message) {
+    if let Err(e) = message.ack().await {
+        tracing::warn!(error = %e, "ack not sent; the message may be redelivered");
+    }
+}
+
 async fn handle_until_done<H: Handler>(
-    handler: &H,
+    ctx: &Ctx<H>,
     message: &async_nats::jetstream::Message,
     envelope: Envelope,
     partition: u16,
@@ -385,11 +449,22 @@ async fn handle_until_done<H: Handler>(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let work = AssertUnwindSafe(handler.handle(envelope.clone(), partition))
+        // The in-flight slot is held while handling, never while waiting to retry: a
+        // thousand members behind a dead endpoint do not crowd out the others.
+        let permit = ctx.permits.acquire().await;
+        let work = AssertUnwindSafe(ctx.handler.handle(envelope.clone(), partition))
             .catch_unwind()
             .instrument(span.clone());
-        let (after, reason) = match work.await {
+        let outcome = work.await;
+        drop(permit);
+        let (after, reason) = match outcome {
             Ok(Handled::Done) => return,
+            Ok(Handled::Park { reason }) => {
+                park(ctx, message, Some(&envelope), reason)
+                    .instrument(span.clone())
+                    .await;
+                return;
+            }
             Ok(Handled::Retry { after, reason }) => (after, reason),
             Err(_) => (Duration::from_secs(5), "handler panicked".to_string()),
         };
@@ -397,5 +472,61 @@ async fn handle_until_done<H: Handler>(
             tracing::warn!(%reason, attempt, delay_ms = after.as_millis() as u64, "will retry");
         });
         tokio::time::sleep(after).await;
+    }
+}
+
+/// Keeps `message` as a dead letter, retrying until it is stored: parking is how a lane
+/// moves on, so it must not lose the message either.
+async fn park<H: Handler>(
+    ctx: &Ctx<H>,
+    message: &async_nats::jetstream::Message,
+    envelope: Option<&Envelope>,
+    reason: String,
+) {
+    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let event_id = envelope.map(|e| e.event_id.clone()).unwrap_or_default();
+    let room = ctx.bus.max_payload().saturating_sub(PARKING_OVERHEAD);
+    let truncated = message.payload.len() > room;
+    let mut reason = storable(&reason);
+    if reason.len() > 2_000 {
+        let cut = (0..=2_000).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        reason.truncate(cut);
+    }
+    let parking = Parking {
+        parked_id: derived_id(
+            &format!("{}/{sequence}/{event_id}", ctx.bus.stream_name()),
+            "parked",
+            0,
+        ),
+        service: ctx.name.clone(),
+        subject: message.subject.to_string(),
+        member_id: envelope.map(|e| e.member_id.clone()).unwrap_or_default(),
+        original_event_id: event_id,
+        original_kind: envelope.map(|e| e.kind().to_string()).unwrap_or_default(),
+        reason,
+        payload: message.payload.slice(..message.payload.len().min(room)),
+        truncated,
+    };
+    tracing::error!(
+        subject = %parking.subject,
+        sequence,
+        reason = %parking.reason,
+        parked_id = %parking.parked_id,
+        "message parked; replay or drop it with `handoffctl dead-letters`"
+    );
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let stored = match ctx.handler.park(&parking).await {
+            Some(stored) => stored,
+            None => ctx.bus.publish_parked(&parking).await.map_err(anyhow::Error::from),
+        };
+        match stored {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "parked message not stored yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }

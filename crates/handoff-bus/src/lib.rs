@@ -23,7 +23,7 @@ use bytes::Bytes;
 use handoff_proto::{Envelope, Message as _};
 use uuid::Uuid;
 
-pub use consume::{Handled, Handler, run_consumers};
+pub use consume::{Handled, Handler, Parking, run_consumers};
 
 /// Where a command goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,7 @@ pub struct BusSettings {
     pub lease_ttl: Duration,
     pub max_ack_pending: i64,
     pub max_in_flight: usize,
+    pub stream_max_bytes: i64,
 }
 
 /// A connection to the bus. Cheap to clone.
@@ -74,6 +75,8 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     settings: BusSettings,
+    /// What keeps this process's consumers from consuming now, by what is affected.
+    problems: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Bus {
@@ -91,6 +94,7 @@ impl Bus {
             client,
             js,
             settings,
+            problems: Default::default(),
         };
         bus.ensure_stream().await?;
         Ok(bus)
@@ -118,6 +122,9 @@ impl Bus {
                 storage: stream::StorageType::File,
                 duplicate_window: self.settings.duplicate_window,
                 num_replicas: self.settings.replicas,
+                // Full means "refuse new", never "drop old": nothing accepted is lost.
+                max_bytes: self.settings.stream_max_bytes,
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             })
             .await?;
@@ -127,6 +134,27 @@ impl Bus {
     /// Whether the server connection is up (readiness).
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Readiness as far as the bus is concerned: connected, and every consumer this process
+    /// should run is consuming.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.is_connected() {
+            return Err("NATS is not connected".into());
+        }
+        let problems = self.problems.lock().expect("problems lock");
+        match problems.iter().next() {
+            None => Ok(()),
+            Some((what, why)) => Err(format!("{what} is not consuming: {why}")),
+        }
+    }
+
+    pub(crate) fn report(&self, what: &str, problem: Option<String>) {
+        let mut problems = self.problems.lock().expect("problems lock");
+        match problem {
+            Some(why) => problems.insert(what.to_string(), why),
+            None => problems.remove(what),
+        };
     }
 
     pub fn partition_of(&self, member_id: &str) -> u16 {
@@ -174,6 +202,29 @@ impl Bus {
         .await
     }
 
+    /// Publishes an event under a JetStream dedup id other than its event id, and says
+    /// whether the stream already had that id within its duplicate window (then nothing
+    /// new was stored). For messages known only by their body, whose dedup must expire.
+    pub async fn publish_event_once(
+        &self,
+        envelope: &Envelope,
+        dedup_id: &str,
+    ) -> Result<bool, PublishError> {
+        let subject = self.event_subject(envelope)?;
+        let ack = self
+            .js
+            .publish_with_headers(
+                subject,
+                headers(dedup_id),
+                Bytes::from(envelope.encode_to_vec()),
+            )
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        Ok(ack.duplicate)
+    }
+
     /// Publishes already-encoded bytes under `id`, with the current trace context, and
     /// waits for the stream's acknowledgement (a duplicate id is acknowledged too).
     pub async fn publish_raw(
@@ -205,6 +256,37 @@ impl Bus {
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The largest message the server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Sends a parked message to the router, which keeps it in its dead-letter table.
+    pub async fn publish_parked(&self, parking: &Parking) -> Result<(), PublishError> {
+        let envelope = Envelope {
+            event_id: parking.parked_id.clone(),
+            // An undecodable message has no member; its subject keeps its partition's
+            // parkings in one lane.
+            member_id: if parking.member_id.is_empty() {
+                parking.subject.clone()
+            } else {
+                parking.member_id.clone()
+            },
+            accepted_at_ms: now_ms(),
+            body: Some(handoff_proto::Body::Parked(handoff_proto::Parked {
+                service: parking.service.clone(),
+                subject: parking.subject.clone(),
+                payload: parking.payload.to_vec(),
+                truncated: parking.truncated,
+                reason: parking.reason.clone(),
+                original_event_id: parking.original_event_id.clone(),
+                original_kind: parking.original_kind.clone(),
+            })),
+            ..Default::default()
+        };
+        self.publish_event(&envelope).await
     }
 
     /// Name of the KV bucket holding partition leases and replica heartbeats.
@@ -260,6 +342,11 @@ pub fn derived_id(cause: &str, purpose: &str, index: usize) -> String {
     Uuid::new_v5(&NAMESPACE, format!("{cause}/{purpose}/{index}").as_bytes()).to_string()
 }
 
+/// `text` as Postgres can store it: NUL is the one character text and JSON columns refuse.
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -279,6 +366,7 @@ impl BusSettings {
             lease_ttl: Duration::from_millis(nats.lease_ttl_ms.max(500)),
             max_ack_pending: nats.max_ack_pending.max(1),
             max_in_flight: nats.max_in_flight.max(1),
+            stream_max_bytes: nats.stream_max_bytes,
         }
     }
 }

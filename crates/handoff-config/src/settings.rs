@@ -19,6 +19,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub delivery: DeliverySettings,
     pub telemetry: TelemetrySettings,
+    pub retention: RetentionSettings,
     /// How often the router looks for conversations past their state's timeout.
     pub sweep_interval_ms: u64,
     /// Base URL under which the router's transcript pages are reachable by agents
@@ -35,6 +36,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             delivery: DeliverySettings::default(),
             telemetry: TelemetrySettings::default(),
+            retention: RetentionSettings::default(),
             sweep_interval_ms: 5_000,
             public_url: "http://127.0.0.1:8090".into(),
         }
@@ -69,6 +71,10 @@ pub struct HttpSettings {
     pub port: Option<u16>,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Webhook API requests handled at once per process; more wait their turn.
+    pub max_concurrent_requests: usize,
+    /// A request (its body included) not done in this time is answered 408.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for HttpSettings {
@@ -77,11 +83,17 @@ impl Default for HttpSettings {
             host: "0.0.0.0".into(),
             port: None,
             body_limit: 256 * 1024,
+            max_concurrent_requests: 1_024,
+            request_timeout_ms: 15_000,
         }
     }
 }
 
 impl HttpSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
     pub fn address(&self, default_port: u16) -> String {
         format!("{}:{}", self.host, self.port.unwrap_or(default_port))
     }
@@ -110,6 +122,10 @@ pub struct NatsSettings {
     pub max_ack_pending: i64,
     /// Messages one service process handles at once, across all its partitions and members.
     pub max_in_flight: usize,
+    /// The stream's size limit in bytes (-1: none). Only unhandled messages stay in a work
+    /// queue; at the limit new messages are refused (the Webhook API answers 503), never
+    /// old ones dropped.
+    pub stream_max_bytes: i64,
 }
 
 impl Default for NatsSettings {
@@ -124,6 +140,7 @@ impl Default for NatsSettings {
             lease_ttl_ms: 3_000,
             max_ack_pending: 4_096,
             max_in_flight: 4_096,
+            stream_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -149,12 +166,27 @@ impl Default for DatabaseSettings {
 #[serde(default)]
 pub struct DeliverySettings {
     pub timeout_ms: u64,
-    /// Attempts per delivery, the first included.
+    /// Attempts within one call (for blips), the first included. Longer outages are
+    /// retried until the horizon below.
     pub max_attempts: usize,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
-    /// Allow calls to loopback / private addresses (simulators, in-cluster services).
+    /// Allow calls to loopback / private / link-local addresses (simulators, in-cluster
+    /// services). Off by default: a channel's URL must not reach inside the network.
     pub allow_private_targets: bool,
+    /// How long a message for a customer, a relay to an agent or a call to a bot is retried
+    /// through an outage before it is parked and the sender told.
+    pub retry_horizon_secs: u64,
+    /// The same for a Livechat API request; when it passes, the bot takes the customer back.
+    pub handoff_horizon_secs: u64,
+    /// Consecutive transient failures that open an endpoint's circuit breaker.
+    pub circuit_failures: u32,
+    /// How long an open circuit waits before one probe call.
+    pub circuit_open_ms: u64,
+    /// Largest answer read from a bot or platform; larger is a permanent failure.
+    pub max_response_bytes: usize,
+    /// Follow HTTP redirects from receivers (off: a 3xx is a refusal).
+    pub follow_redirects: bool,
     /// Calls in flight at once to one endpoint (scheme, host and port), so one slow or dead
     /// endpoint cannot take every connection of the service.
     pub max_concurrent_per_endpoint: usize,
@@ -164,10 +196,16 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         Self {
             timeout_ms: 10_000,
-            max_attempts: 5,
+            max_attempts: 3,
             initial_backoff_ms: 200,
-            max_backoff_ms: 10_000,
-            allow_private_targets: true,
+            max_backoff_ms: 30_000,
+            allow_private_targets: false,
+            retry_horizon_secs: 3_600,
+            handoff_horizon_secs: 60,
+            circuit_failures: 5,
+            circuit_open_ms: 5_000,
+            max_response_bytes: 512 * 1024,
+            follow_redirects: false,
             max_concurrent_per_endpoint: 2_048,
         }
     }
@@ -176,6 +214,31 @@ impl Default for DeliverySettings {
 impl DeliverySettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// How long the router keeps what grows with traffic (pruned in the background).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionSettings {
+    /// Ids of applied events (the inbox that makes a redelivery harmless). Must outlast
+    /// any redelivery: the stream's retries are minutes to hours.
+    pub processed_events_days: u32,
+    /// Transcript lines and closed conversations.
+    pub transcript_days: u32,
+    /// Dead letters already replayed or dropped (parked ones are kept until handled).
+    pub resolved_dead_letters_days: u32,
+    pub prune_interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            processed_events_days: 7,
+            transcript_days: 90,
+            resolved_dead_letters_days: 30,
+            prune_interval_secs: 3_600,
+        }
     }
 }
 

@@ -11,4 +11,4 @@ pub mod custom;
 pub mod outbound;
 pub mod webhook_bot;
 
-pub use outbound::{DeliveryError, OutboundClient, OutboundSettings, Signer};
+pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Signer};

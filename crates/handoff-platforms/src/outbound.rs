@@ -1,12 +1,16 @@
 //! Outbound HTTP: at-least-once with a stable id. Every call carries `webhook-id` (the same
 //! on every retry of one delivery), `webhook-timestamp` and, when the channel has a
 //! secret, `webhook-signature` (Standard Webhooks: HMAC-SHA256 over `id.timestamp.body`).
-//! 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and
-//! full jitter, honouring `Retry-After`; any other 4xx is final.
+//! 5xx, 408, 429, timeouts and connection errors are transient: retried a few times within
+//! the call (exponential backoff, full jitter, honouring `Retry-After`), then by the caller,
+//! without holding any slot, until the delivery's horizon (`retry_later`). Any other 4xx,
+//! a refused target and an oversized answer are permanent. Each endpoint has a circuit
+//! breaker, so a dead endpoint costs one probe per interval instead of every lane's calls.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use base64::Engine as _;
@@ -20,24 +24,48 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
     pub timeout: Duration,
+    /// Attempts within one call, for blips; a longer outage is retried by the caller
+    /// (`retry_later`) until its horizon.
     pub max_attempts: usize,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     pub max_concurrent_per_endpoint: usize,
+    /// How long a delivery to a customer, a relay or a bot call is retried before it is
+    /// given up (parked, and the sender told).
+    pub retry_horizon: Duration,
+    /// The same for a Livechat API request: the customer is waiting for a human, so the
+    /// bot is told sooner.
+    pub handoff_horizon: Duration,
+    /// Consecutive transient failures that open an endpoint's circuit, and how long it
+    /// stays open before one probe is let through.
+    pub circuit_failures: u32,
+    pub circuit_open: Duration,
+    /// Largest response body read; a larger one is a permanent failure.
+    pub max_response_bytes: usize,
+    pub follow_redirects: bool,
+    pub allow_private_targets: bool,
 }
 
 /// Why a delivery did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliveryError {
-    /// The receiver refused it (4xx): retrying cannot help.
+    /// The receiver refused it (a 4xx, or a redirect not followed): retrying cannot help.
     #[error("rejected with HTTP {status}: {body}")]
     Rejected { status: u16, body: String },
-    /// Every attempt failed transiently.
-    #[error("gave up after {attempts} attempts: {last}")]
-    Exhausted {
+    /// Handoff will not call this target (not http(s), or a private address).
+    #[error("target refused: {0}")]
+    Refused(String),
+    /// The answer is larger than `max_response_bytes`.
+    #[error("the answer is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Every attempt of this call failed transiently (or the endpoint's circuit is open).
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable {
         attempts: usize,
         status: Option<u16>,
         last: String,
+        /// When the endpoint asked to be called again (Retry-After, or its open circuit).
+        retry_after: Option<Duration>,
     },
 }
 
@@ -45,9 +73,23 @@ impl DeliveryError {
     pub fn status(&self) -> Option<u16> {
         match self {
             DeliveryError::Rejected { status, .. } => Some(*status),
-            DeliveryError::Exhausted { status, .. } => *status,
+            DeliveryError::Unavailable { status, .. } => *status,
+            DeliveryError::Refused(_) | DeliveryError::TooLarge { .. } => None,
         }
     }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeliveryError::Unavailable { .. })
+    }
+}
+
+/// Which horizon a delivery is retried within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horizon {
+    /// Messages for customers, relays to agents, calls to bots.
+    Delivery,
+    /// Livechat API requests (the bot takes over when they fail).
+    Handoff,
 }
 
 /// A Standard Webhooks signing key (`whsec_<base64>` or raw text).
@@ -95,44 +137,108 @@ pub struct Delivered {
 pub struct OutboundClient {
     http: reqwest::Client,
     settings: OutboundSettings,
-    /// Calls in flight per endpoint (scheme, host, port): a slow endpoint fills its own
-    /// slots, not the service's.
-    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    endpoints: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+}
+
+/// What the client knows of one endpoint (scheme, host, port).
+#[derive(Debug)]
+struct Endpoint {
+    /// Calls in flight: a slow endpoint fills its own slots, not the service's.
+    slots: Semaphore,
+    circuit: Mutex<Circuit>,
+}
+
+#[derive(Debug, Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// A call is probing a circuit whose open time has passed; others still wait.
+    probing: bool,
 }
 
 impl OutboundClient {
     pub fn new(settings: OutboundSettings) -> Self {
-        let http = reqwest::Client::builder()
+        let redirects = if settings.follow_redirects {
+            reqwest::redirect::Policy::limited(5)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
+        let mut http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(1024)
-            .user_agent(concat!("handoff/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("static client configuration is valid");
+            .redirect(redirects)
+            .user_agent(concat!("handoff/", env!("CARGO_PKG_VERSION")));
+        if !settings.allow_private_targets {
+            // Checked again at connect time, so a name cannot resolve to a public address
+            // when checked and a private one when called.
+            http = http.dns_resolver(Arc::new(PublicOnly));
+        }
         Self {
-            http,
+            http: http.build().expect("static client configuration is valid"),
             settings,
             endpoints: Arc::default(),
         }
     }
 
-    fn endpoint_slots(&self, url: &str) -> Arc<Semaphore> {
-        let endpoint = reqwest::Url::parse(url)
-            .map(|u| {
-                format!(
-                    "{}://{}:{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or_default(),
-                    u.port_or_known_default().unwrap_or_default()
-                )
-            })
-            .unwrap_or_default();
+    pub fn settings(&self) -> &OutboundSettings {
+        &self.settings
+    }
+
+    fn endpoint(&self, url: &reqwest::Url) -> Arc<Endpoint> {
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default()
+        );
         self.endpoints
             .lock()
             .expect("endpoint map lock")
-            .entry(endpoint)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_concurrent_per_endpoint)))
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    slots: Semaphore::new(self.settings.max_concurrent_per_endpoint),
+                    circuit: Mutex::default(),
+                })
+            })
             .clone()
+    }
+
+    /// Refuses what Handoff must not call: other schemes and, unless allowed, addresses
+    /// inside the network it runs in.
+    async fn check_target(&self, url: &str) -> Result<reqwest::Url, DeliveryError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| DeliveryError::Refused(format!("`{url}` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(DeliveryError::Refused(format!(
+                "scheme `{}` is not http(s)",
+                parsed.scheme()
+            )));
+        }
+        if self.settings.allow_private_targets {
+            return Ok(parsed);
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| DeliveryError::Refused("the URL has no host".into()))?
+            .to_string();
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            // A name that does not resolve now is an outage, not a refusal.
+            Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+                Err(_) => return Ok(parsed),
+            },
+        };
+        if let Some(ip) = addrs.iter().find(|ip| is_private(ip)) {
+            return Err(DeliveryError::Refused(format!(
+                "{host} is a private address ({ip}); set delivery.allow_private_targets to call it"
+            )));
+        }
+        Ok(parsed)
     }
 
     /// POSTs `body` as JSON to `url` under delivery id `id`, retrying as described above.
@@ -143,19 +249,29 @@ impl OutboundClient {
         body: &serde_json::Value,
         signer: Option<&Signer>,
     ) -> Result<Delivered, DeliveryError> {
+        let parsed = self.check_target(url).await?;
         let body = Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.settings.initial_backoff)
-            .with_max_delay(self.settings.max_backoff)
+            .with_max_delay(self.settings.max_backoff.min(IN_CALL_MAX_BACKOFF))
             .with_max_times(self.settings.max_attempts.saturating_sub(1))
             .with_jitter()
             .build();
-        let slots = self.endpoint_slots(url);
+        let endpoint = self.endpoint(&parsed);
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Err(open_for) = self.admit(&endpoint) {
+                return Err(DeliveryError::Unavailable {
+                    attempts: attempt - 1,
+                    status: None,
+                    last: "the endpoint's circuit is open after repeated failures".into(),
+                    retry_after: Some(open_for),
+                });
+            }
             // A slot is held for the attempt only, never across a backoff.
-            let slot = slots
+            let slot = endpoint
+                .slots
                 .acquire()
                 .await
                 .expect("endpoint slots are never closed");
@@ -165,15 +281,31 @@ impl OutboundClient {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
-                    let text = resp.bytes().await.unwrap_or_default();
                     if status.is_success() {
+                        self.record(&endpoint, true);
+                        let body = read_capped(resp, self.settings.max_response_bytes)
+                            .await
+                            .map_err(|e| match e {
+                                Capped::TooLarge => DeliveryError::TooLarge {
+                                    limit: self.settings.max_response_bytes,
+                                },
+                                Capped::Failed(why) => DeliveryError::Unavailable {
+                                    attempts: attempt,
+                                    status: Some(status.as_u16()),
+                                    last: format!("the answer could not be read: {why}"),
+                                    retry_after: None,
+                                },
+                            })?;
                         return Ok(Delivered {
                             status: status.as_u16(),
-                            body: text,
+                            body,
                         });
                     }
-                    let snippet = String::from_utf8_lossy(&text[..text.len().min(512)]).to_string();
+                    let text = read_capped(resp, ERROR_SNIPPET).await.unwrap_or_default();
+                    let snippet = String::from_utf8_lossy(&text).to_string();
                     if !is_retryable(status) {
+                        // The endpoint answers: its circuit is healthy.
+                        self.record(&endpoint, true);
                         return Err(DeliveryError::Rejected {
                             status: status.as_u16(),
                             body: snippet,
@@ -187,19 +319,85 @@ impl OutboundClient {
                 }
                 Err(e) => (None, error_chain(&e), None),
             };
+            self.record(&endpoint, false);
             let Some(delay) = delays.next() else {
-                return Err(DeliveryError::Exhausted {
+                return Err(DeliveryError::Unavailable {
                     attempts: attempt,
                     status,
                     last: why,
+                    retry_after,
                 });
             };
-            // A receiver's Retry-After wins over our backoff, bounded so one delivery cannot
-            // hold its member's queue for longer than a minute per attempt.
-            let delay = retry_after.map_or(delay, |ra| ra.max(delay).min(MAX_RETRY_AFTER));
+            if retry_after.is_some_and(|ra| ra > IN_CALL_MAX_BACKOFF) {
+                // The endpoint asked for longer than a blip: the caller waits, slot-free.
+                return Err(DeliveryError::Unavailable {
+                    attempts: attempt,
+                    status,
+                    last: why,
+                    retry_after,
+                });
+            }
+            let delay = retry_after.map_or(delay, |ra| ra.max(delay));
             tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %why, "delivery will be retried");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Whether a call may go to `endpoint` now; if not, how long its circuit stays open.
+    fn admit(&self, endpoint: &Endpoint) -> Result<(), Duration> {
+        let mut circuit = endpoint.circuit.lock().expect("circuit lock");
+        let Some(until) = circuit.open_until else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < until {
+            return Err(until - now);
+        }
+        if circuit.probing {
+            return Err(self.settings.circuit_open.min(Duration::from_secs(1)));
+        }
+        circuit.probing = true;
+        Ok(())
+    }
+
+    fn record(&self, endpoint: &Endpoint, healthy: bool) {
+        let mut circuit = endpoint.circuit.lock().expect("circuit lock");
+        circuit.probing = false;
+        if healthy {
+            *circuit = Circuit::default();
+            return;
+        }
+        circuit.failures += 1;
+        if circuit.failures >= self.settings.circuit_failures.max(1) {
+            circuit.open_until = Some(Instant::now() + self.settings.circuit_open);
+        }
+    }
+
+    /// After a failed delivery of a command accepted at `accepted_at_ms`: `Some(delay)` to
+    /// try again later (a transient failure within its horizon), `None` to give it up.
+    /// The delay grows with the delivery's age, so a long outage costs few calls and a
+    /// restart does not reset it.
+    pub fn retry_later(
+        &self,
+        error: &DeliveryError,
+        accepted_at_ms: i64,
+        horizon: Horizon,
+    ) -> Option<Duration> {
+        let DeliveryError::Unavailable { retry_after, .. } = error else {
+            return None;
+        };
+        let horizon = match horizon {
+            Horizon::Delivery => self.settings.retry_horizon,
+            Horizon::Handoff => self.settings.handoff_horizon,
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let age = Duration::from_millis(u64::try_from(now - i128::from(accepted_at_ms)).unwrap_or(0));
+        if age >= horizon {
+            return None;
+        }
+        let by_age = (age / 4).clamp(self.settings.initial_backoff, self.settings.max_backoff);
+        let delay = retry_after.map_or(by_age, |ra| ra.min(MAX_RETRY_AFTER).max(self.settings.initial_backoff));
+        Some(delay.min(horizon - age))
     }
 
     async fn attempt(
@@ -223,6 +421,87 @@ impl OutboundClient {
     }
 }
 
+/// Longest wait inside one call; longer waits happen outside it, without a slot.
+const IN_CALL_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How much of an error answer is kept for logs and the transcript.
+const ERROR_SNIPPET: usize = 512;
+
+enum Capped {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads at most `limit` bytes of the body; an error answer is cut, a success is refused.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Capped> {
+    let success = resp.status().is_success();
+    if success && resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Capped::Failed(e.to_string()))?
+    {
+        if out.len() + chunk.len() > limit {
+            if success {
+                return Err(Capped::TooLarge);
+            }
+            out.extend_from_slice(&chunk[..limit - out.len()]);
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// Addresses inside a private network, the host itself, or link-local (cloud metadata).
+pub fn is_private(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(&IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// A resolver that drops private addresses, so no name reaches inside the network.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| !is_private(&a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{} resolves to private addresses only", name.as_str()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A receiver's Retry-After is honoured up to this, so a delivery is never parked later
+/// than its horizon by much.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 fn is_retryable(status: StatusCode) -> bool {
@@ -262,6 +541,13 @@ impl OutboundSettings {
             initial_backoff: Duration::from_millis(d.initial_backoff_ms),
             max_backoff: Duration::from_millis(d.max_backoff_ms),
             max_concurrent_per_endpoint: d.max_concurrent_per_endpoint.max(1),
+            retry_horizon: Duration::from_secs(d.retry_horizon_secs),
+            handoff_horizon: Duration::from_secs(d.handoff_horizon_secs),
+            circuit_failures: d.circuit_failures,
+            circuit_open: Duration::from_millis(d.circuit_open_ms),
+            max_response_bytes: d.max_response_bytes,
+            follow_redirects: d.follow_redirects,
+            allow_private_targets: d.allow_private_targets,
         }
     }
 }
@@ -280,6 +566,17 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_and_local_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                   "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+            assert!(is_private(&ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_private(&ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn signatures_follow_standard_webhooks() {

@@ -19,6 +19,7 @@ impl Envelope {
             Some(Body::BotReply(_)) => "bot_reply",
             Some(Body::BotFailed(_)) => "bot_failed",
             Some(Body::ConversationTimeout(_)) => "conversation_timeout",
+            Some(Body::Parked(_)) => "parked",
             Some(Body::AgentMessage(_)) => "agent_message",
             Some(Body::AgentCommand(_)) => "agent_command",
             Some(Body::HandoffAccepted(_)) => "handoff_accepted",

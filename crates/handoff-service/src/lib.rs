@@ -51,6 +51,43 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// One long-running part of a service (its HTTP server, a consumer, a sweeper).
+pub type Part = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Runs a service's parts until `shutdown`. A part that ends before then has failed: the
+/// others are stopped and its error returned, so the process exits and is restarted
+/// rather than serving half (answering `/readyz` while consuming nothing). Each part is
+/// given `stop`, cancelled on shutdown or on such a failure.
+pub async fn run_parts(
+    shutdown: CancellationToken,
+    parts: impl FnOnce(CancellationToken) -> Vec<(&'static str, Part)>,
+) -> anyhow::Result<()> {
+    let stop = shutdown.child_token();
+    let mut running = tokio::task::JoinSet::new();
+    for (name, part) in parts(stop.clone()) {
+        running.spawn(async move { (name, part.await) });
+    }
+    let mut failure = None;
+    while let Some(done) = running.join_next().await {
+        let (name, result) = match done {
+            Ok(finished) => finished,
+            Err(e) => ("a part", Err(anyhow::anyhow!("panicked: {e}"))),
+        };
+        if !stop.is_cancelled() {
+            let why = match &result {
+                Ok(()) => anyhow::anyhow!("{name} stopped on its own"),
+                Err(e) => anyhow::anyhow!("{name} failed: {e:#}"),
+            };
+            tracing::error!(error = %why, "a part of the service ended; stopping the service");
+            stop.cancel();
+            failure.get_or_insert(why);
+        } else if let Err(e) = result {
+            failure.get_or_insert(e.context(name));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
 /// Something that can say whether the service may take traffic.
 pub trait Readiness: Clone + Send + Sync + 'static {
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
@@ -71,16 +108,30 @@ async fn readyz<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
     }
 }
 
-/// Request spans carry method and path only: the query string may hold a token.
+/// Bounds a public edge: at most `max_concurrent` requests are handled at once (more wait,
+/// so a burst slows callers instead of exhausting the service) and each must be done
+/// within `timeout`, its body read included (408 otherwise), so a slow client cannot hold
+/// a slot.
+pub fn bounded_edge(router: Router, max_concurrent: usize, timeout: std::time::Duration) -> Router {
+    router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(max_concurrent.max(1)))
+}
+
+/// Request spans carry method and the matched route only: the query string may hold a
+/// token, and so may a path (`/history/{token}`).
 pub fn http_trace_layer<B>() -> TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
     impl Fn(&Request<B>) -> Span + Clone,
 > {
     TraceLayer::new_for_http().make_span_with(|req: &Request<B>| {
-        tracing::info_span!(
-            "http_request",
-            method = %req.method(),
-            path = %req.uri().path(),
-        )
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |p| p.as_str());
+        tracing::info_span!("http_request", method = %req.method(), route = %route)
     })
 }

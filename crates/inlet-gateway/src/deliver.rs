@@ -6,7 +6,7 @@ use std::time::Duration;
 use handoff_bus::{Bus, Handled, Handler, derived_id, now_ms};
 use handoff_config::Channels;
 use handoff_platforms::custom::send_body;
-use handoff_platforms::{OutboundClient, Signer};
+use handoff_platforms::{Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope};
 
 pub(crate) struct Deliverer {
@@ -18,26 +18,25 @@ pub(crate) struct Deliverer {
 impl Handler for Deliverer {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let Some(Body::DeliverToMember(cmd)) = &envelope.body else {
-            tracing::error!(
-                kind = envelope.kind(),
-                "unexpected command on deliver.inlet"
-            );
-            return Handled::Done;
+            return Handled::Park {
+                reason: format!("`{}` is not a command for deliver.inlet", envelope.kind()),
+            };
         };
+        // A configuration fixed later (a rollout, a typo) makes these replayable.
         let Some(channel) = self.channels.get(&envelope.channel) else {
-            // Configuration differs between services (a rollout in progress): wait for it.
-            return Handled::Retry {
-                after: Duration::from_secs(30),
-                reason: format!("channel `{}` is not configured here", envelope.channel),
+            return Handled::Park {
+                reason: format!("channel `{}` is not configured", envelope.channel),
             };
         };
         let (Some(member), Some(content)) = (&cmd.member, &cmd.content) else {
-            tracing::error!("deliver_to_member without member or content dropped");
-            return Handled::Done;
+            return Handled::Park {
+                reason: "deliver_to_member without member or content".into(),
+            };
         };
         let Some(url) = channel.info_str("sendResponseApi") else {
-            tracing::error!(channel = %channel.id, "channel has no sendResponseApi");
-            return Handled::Done;
+            return Handled::Park {
+                reason: format!("channel `{}` has no sendResponseApi", channel.id),
+            };
         };
         let body = send_body(content, member, &channel.info, None);
         let signer = Signer::for_channel(channel);
@@ -48,7 +47,16 @@ impl Handler for Deliverer {
         {
             Ok(_) => Handled::Done,
             Err(e) => {
-                tracing::warn!(error = %e, "delivery to the customer failed");
+                if let Some(after) =
+                    self.client
+                        .retry_later(&e, envelope.accepted_at_ms, Horizon::Delivery)
+                {
+                    return Handled::Retry {
+                        after,
+                        reason: e.to_string(),
+                    };
+                }
+                tracing::warn!(error = %e, "delivery to the customer failed for good");
                 let failed = Envelope {
                     event_id: derived_id(&envelope.event_id, "delivery_failed", 0),
                     org: envelope.org.clone(),
@@ -65,7 +73,9 @@ impl Handler for Deliverer {
                     ..Default::default()
                 };
                 match self.bus.publish_event(&failed).await {
-                    Ok(()) => Handled::Done,
+                    Ok(()) => Handled::Park {
+                        reason: format!("delivery to `{}` failed: {e}", channel.id),
+                    },
                     Err(e) => Handled::Retry {
                         after: Duration::from_secs(1),
                         reason: e.to_string(),

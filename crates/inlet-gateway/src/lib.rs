@@ -14,7 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{OutboundClient, OutboundSettings};
-use handoff_service::{Readiness, health_router, http_trace_layer};
+use handoff_service::{Readiness, bounded_edge, health_router, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,15 +25,13 @@ pub(crate) struct AppState {
     pub bus: Bus,
     pub channels: Arc<Channels>,
     pub body_limit: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: std::time::Duration,
 }
 
 impl Readiness for AppState {
     async fn ready(&self) -> Result<(), String> {
-        if self.bus.is_connected() {
-            Ok(())
-        } else {
-            Err("NATS is not connected".into())
-        }
+        self.bus.ready()
     }
 }
 
@@ -54,6 +52,8 @@ impl Application {
                 bus,
                 channels: Arc::new(channels),
                 body_limit: settings.http.body_limit,
+                max_concurrent_requests: settings.http.max_concurrent_requests,
+                request_timeout: settings.http.request_timeout(),
             },
             client: OutboundClient::new(OutboundSettings::from_config(&settings.delivery)),
         })
@@ -66,28 +66,35 @@ impl Application {
     /// Serves HTTP and delivers commands until `shutdown`; in-flight work finishes first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let app = Router::new()
-            .merge(webhook::router(self.state.clone()))
+            .merge(bounded_edge(
+                webhook::router(self.state.clone()),
+                self.state.max_concurrent_requests,
+                self.state.request_timeout,
+            ))
             .merge(health_router(self.state.clone()))
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(http_trace_layer());
-        let consumers = handoff_bus::run_consumers(
-            self.state.bus.clone(),
-            "deliver.inlet".into(),
-            "inlet-gateway".into(),
-            Arc::new(deliver::Deliverer {
-                bus: self.state.bus.clone(),
-                channels: self.state.channels.clone(),
-                client: self.client,
-            }),
-            shutdown.clone(),
-        );
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (served, consumed) = tokio::join!(
-            async { server.await.map_err(anyhow::Error::from) },
-            consumers
-        );
-        served?;
-        consumed
+        let state = self.state;
+        let client = self.client;
+        let listener = self.listener;
+        handoff_service::run_parts(shutdown, move |stop| {
+            let consumers = handoff_bus::run_consumers(
+                state.bus.clone(),
+                "deliver.inlet".into(),
+                "inlet-gateway".into(),
+                Arc::new(deliver::Deliverer {
+                    bus: state.bus.clone(),
+                    channels: state.channels.clone(),
+                    client,
+                }),
+                stop.clone(),
+            );
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            vec![
+                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                ("the deliver.inlet consumers", Box::pin(consumers)),
+            ]
+        })
+        .await
     }
 }

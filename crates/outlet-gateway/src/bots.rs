@@ -2,15 +2,32 @@
 //! becomes a `BotReply` event (or `BotFailed` when it cannot be reached).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::{Channels, Platform};
 use handoff_platforms::webhook_bot::{BotEvent, BotRequest, parse_answer, request_body};
-use handoff_platforms::{OutboundClient, Signer};
+use handoff_platforms::{Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, BotFailed, BotReply, Envelope};
 
-use crate::publish_result;
+use handoff_proto::Message as _;
+
+use crate::publish_then;
+
+/// Room for the envelope around a bot answer in a bus message.
+const ENVELOPE_ROOM: usize = 4 * 1024;
+
+/// A bot call's outcome as the event to publish; a failure also carries why.
+fn result_body(result: Result<BotReply, String>) -> Result<Body, (Body, String)> {
+    match result {
+        Ok(reply) => Ok(Body::BotReply(reply)),
+        Err(reason) => Err((
+            Body::BotFailed(BotFailed {
+                reason: reason.clone(),
+            }),
+            reason,
+        )),
+    }
+}
 
 pub(crate) struct BotCaller {
     pub bus: Bus,
@@ -21,22 +38,24 @@ pub(crate) struct BotCaller {
 impl Handler for BotCaller {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let Some(Body::SendToBot(cmd)) = &envelope.body else {
-            tracing::error!(kind = envelope.kind(), "unexpected command on deliver.bot");
-            return Handled::Done;
+            return Handled::Park {
+                reason: format!("`{}` is not a command for deliver.bot", envelope.kind()),
+            };
         };
         let Some(bot) = self.channels.get(&envelope.channel) else {
-            return Handled::Retry {
-                after: Duration::from_secs(30),
-                reason: format!("bot channel `{}` is not configured here", envelope.channel),
+            return Handled::Park {
+                reason: format!("bot channel `{}` is not configured", envelope.channel),
             };
         };
         if bot.platform != Platform::WebhookBot {
-            tracing::error!(channel = %bot.id, "bot platform not supported; message dropped");
-            return Handled::Done;
+            return Handled::Park {
+                reason: format!("bot channel `{}`: platform not supported as a bot", bot.id),
+            };
         }
         let (Some(member), Some(content)) = (&cmd.member, &cmd.content) else {
-            tracing::error!("send_to_bot without member or content dropped");
-            return Handled::Done;
+            return Handled::Park {
+                reason: "send_to_bot without member or content".into(),
+            };
         };
         let (event, error) = if !cmd.relay_message_error_json.is_empty() {
             (
@@ -76,21 +95,47 @@ impl Handler for BotCaller {
             .post_json(url, &envelope.event_id, &body, signer.as_ref())
             .await
         {
-            Ok(delivered) => parse_answer(&delivered.body),
-            Err(e) => Err(e.to_string()),
+            Ok(delivered) => parse_answer(&delivered.body)
+                .map_err(|why| format!("the bot's answer is not valid: {why}")),
+            Err(e) => {
+                if let Some(after) =
+                    self.client
+                        .retry_later(&e, envelope.accepted_at_ms, Horizon::Delivery)
+                {
+                    return Handled::Retry {
+                        after,
+                        reason: e.to_string(),
+                    };
+                }
+                Err(e.to_string())
+            }
         };
-        let body = match result {
-            Ok(answer) => Body::BotReply(BotReply {
+        let reply = result.and_then(|answer| {
+            let reply = BotReply {
                 responses: answer.responses,
                 handoff: answer.handoff,
                 close: answer.close,
                 agent_conversation_id: cmd.agent_conversation_id.clone(),
-            }),
-            Err(reason) => {
-                tracing::warn!(%reason, bot = %bot.id, "bot call failed");
-                Body::BotFailed(BotFailed { reason })
+            };
+            // The answer travels as one bus message: past the server's limit it never could.
+            let size = reply.encoded_len();
+            if size + ENVELOPE_ROOM > self.bus.max_payload() {
+                return Err(format!(
+                    "the bot's answer ({size} bytes) is larger than a bus message ({} bytes)",
+                    self.bus.max_payload()
+                ));
             }
-        };
-        publish_result(&self.bus, &envelope, "bot_result", &bot.id, body).await
+            Ok(reply)
+        });
+        match result_body(reply) {
+            Ok(body) => publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, Handled::Done).await,
+            Err((body, reason)) => {
+                tracing::warn!(%reason, bot = %bot.id, "bot call failed for good");
+                let park = Handled::Park {
+                    reason: format!("bot `{}`: {reason}", bot.id),
+                };
+                publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, park).await
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{OutboundClient, OutboundSettings};
-use handoff_service::{Readiness, health_router, http_trace_layer};
+use handoff_service::{Readiness, bounded_edge, health_router, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +27,13 @@ pub(crate) struct AppState {
     pub bus: Bus,
     pub channels: Arc<Channels>,
     pub body_limit: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: std::time::Duration,
 }
 
 impl Readiness for AppState {
     async fn ready(&self) -> Result<(), String> {
-        if self.bus.is_connected() {
-            Ok(())
-        } else {
-            Err("NATS is not connected".into())
-        }
+        self.bus.ready()
     }
 }
 
@@ -55,6 +53,8 @@ impl Application {
                 bus,
                 channels: Arc::new(channels),
                 body_limit: settings.http.body_limit,
+                max_concurrent_requests: settings.http.max_concurrent_requests,
+                request_timeout: settings.http.request_timeout(),
             },
             client: OutboundClient::new(OutboundSettings::from_config(&settings.delivery)),
         })
@@ -66,44 +66,49 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let app = Router::new()
-            .merge(webhook::router(self.state.clone()))
+            .merge(bounded_edge(
+                webhook::router(self.state.clone()),
+                self.state.max_concurrent_requests,
+                self.state.request_timeout,
+            ))
             .merge(health_router(self.state.clone()))
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(http_trace_layer());
         let bus = self.state.bus.clone();
         let channels = self.state.channels.clone();
-        let outlet = handoff_bus::run_consumers(
-            bus.clone(),
-            "deliver.outlet".into(),
-            "outlet-gateway".into(),
-            Arc::new(livechat::LiveChatDeliverer {
-                bus: bus.clone(),
-                channels: channels.clone(),
-                client: self.client.clone(),
-            }),
-            shutdown.clone(),
-        );
-        let bots = handoff_bus::run_consumers(
-            bus.clone(),
-            "deliver.bot".into(),
-            "outlet-gateway-bots".into(),
-            Arc::new(bots::BotCaller {
-                bus,
-                channels,
-                client: self.client,
-            }),
-            shutdown.clone(),
-        );
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (served, o, b) = tokio::join!(
-            async { server.await.map_err(anyhow::Error::from) },
-            outlet,
-            bots
-        );
-        served?;
-        o?;
-        b
+        let client = self.client;
+        let listener = self.listener;
+        handoff_service::run_parts(shutdown, move |stop| {
+            let outlet = handoff_bus::run_consumers(
+                bus.clone(),
+                "deliver.outlet".into(),
+                "outlet-gateway".into(),
+                Arc::new(livechat::LiveChatDeliverer {
+                    bus: bus.clone(),
+                    channels: channels.clone(),
+                    client: client.clone(),
+                }),
+                stop.clone(),
+            );
+            let bots = handoff_bus::run_consumers(
+                bus.clone(),
+                "deliver.bot".into(),
+                "outlet-gateway-bots".into(),
+                Arc::new(bots::BotCaller {
+                    bus,
+                    channels,
+                    client,
+                }),
+                stop.clone(),
+            );
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            vec![
+                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                ("the deliver.outlet consumers", Box::pin(outlet)),
+                ("the deliver.bot consumers", Box::pin(bots)),
+            ]
+        })
+        .await
     }
 }
 
@@ -115,6 +120,19 @@ pub(crate) async fn publish_result(
     purpose: &str,
     channel: &str,
     body: handoff_proto::Body,
+) -> handoff_bus::Handled {
+    publish_then(bus, cause, purpose, channel, body, handoff_bus::Handled::Done).await
+}
+
+/// Publishes a result event, then settles the command as `then` (e.g. parks it after
+/// telling the router it failed for good).
+pub(crate) async fn publish_then(
+    bus: &Bus,
+    cause: &handoff_proto::Envelope,
+    purpose: &str,
+    channel: &str,
+    body: handoff_proto::Body,
+    then: handoff_bus::Handled,
 ) -> handoff_bus::Handled {
     let envelope = handoff_proto::Envelope {
         event_id: handoff_bus::derived_id(&cause.event_id, purpose, 0),
@@ -129,7 +147,7 @@ pub(crate) async fn publish_result(
         ..Default::default()
     };
     match bus.publish_event(&envelope).await {
-        Ok(()) => handoff_bus::Handled::Done,
+        Ok(()) => then,
         Err(e) => handoff_bus::Handled::Retry {
             after: std::time::Duration::from_secs(1),
             reason: e.to_string(),

@@ -2,16 +2,15 @@
 //! while LIVE) and Send API with `conversationId` (a bot answer to an agent command).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::Channels;
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::{OutboundClient, Signer};
+use handoff_platforms::{DeliveryError, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
-use crate::publish_result;
+use crate::{publish_result, publish_then};
 
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
@@ -37,9 +36,8 @@ fn ticket_id(body: &[u8]) -> String {
 impl Handler for LiveChatDeliverer {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let Some(outlet) = self.channels.get(&envelope.channel) else {
-            return Handled::Retry {
-                after: Duration::from_secs(30),
-                reason: format!("outlet `{}` is not configured here", envelope.channel),
+            return Handled::Park {
+                reason: format!("outlet `{}` is not configured", envelope.channel),
             };
         };
         let signer = Signer::for_channel(outlet);
@@ -55,10 +53,16 @@ impl Handler for LiveChatDeliverer {
                     Ok(ok) => Body::HandoffAccepted(HandoffAccepted {
                         external_conversation_id: ticket_id(&ok.body),
                     }),
-                    Err(e) => Body::HandoffFailed(HandoffFailed {
-                        reason: e.to_string(),
-                        status: e.status().unwrap_or_default().into(),
-                    }),
+                    Err(e) => {
+                        if let Some(retry) = self.later(&e, &envelope, Horizon::Handoff) {
+                            return retry;
+                        }
+                        // No park: the bot takes the customer back, which is the answer.
+                        Body::HandoffFailed(HandoffFailed {
+                            reason: e.to_string(),
+                            status: e.status().unwrap_or_default().into(),
+                        })
+                    }
                 };
                 publish_result(&self.bus, &envelope, "livechat_result", &outlet.id, result).await
             }
@@ -70,20 +74,27 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
+                        if let Some(retry) = self.later(&e, &envelope, Horizon::Delivery) {
+                            return retry;
+                        }
                         let failed = Body::RelayFailed(RelayFailed {
                             content: Some(content),
                             reason: e.to_string(),
                             status: e.status().unwrap_or_default().into(),
                         });
-                        publish_result(&self.bus, &envelope, "relay_failed", &outlet.id, failed)
+                        let park = Handled::Park {
+                            reason: format!("relay to `{}` failed: {e}", outlet.id),
+                        };
+                        publish_then(&self.bus, &envelope, "relay_failed", &outlet.id, failed, park)
                             .await
                     }
                 }
             }
             Some(Body::DeliverToOutlet(cmd)) => {
                 let Some(url) = outlet.info_str("sendResponseApi") else {
-                    tracing::warn!(outlet = %outlet.id, "outlet has no sendResponseApi; bot answer to an agent command dropped");
-                    return Handled::Done;
+                    return Handled::Park {
+                        reason: format!("outlet `{}` has no sendResponseApi for a bot answer to an agent command", outlet.id),
+                    };
                 };
                 let member = cmd.member.clone().unwrap_or_default();
                 let content = cmd.content.clone().unwrap_or_default();
@@ -91,23 +102,38 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
+                        if let Some(retry) = self.later(&e, &envelope, Horizon::Delivery) {
+                            return retry;
+                        }
                         let failed = Body::DeliveryFailed(DeliveryFailed {
                             content: Some(content),
                             reason: e.to_string(),
                             status: e.status().unwrap_or_default().into(),
                         });
-                        publish_result(&self.bus, &envelope, "delivery_failed", &outlet.id, failed)
+                        let park = Handled::Park {
+                            reason: format!("delivery to `{}` failed: {e}", outlet.id),
+                        };
+                        publish_then(&self.bus, &envelope, "delivery_failed", &outlet.id, failed, park)
                             .await
                     }
                 }
             }
-            _ => {
-                tracing::error!(
-                    kind = envelope.kind(),
-                    "unexpected command on deliver.outlet"
-                );
-                Handled::Done
-            }
+            _ => Handled::Park {
+                reason: format!("`{}` is not a command for deliver.outlet", envelope.kind()),
+            },
         }
+    }
+}
+
+impl LiveChatDeliverer {
+    /// A transient failure within its horizon: try again later, without a slot.
+    fn later(&self, e: &DeliveryError, envelope: &Envelope, horizon: Horizon) -> Option<Handled> {
+        let after = self
+            .client
+            .retry_later(e, envelope.accepted_at_ms, horizon)?;
+        Some(Handled::Retry {
+            after,
+            reason: e.to_string(),
+        })
     }
 }

@@ -6,17 +6,15 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use handoff_bus::{PublishError, derived_id, now_ms};
+use handoff_bus::{PublishError, derived_id, new_event_id, now_ms};
 use handoff_config::Role;
 use handoff_platforms::custom::WebhookRequest;
 use handoff_platforms::custom::edge::{
-    ApiError, WEBHOOK_PATH, WebhookQuery, authorize, parse_body,
+    ApiError, WEBHOOK_PATH, WebhookQuery, authorize, parse_body, read_body,
 };
 use handoff_proto::{AgentCommand, AgentMessage, Body, Envelope};
 use serde::{Deserialize, Serialize};
@@ -73,10 +71,11 @@ async fn receive(
     State(state): State<AppState>,
     Query(query): Query<WebhookQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let outlet = authorize(&state.channels, &query, Role::Outlet)?;
-    let (request, parsed) = parse_body(body, state.body_limit, false)?;
+    let bytes = read_body(&headers, body, state.body_limit).await?;
+    let (request, parsed) = parse_body(bytes, false)?;
     // A redelivery of the same agent message is recognised by the sender's stable id
     // (Standard Webhooks `webhook-id`), else the message's own id, else its body.
     let header_id = headers
@@ -84,16 +83,7 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(|s| format!("webhook-id:{s}"));
-    let body_id = || {
-        let digest = Sha256::digest(parsed.to_string().as_bytes());
-        format!(
-            "sha256:{}",
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
-    };
+    let message_id = |m: Option<String>| header_id.or(m.map(|m| format!("message-id:{m}")));
     let (member_id, conversation_id, source_id, occurred, body) = match request {
         WebhookRequest::SendToInlet {
             member_id,
@@ -114,13 +104,10 @@ async fn receive(
             if found.state != "live" || found.outlet_channel != outlet.id {
                 return Err(ApiError::NotLive(member_id));
             }
-            let source = header_id
-                .or(source_message_id.map(|m| format!("message-id:{m}")))
-                .unwrap_or_else(body_id);
             (
                 found.member_id,
                 found.conversation_id,
-                source,
+                message_id(source_message_id),
                 now_ms(),
                 Body::AgentMessage(AgentMessage {
                     content: Some(content),
@@ -153,13 +140,10 @@ async fn receive(
             if found.state == "bot" {
                 return Err(ApiError::NotLive(found.member_id));
             }
-            let source = header_id
-                .or(source_message_id.map(|m| format!("message-id:{m}")))
-                .unwrap_or_else(body_id);
             (
                 found.member_id,
                 found.conversation_id,
-                source,
+                message_id(source_message_id),
                 timestamp_ms,
                 Body::AgentCommand(AgentCommand {
                     content: Some(content),
@@ -168,8 +152,22 @@ async fn receive(
             )
         }
     };
+    // Keys are scoped to the member. Without any id, the body identifies a re-post within
+    // JetStream's duplicate window only: an agent writing the same words later is heard.
+    let (event_id, dedup_id, source_id) = match source_id {
+        Some(id) => {
+            let event_id = derived_id(&format!("{}\n{member_id}\n{id}", outlet.id), "agent", 0);
+            (event_id.clone(), event_id, id)
+        }
+        None => {
+            let digest = Sha256::digest(parsed.to_string().as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let key = format!("{}\n{member_id}\nsha256:{hex}", outlet.id);
+            (new_event_id(), derived_id(&key, "agent", 0), String::new())
+        }
+    };
     let envelope = Envelope {
-        event_id: derived_id(&format!("{}\n{source_id}", outlet.id), "agent", 0),
+        event_id,
         org: outlet.org.clone(),
         channel: outlet.id.clone(),
         member_id,
@@ -180,13 +178,16 @@ async fn receive(
         body: Some(body),
         ..Default::default()
     };
-    state
+    let duplicate = state
         .bus
-        .publish_event(&envelope)
+        .publish_event_once(&envelope, &dedup_id)
         .await
         .map_err(|e| match e {
             PublishError::Unavailable(why) => ApiError::Unavailable(why),
             PublishError::NoMember => ApiError::Internal(e.to_string()),
         })?;
+    if duplicate {
+        return Ok(Json(json!({"ok": true, "duplicate": true})));
+    }
     Ok(Json(json!({"ok": true, "eventId": envelope.event_id})))
 }

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use handoff_bus::{Bus, Handled, Handler, Target, derived_id, now_ms};
+use handoff_bus::{Bus, Handled, Handler, Parking, Target, derived_id, now_ms, storable};
 use handoff_config::{Channel, Channels};
 use handoff_platforms::custom::{content_from_response, content_to_response};
 use handoff_proto::v1::content;
 use handoff_proto::{
     AgentCommand, AgentMessage, Body, BotReply, Content, ConversationTimeout, DeliverToMember,
     DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, RelayToOutlet,
-    RequestLivechat, SendToBot, Text,
+    Parked, RequestLivechat, SendToBot, Text,
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
@@ -40,6 +40,33 @@ const MAX_BATCH: usize = 16;
 
 /// Transactions the router runs at once (each a batch).
 const BATCH_WORKERS: usize = 8;
+
+/// A failure retrying cannot cure (the event refers to something that does not exist, or
+/// is malformed): the event is parked instead of retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Permanent(pub String);
+
+fn permanent(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Permanent(message.into()))
+}
+
+/// Whether retrying `e` can ever help. Postgres refusing the data itself (SQLSTATE classes
+/// 22 data exception, 23 integrity violation, 54 program limit) is permanent; so is our
+/// own `Permanent`. Everything else (connections, timeouts, NATS) is transient.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if cause.downcast_ref::<Permanent>().is_some() {
+            return true;
+        }
+        match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| ["22", "23", "54"].iter().any(|c| code.starts_with(c))),
+            _ => false,
+        }
+    })
+}
 
 enum Scope<'a> {
     Partition(u16),
@@ -245,7 +272,14 @@ impl Engine {
             }
             Err(e) if batch.len() == 1 => {
                 let job = batch.into_iter().next().expect("one job");
-                let _ = job.reply.send(retry(&e));
+                let handled = if is_permanent(&e) {
+                    Handled::Park {
+                        reason: format!("{e:#}"),
+                    }
+                } else {
+                    retry(&e)
+                };
+                let _ = job.reply.send(handled);
             }
             Err(_) => {
                 // One event spoiled the batch: apply each alone, so only its member waits.
@@ -259,7 +293,7 @@ impl Engine {
     fn channel(&self, id: &str) -> anyhow::Result<&Arc<Channel>> {
         self.channels
             .get(id)
-            .ok_or_else(|| anyhow::anyhow!("channel `{id}` is not configured"))
+            .ok_or_else(|| permanent(format!("channel `{id}` is not configured")))
     }
 
     /// Applies a batch of events (each of a different member) in one transaction: the
@@ -285,7 +319,7 @@ impl Engine {
             .map(|e| {
                 e.event_id
                     .parse::<Uuid>()
-                    .map_err(|_| anyhow::anyhow!("event id `{}` is not a UUID", e.event_id))
+                    .map_err(|_| permanent(format!("event id `{}` is not a UUID", e.event_id)))
             })
             .collect::<anyhow::Result<Vec<Uuid>>>()?;
         let fresh: HashSet<Uuid> = sqlx::query_scalar(
@@ -346,14 +380,18 @@ impl Engine {
             }
             Some(Body::HandoffFailed(f)) => {
                 let error =
-                    json!({"reason": "livechat_failed", "status": f.status, "message": f.reason});
+                    json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)});
                 self.on_handoff_ended_before_live(work, "livechat_failed", error)
                     .await?
             }
             Some(Body::ConversationTimeout(t)) => self.on_timeout(work, t).await?,
+            Some(Body::Parked(p)) => {
+                store_dead_letter(&mut **work.tx, envelope, p).await?;
+                true
+            }
             Some(Body::RelayFailed(f)) => {
                 let member = self.member(work).await?;
-                let error = json!({"reason": f.reason, "status": f.status});
+                let error = json!({"reason": storable(&f.reason), "status": f.status});
                 let content = f.content.clone().unwrap_or_default();
                 self.record_system(work, &member, "RELAY_FAILED", error.clone())
                     .await?;
@@ -371,14 +409,14 @@ impl Engine {
             }
             Some(Body::DeliveryFailed(f)) => {
                 let member = self.member(work).await?;
-                let detail = json!({"reason": f.reason, "status": f.status});
+                let detail = json!({"reason": storable(&f.reason), "status": f.status});
                 self.record_system(work, &member, "DELIVERY_FAILED", detail)
                     .await?;
                 true
             }
             Some(Body::BotFailed(f)) => {
                 let member = self.member(work).await?;
-                self.record_system(work, &member, "BOT_FAILED", json!({"reason": f.reason}))
+                self.record_system(work, &member, "BOT_FAILED", json!({"reason": storable(&f.reason)}))
                     .await?;
                 true
             }
@@ -499,10 +537,14 @@ impl Engine {
     }
 
     async fn member(&self, work: &mut Work<'_>) -> anyhow::Result<MemberRow> {
-        let id: Uuid = work.cause.member_id.parse()?;
+        let id: Uuid = work
+            .cause
+            .member_id
+            .parse()
+            .map_err(|_| permanent(format!("member id `{}` is not a UUID", work.cause.member_id)))?;
         store::find_member(&mut **work.tx, id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("member {id} is unknown"))
+            .ok_or_else(|| permanent(format!("member {id} is unknown")))
     }
 
     fn to_bot(
@@ -1100,7 +1142,7 @@ async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Con
     .fetch_all(&mut **work.tx)
     .await?;
     rows.iter()
-        .map(|r| content_from_response(&r.get::<Value, _>("content")).map_err(anyhow::Error::msg))
+        .map(|r| content_from_response(&r.get::<Value, _>("content")).map_err(permanent))
         .collect()
 }
 
@@ -1117,7 +1159,68 @@ fn retry(e: &anyhow::Error) -> Handled {
     }
 }
 
+/// Keeps a parked message (from a gateway's `Parked` event) in the dead-letter table.
+async fn store_dead_letter(
+    conn: &mut sqlx::PgConnection,
+    envelope: &Envelope,
+    p: &Parked,
+) -> sqlx::Result<()> {
+    let member = if envelope.member_id == p.subject {
+        ""
+    } else {
+        envelope.member_id.as_str()
+    };
+    insert_dead_letter(
+        conn,
+        &Parking {
+            parked_id: envelope.event_id.clone(),
+            service: p.service.clone(),
+            subject: p.subject.clone(),
+            member_id: member.to_string(),
+            original_event_id: p.original_event_id.clone(),
+            original_kind: p.original_kind.clone(),
+            reason: p.reason.clone(),
+            payload: Bytes::from(p.payload.clone()),
+            truncated: p.truncated,
+        },
+    )
+    .await
+}
+
+pub(crate) async fn insert_dead_letter(
+    conn: &mut sqlx::PgConnection,
+    p: &Parking,
+) -> sqlx::Result<()> {
+    let parked_id: Uuid = p.parked_id.parse().unwrap_or_else(|_| Uuid::now_v7());
+    sqlx::query(
+        "INSERT INTO dead_letters (parked_id, service, subject, member_id, event_id, kind,
+           reason, payload, truncated)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (parked_id) DO NOTHING",
+    )
+    .bind(parked_id)
+    .bind(storable(&p.service))
+    .bind(storable(&p.subject))
+    .bind(storable(&p.member_id))
+    .bind(storable(&p.original_event_id))
+    .bind(storable(&p.original_kind))
+    .bind(storable(&p.reason))
+    .bind(p.payload.as_ref())
+    .bind(p.truncated)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl Handler for Engine {
+    async fn park(&self, parking: &Parking) -> Option<anyhow::Result<()>> {
+        let stored = async {
+            let mut conn = self.pool.acquire().await?;
+            insert_dead_letter(&mut conn, parking).await?;
+            Ok(())
+        };
+        Some(stored.await)
+    }
+
     async fn partition_started(&self, partition: u16) {
         if let Err(e) = self.flush_outbox(Scope::Partition(partition)).await {
             tracing::warn!(partition, error = %e, "outbox not flushed at start; will retry with the next event");

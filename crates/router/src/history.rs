@@ -30,7 +30,8 @@ async fn history(
     headers: HeaderMap,
 ) -> Response {
     let conv = sqlx::query(
-        "SELECT c.member_id, c.history_expires_at > now() AS valid, m.external_id, m.profile
+        "SELECT c.id, c.member_id, c.closed_at, c.history_expires_at > now() AS valid,
+                m.external_id, m.profile
          FROM conversations c JOIN members m ON m.id = c.member_id
          WHERE c.history_token = $1",
     )
@@ -55,11 +56,22 @@ async fn history(
     let member: Uuid = row.get("member_id");
     let external_id: String = row.get("external_id");
     let profile: Value = row.get("profile");
+    // The link is for one conversation: the bot dialogue around it, never another live
+    // chat of the member's and nothing after it ended.
+    let conversation: Uuid = row.get("id");
+    let closed_at: Option<time::OffsetDateTime> = row.get("closed_at");
     let lines = match sqlx::query(
-        "SELECT author, content, conversation_id, created_at FROM messages
-         WHERE member_id = $1 ORDER BY id LIMIT 5000",
+        "SELECT author, content, conversation_id, created_at FROM (
+            SELECT id, author, content, conversation_id, created_at FROM messages
+            WHERE member_id = $1
+              AND (conversation_id IS NULL OR conversation_id = $2)
+              AND ($3::timestamptz IS NULL OR created_at <= $3)
+            ORDER BY id DESC LIMIT 5000) AS latest
+         ORDER BY id",
     )
     .bind(member)
+    .bind(conversation)
+    .bind(closed_at)
     .fetch_all(&pool)
     .await
     {

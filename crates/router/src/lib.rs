@@ -9,6 +9,7 @@
 mod engine;
 mod history;
 mod lookup;
+pub mod retention;
 mod store;
 mod timeouts;
 
@@ -37,9 +38,7 @@ struct Ready {
 
 impl Readiness for Ready {
     async fn ready(&self) -> Result<(), String> {
-        if !self.bus.is_connected() {
-            return Err("NATS is not connected".into());
-        }
+        self.bus.ready()?;
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -52,6 +51,7 @@ pub struct Application {
     listener: TcpListener,
     engine: Arc<engine::Engine>,
     sweep_interval: Duration,
+    retention: handoff_config::RetentionSettings,
 }
 
 /// Opens the pool and applies `migrations/` (idempotent, safe with several replicas:
@@ -83,6 +83,7 @@ impl Application {
             listener,
             engine,
             sweep_interval: Duration::from_millis(settings.sweep_interval_ms.max(50)),
+            retention: settings.retention.clone(),
         })
     }
 
@@ -100,35 +101,49 @@ impl Application {
             .merge(history::router(engine.pool.clone()))
             .merge(health_router(ready))
             .layer(http_trace_layer());
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        // Batches outlive the consumers: a consumer finishing its last messages at shutdown
-        // still needs them applied.
-        let batches_stop = CancellationToken::new();
-        let batches = tokio::spawn(engine.clone().run_batches(batches_stop.clone()));
-        let consumers = async {
-            let consumed = handoff_bus::run_consumers(
-                engine.bus.clone(),
-                "events".into(),
-                "router".into(),
-                engine.clone(),
-                shutdown.clone(),
-            )
-            .await;
-            batches_stop.cancel();
-            let _ = batches.await;
-            consumed
-        };
-        let lookups = lookup::serve(engine.clone(), shutdown.clone());
-        let sweeper = timeouts::run(engine.clone(), self.sweep_interval, shutdown.clone());
-        let (served, consumed, looked_up, ()) = tokio::join!(
-            async { server.await.map_err(anyhow::Error::from) },
-            consumers,
-            lookups,
-            sweeper
-        );
-        served?;
-        consumed?;
-        looked_up
+        let listener = self.listener;
+        let sweep_interval = self.sweep_interval;
+        let retention = self.retention;
+        handoff_service::run_parts(shutdown, move |stop| {
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+            // Batches outlive the consumers: a consumer finishing its last messages at
+            // shutdown still needs them applied.
+            let batches_stop = CancellationToken::new();
+            let batches = tokio::spawn(engine.clone().run_batches(batches_stop.clone()));
+            let consumers = {
+                let engine = engine.clone();
+                let stop = stop.clone();
+                async move {
+                    let consumed = handoff_bus::run_consumers(
+                        engine.bus.clone(),
+                        "events".into(),
+                        "router".into(),
+                        engine.clone(),
+                        stop,
+                    )
+                    .await;
+                    batches_stop.cancel();
+                    let _ = batches.await;
+                    consumed
+                }
+            };
+            let lookups = lookup::serve(engine.clone(), stop.clone());
+            let sweeper = timeouts::run(engine.clone(), sweep_interval, stop.clone());
+            let pruner = retention::run(engine.pool.clone(), retention, stop.clone());
+            vec![
+                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                ("the event consumers", Box::pin(consumers)),
+                ("the look-up service", Box::pin(lookups)),
+                ("the timeout sweeper", Box::pin(async {
+                    sweeper.await;
+                    Ok(())
+                })),
+                ("the retention pruner", Box::pin(async {
+                    pruner.await;
+                    Ok(())
+                })),
+            ]
+        })
+        .await
     }
 }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use handoff_config::{Channel, Channels, Role};
 use serde::Deserialize;
@@ -125,20 +124,39 @@ pub fn authorize(
     Ok(channel.clone())
 }
 
-/// Reads and validates the body of a Webhook API request; also returns the parsed JSON,
-/// whose canonical form (sorted keys) identifies a re-posted body.
-pub fn parse_body(
-    body: Result<Bytes, BytesRejection>,
+/// Reads a request body of at most `limit` bytes. Called once the token is checked, so an
+/// unauthenticated client cannot make the service buffer anything.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
     limit: usize,
-    inlet: bool,
-) -> Result<(WebhookRequest, serde_json::Value), ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = e.into_inner();
+        if source
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             ApiError::PayloadTooLarge(limit)
         } else {
-            ApiError::MalformedJson(rejection.body_text())
+            ApiError::MalformedJson(format!("the body could not be read: {source}"))
         }
-    })?;
+    })
+}
+
+/// Validates the body of a Webhook API request; also returns the parsed JSON, whose
+/// canonical form (sorted keys) identifies a re-posted body.
+pub fn parse_body(
+    bytes: Bytes,
+    inlet: bool,
+) -> Result<(WebhookRequest, serde_json::Value), ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let request =

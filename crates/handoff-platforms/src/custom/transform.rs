@@ -45,6 +45,12 @@ fn invalid(field: &str, message: impl Into<String>) -> InvalidRequest {
 /// Parses a Webhook API body. `inlet` is true for inlet channels, where `profile`,
 /// `externalId` and `sendToBot` are required.
 pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest, InvalidRequest> {
+    if let Some(field) = nul_field(&body, "") {
+        return Err(invalid(
+            &field,
+            "text must not contain the NUL character (\\u0000)",
+        ));
+    }
     let body: StellaWebhookBody = serde_path_to_error::deserialize(body).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
@@ -108,12 +114,15 @@ pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest,
                 timestamp_ms
             };
             let content = content_from_message_event(&ev.kind, &ev.data)?;
-            let source_message_id = ev.message_id.or_else(|| {
-                ev.data
-                    .get("messageId")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
+            let source_message_id = ev
+                .message_id
+                .or_else(|| {
+                    ev.data
+                        .get("messageId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .filter(|id| !id.trim().is_empty());
             Ok(WebhookRequest::SendToBot {
                 external_id,
                 profile: body.profile.unwrap_or_default(),
@@ -135,6 +144,7 @@ pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest,
                 .response
                 .get("messageId")
                 .and_then(Value::as_str)
+                .filter(|id| !id.trim().is_empty())
                 .map(str::to_string);
             let content = content_from_response(&Value::Object(sti.response))
                 .map_err(|m| invalid("sendToInlet.response", m))?;
@@ -144,6 +154,33 @@ pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest,
                 source_message_id,
             })
         }
+    }
+}
+
+/// The path of the first string (value or key) holding NUL: Postgres cannot store it in
+/// text or JSON, so it is refused at the edge rather than accepted and never storable.
+fn nul_field(value: &Value, path: &str) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() { ".".into() } else { path.into() }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_field(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "\\u0000")))
+            } else {
+                nul_field(v, &join(k))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -478,6 +515,31 @@ mod tests {
             content_to_response(&content),
             json!({"type": "TEXT", "text": "hello"})
         );
+    }
+
+    #[test]
+    fn nul_anywhere_in_the_body_is_refused_naming_its_field() {
+        let mut body = inlet_body();
+        body["sendToBot"]["messageEvent"]["data"]["text"] = json!("a\u{0}b");
+        let err = parse_webhook_request(body, true).unwrap_err();
+        assert_eq!(err.field, "sendToBot.messageEvent.data.text");
+        let mut body = inlet_body();
+        body["profile"]["tags"] = json!(["ok", "n\u{0}"]);
+        let err = parse_webhook_request(body, true).unwrap_err();
+        assert_eq!(err.field, "profile.tags[1]");
+    }
+
+    #[test]
+    fn an_empty_message_id_is_no_id() {
+        let mut body = inlet_body();
+        body["sendToBot"]["messageEvent"]["messageId"] = json!("");
+        let WebhookRequest::SendToBot {
+            source_message_id, ..
+        } = parse_webhook_request(body, true).unwrap()
+        else {
+            panic!("expected sendToBot")
+        };
+        assert_eq!(source_message_id, None);
     }
 
     #[test]
