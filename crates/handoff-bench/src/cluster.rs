@@ -106,6 +106,7 @@ channels:
             .env("HANDOFF_NATS__URL", &self.nats_url)
             .env("HANDOFF_NATS__PREFIX", &self.prefix)
             .env("HANDOFF_DATABASE__URL", &self.db_url)
+            .env("HANDOFF_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
             .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",

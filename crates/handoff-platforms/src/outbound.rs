@@ -154,6 +154,8 @@ struct Circuit {
     open_until: Option<Instant>,
     /// A call is probing a circuit whose open time has passed; others still wait.
     probing: bool,
+    /// What the endpoint last failed with, reported while its circuit is open.
+    last_failure: Option<(Option<u16>, String)>,
 }
 
 impl OutboundClient {
@@ -261,11 +263,11 @@ impl OutboundClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Err(open_for) = self.admit(&endpoint) {
+            if let Err((open_for, (status, why))) = self.admit(&endpoint) {
                 return Err(DeliveryError::Unavailable {
                     attempts: attempt - 1,
-                    status: None,
-                    last: "the endpoint's circuit is open after repeated failures".into(),
+                    status,
+                    last: format!("the endpoint's circuit is open after repeated failures ({why})"),
                     retry_after: Some(open_for),
                 });
             }
@@ -282,7 +284,7 @@ impl OutboundClient {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
                     if status.is_success() {
-                        self.record(&endpoint, true);
+                        self.record(&endpoint);
                         let body = read_capped(resp, self.settings.max_response_bytes)
                             .await
                             .map_err(|e| match e {
@@ -305,7 +307,7 @@ impl OutboundClient {
                     let snippet = String::from_utf8_lossy(&text).to_string();
                     if !is_retryable(status) {
                         // The endpoint answers: its circuit is healthy.
-                        self.record(&endpoint, true);
+                        self.record(&endpoint);
                         return Err(DeliveryError::Rejected {
                             status: status.as_u16(),
                             body: snippet,
@@ -319,7 +321,7 @@ impl OutboundClient {
                 }
                 Err(e) => (None, error_chain(&e), None),
             };
-            self.record(&endpoint, false);
+            self.record_failure(&endpoint, status, &why);
             let Some(delay) = delays.next() else {
                 return Err(DeliveryError::Unavailable {
                     attempts: attempt,
@@ -343,31 +345,36 @@ impl OutboundClient {
         }
     }
 
-    /// Whether a call may go to `endpoint` now; if not, how long its circuit stays open.
-    fn admit(&self, endpoint: &Endpoint) -> Result<(), Duration> {
+    /// Whether a call may go to `endpoint` now; if not, how long its circuit stays open
+    /// and what it last failed with.
+    #[allow(clippy::type_complexity)]
+    fn admit(&self, endpoint: &Endpoint) -> Result<(), (Duration, (Option<u16>, String))> {
         let mut circuit = endpoint.circuit.lock().expect("circuit lock");
         let Some(until) = circuit.open_until else {
             return Ok(());
         };
+        let last = circuit.last_failure.clone().unwrap_or_default();
         let now = Instant::now();
         if now < until {
-            return Err(until - now);
+            return Err((until - now, last));
         }
         if circuit.probing {
-            return Err(self.settings.circuit_open.min(Duration::from_secs(1)));
+            return Err((self.settings.circuit_open.min(Duration::from_secs(1)), last));
         }
         circuit.probing = true;
         Ok(())
     }
 
-    fn record(&self, endpoint: &Endpoint, healthy: bool) {
+    /// The endpoint answered (2xx or a refusal): its circuit closes.
+    fn record(&self, endpoint: &Endpoint) {
+        *endpoint.circuit.lock().expect("circuit lock") = Circuit::default();
+    }
+
+    fn record_failure(&self, endpoint: &Endpoint, status: Option<u16>, why: &str) {
         let mut circuit = endpoint.circuit.lock().expect("circuit lock");
         circuit.probing = false;
-        if healthy {
-            *circuit = Circuit::default();
-            return;
-        }
         circuit.failures += 1;
+        circuit.last_failure = Some((status, why.to_string()));
         if circuit.failures >= self.settings.circuit_failures.max(1) {
             circuit.open_until = Some(Instant::now() + self.settings.circuit_open);
         }

@@ -6,6 +6,7 @@
 //! member look-ups, serves transcript pages behind `chatHistoryURL`, and times out
 //! conversations that overstay PENDING or LIVE.
 
+pub mod dead_letters;
 mod engine;
 mod history;
 mod lookup;
@@ -99,6 +100,17 @@ impl Application {
         };
         let app = Router::new()
             .merge(history::router(engine.pool.clone()))
+            .route(
+                "/metrics",
+                axum::routing::get({
+                    let pool = engine.pool.clone();
+                    move || async move {
+                        dead_letters::metrics(&pool).await.map_err(|e| {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                        })
+                    }
+                }),
+            )
             .merge(health_router(ready))
             .layer(http_trace_layer());
         let listener = self.listener;

@@ -40,6 +40,11 @@ pub struct HubOptions {
     /// Outbound attempts per delivery, and the backoff between them.
     pub delivery_attempts: usize,
     pub backoff_ms: (u64, u64),
+    /// How long deliveries (and Livechat API requests) are retried through an outage.
+    pub retry_horizon_secs: u64,
+    pub handoff_horizon_secs: u64,
+    /// JetStream's duplicate window: how long a body without an id is recognised.
+    pub duplicate_window_secs: u64,
 }
 
 impl Default for HubOptions {
@@ -52,6 +57,9 @@ impl Default for HubOptions {
             ack_wait_secs: 3,
             delivery_attempts: 3,
             backoff_ms: (20, 100),
+            retry_horizon_secs: 2,
+            handoff_horizon_secs: 2,
+            duplicate_window_secs: 120,
         }
     }
 }
@@ -190,6 +198,8 @@ impl TestHub {
                 prefix: format!("t{id}"),
                 partitions: 4,
                 ack_wait_secs: options.ack_wait_secs,
+                duplicate_window_secs: options.duplicate_window_secs,
+                stream_max_bytes: 64 * 1024 * 1024,
                 ..defaults.nats
             },
             database: handoff_config::DatabaseSettings {
@@ -201,6 +211,9 @@ impl TestHub {
                 initial_backoff_ms: options.backoff_ms.0,
                 max_backoff_ms: options.backoff_ms.1,
                 timeout_ms: 2_000,
+                retry_horizon_secs: options.retry_horizon_secs,
+                handoff_horizon_secs: options.handoff_horizon_secs,
+                allow_private_targets: true,
                 ..defaults.delivery
             },
             sweep_interval_ms: 200,
@@ -257,6 +270,14 @@ impl TestHub {
                 .env(
                     "HANDOFF_NATS__ACK_WAIT_SECS",
                     self.settings.nats.ack_wait_secs.to_string(),
+                )
+                .env(
+                    "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
+                    self.settings.nats.duplicate_window_secs.to_string(),
+                )
+                .env(
+                    "HANDOFF_NATS__STREAM_MAX_BYTES",
+                    self.settings.nats.stream_max_bytes.to_string(),
                 )
                 .env(
                     "HANDOFF_DATABASE__URL",

@@ -1,0 +1,152 @@
+//! Dead letters: messages parked because they can never be handled as they are. Operators
+//! list them, replay them (after fixing what refused them) or drop them; `handoffctl
+//! dead-letters` is the tool, and the router's `/metrics` counts them.
+
+use async_nats::HeaderMap;
+use handoff_bus::{Bus, now_ms};
+use serde::Serialize;
+use sqlx::{PgPool, Row as _};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: i64,
+    pub parked_at: String,
+    pub service: String,
+    pub subject: String,
+    pub member_id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub reason: String,
+    pub size: usize,
+    pub truncated: bool,
+    pub state: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("no dead letter {0}")]
+    NotFound(i64),
+    #[error("dead letter {0} is {1}, not parked")]
+    NotParked(i64, String),
+    #[error("dead letter {0} was cut to fit the bus when parked; it cannot be replayed whole")]
+    Truncated(i64),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("NATS: {0}")]
+    Bus(String),
+}
+
+/// Dead letters, newest first; only the parked ones unless `all`.
+pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
+    let rows = sqlx::query(
+        "SELECT id, parked_at, service, subject, member_id, event_id, kind, reason,
+                length(payload) AS size, truncated, state
+         FROM dead_letters WHERE $1 OR state = 'parked' ORDER BY id DESC LIMIT $2",
+    )
+    .bind(all)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let at: time::OffsetDateTime = r.get("parked_at");
+            DeadLetter {
+                id: r.get("id"),
+                parked_at: at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                service: r.get("service"),
+                subject: r.get("subject"),
+                member_id: r.get("member_id"),
+                event_id: r.get("event_id"),
+                kind: r.get("kind"),
+                reason: r.get("reason"),
+                size: usize::try_from(r.get::<i32, _>("size")).unwrap_or_default(),
+                truncated: r.get("truncated"),
+                state: r.get("state"),
+            }
+        })
+        .collect())
+}
+
+/// Publishes a parked message again where it was consumed from, as it was. It goes to
+/// the back of its member's lane; receivers recognise it if an earlier try got through.
+pub async fn replay(pool: &PgPool, bus: &Bus, id: i64) -> Result<(), DeadLetterError> {
+    let row = sqlx::query(
+        "SELECT parked_id, subject, payload, truncated, state FROM dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(DeadLetterError::NotFound(id))?;
+    let state: String = row.get("state");
+    if state != "parked" {
+        return Err(DeadLetterError::NotParked(id, state));
+    }
+    if row.get::<bool, _>("truncated") {
+        return Err(DeadLetterError::Truncated(id));
+    }
+    let parked_id: uuid::Uuid = row.get("parked_id");
+    // A new dedup id per replay: the original's may still be in JetStream's window.
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("replay-{parked_id}-{}", now_ms()).as_str(),
+    );
+    let payload: Vec<u8> = row.get("payload");
+    bus.publish_all([(row.get::<String, _>("subject"), headers, payload.into())])
+        .await
+        .map_err(|e| DeadLetterError::Bus(e.to_string()))?;
+    resolve(pool, id, "replayed").await
+}
+
+/// Marks a parked message as dropped: it stays listed (with `--all`) until retention.
+pub async fn drop(pool: &PgPool, id: i64) -> Result<(), DeadLetterError> {
+    resolve(pool, id, "dropped").await
+}
+
+async fn resolve(pool: &PgPool, id: i64, state: &str) -> Result<(), DeadLetterError> {
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT state FROM dead_letters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    match current.as_deref() {
+        None => return Err(DeadLetterError::NotFound(id)),
+        Some("parked") => {}
+        Some(other) => return Err(DeadLetterError::NotParked(id, other.to_string())),
+    }
+    sqlx::query(
+        "UPDATE dead_letters SET state = $2, resolved_at = now() WHERE id = $1 AND state = 'parked'",
+    )
+    .bind(id)
+    .bind(state)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Dead letters by state and service, in the Prometheus text format.
+pub async fn metrics(pool: &PgPool) -> sqlx::Result<String> {
+    let rows = sqlx::query(
+        "SELECT state, service, count(*) AS n FROM dead_letters GROUP BY state, service
+         ORDER BY state, service",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = String::from(
+        "# HELP handoff_dead_letters Messages parked because they could not be handled, by state.\n\
+         # TYPE handoff_dead_letters gauge\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "handoff_dead_letters{{state=\"{}\",service=\"{}\"}} {}\n",
+            r.get::<String, _>("state"),
+            r.get::<String, _>("service").replace(['"', '\\', '\n'], "_"),
+            r.get::<i64, _>("n"),
+        ));
+    }
+    Ok(out)
+}
