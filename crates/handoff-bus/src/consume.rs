@@ -187,7 +187,10 @@ pub async fn run_consumers<H: Handler>(
                         ctx.bus.report(&what, Some(format!("{e:#}")));
                     }
                     Err(e) if e.is_panic() => {
-                        tracing::error!(partition = p, "partition consumer panicked; restarting it");
+                        tracing::error!(
+                            partition = p,
+                            "partition consumer panicked; restarting it"
+                        );
                         ctx.bus.report(&what, Some("its consumer panicked".into()));
                     }
                     _ => ctx.bus.report(&what, None),
@@ -483,13 +486,19 @@ async fn park<H: Handler>(
     envelope: Option<&Envelope>,
     reason: String,
 ) {
-    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let sequence = message
+        .info()
+        .map(|i| i.stream_sequence)
+        .unwrap_or_default();
     let event_id = envelope.map(|e| e.event_id.clone()).unwrap_or_default();
     let room = ctx.bus.max_payload().saturating_sub(PARKING_OVERHEAD);
     let truncated = message.payload.len() > room;
     let mut reason = storable(&reason);
     if reason.len() > 2_000 {
-        let cut = (0..=2_000).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=2_000)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
         reason.truncate(cut);
     }
     let parking = Parking {
@@ -518,7 +527,11 @@ async fn park<H: Handler>(
     loop {
         let stored = match ctx.handler.park(&parking).await {
             Some(stored) => stored,
-            None => ctx.bus.publish_parked(&parking).await.map_err(anyhow::Error::from),
+            None => ctx
+                .bus
+                .publish_parked(&parking)
+                .await
+                .map_err(anyhow::Error::from),
         };
         match stored {
             Ok(()) => return,

@@ -226,7 +226,10 @@ impl OutboundClient {
             .ok_or_else(|| DeliveryError::Refused("the URL has no host".into()))?
             .to_string();
         let port = parsed.port_or_known_default().unwrap_or(443);
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             // A name that does not resolve now is an outage, not a refusal.
@@ -398,12 +401,15 @@ impl OutboundClient {
             Horizon::Handoff => self.settings.handoff_horizon,
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let age = Duration::from_millis(u64::try_from(now - i128::from(accepted_at_ms)).unwrap_or(0));
+        let age =
+            Duration::from_millis(u64::try_from(now - i128::from(accepted_at_ms)).unwrap_or(0));
         if age >= horizon {
             return None;
         }
         let by_age = (age / 4).clamp(self.settings.initial_backoff, self.settings.max_backoff);
-        let delay = retry_after.map_or(by_age, |ra| ra.min(MAX_RETRY_AFTER).max(self.settings.initial_backoff));
+        let delay = retry_after.map_or(by_age, |ra| {
+            ra.min(MAX_RETRY_AFTER).max(self.settings.initial_backoff)
+        });
         Some(delay.min(horizon - age))
     }
 
@@ -576,8 +582,19 @@ mod tests {
 
     #[test]
     fn private_and_local_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-                   "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
             assert!(is_private(&ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {

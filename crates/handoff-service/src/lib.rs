@@ -118,7 +118,9 @@ pub fn bounded_edge(router: Router, max_concurrent: usize, timeout: std::time::D
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(max_concurrent.max(1)))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            max_concurrent.max(1),
+        ))
 }
 
 /// Request spans carry method and the matched route only: the query string may hold a

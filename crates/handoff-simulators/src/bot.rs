@@ -34,6 +34,7 @@ struct BotState {
     count: AtomicUsize,
     think: Mutex<Duration>,
     think_for: Mutex<HashMap<String, Duration>>,
+    answer_for: Mutex<HashMap<String, Value>>,
 }
 
 impl DemoBot {
@@ -66,6 +67,16 @@ impl DemoBot {
             .lock()
             .unwrap()
             .insert(external_id.to_string(), delay);
+    }
+
+    /// Answers every message of the customer `external_id` with `answer`, as is (to try
+    /// how the hub takes a misbehaving bot: text it cannot store, an answer too large).
+    pub fn set_answer_for(&self, external_id: &str, answer: Value) {
+        self.state
+            .answer_for
+            .lock()
+            .unwrap()
+            .insert(external_id.to_string(), answer);
     }
 
     /// Stops keeping requests (a load run would hold millions); they are still counted.
@@ -106,6 +117,12 @@ async fn answer(State(state): State<Arc<BotState>>, Json(request): Json<Value>) 
         .unwrap_or_else(|| *state.think.lock().unwrap());
     if !think.is_zero() {
         tokio::time::sleep(think).await;
+    }
+    let scripted = request["member"]["externalId"]
+        .as_str()
+        .and_then(|m| state.answer_for.lock().unwrap().get(m).cloned());
+    if let Some(answer) = scripted {
+        return Json(answer);
     }
     let message = &request["message"];
     let said = message["text"]

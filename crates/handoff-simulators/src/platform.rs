@@ -240,6 +240,11 @@ impl WebhookClient {
         }
     }
 
+    /// The gateway's root URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     fn url(&self, channel: &str, org: &str, token: &str) -> String {
         format!(
             "{}/v2.4/customWebhook?accessToken={token}&c={channel}&a={org}",

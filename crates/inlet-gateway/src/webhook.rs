@@ -60,7 +60,11 @@ async fn receive(
         None => {
             let digest = Sha256::digest(parsed.to_string().as_bytes());
             let key = format!("{}\n{member_id}\nsha256:{}", channel.id, hex(&digest));
-            (new_event_id(), derived_id(&key, "inbound", 0), String::new())
+            (
+                new_event_id(),
+                derived_id(&key, "inbound", 0),
+                String::new(),
+            )
         }
     };
     let envelope = Envelope {

@@ -128,7 +128,17 @@ impl Handler for BotCaller {
             Ok(reply)
         });
         match result_body(reply) {
-            Ok(body) => publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, Handled::Done).await,
+            Ok(body) => {
+                publish_then(
+                    &self.bus,
+                    &envelope,
+                    "bot_result",
+                    &bot.id,
+                    body,
+                    Handled::Done,
+                )
+                .await
+            }
             Err((body, reason)) => {
                 tracing::warn!(%reason, bot = %bot.id, "bot call failed for good");
                 let park = Handled::Park {

@@ -121,7 +121,15 @@ pub(crate) async fn publish_result(
     channel: &str,
     body: handoff_proto::Body,
 ) -> handoff_bus::Handled {
-    publish_then(bus, cause, purpose, channel, body, handoff_bus::Handled::Done).await
+    publish_then(
+        bus,
+        cause,
+        purpose,
+        channel,
+        body,
+        handoff_bus::Handled::Done,
+    )
+    .await
 }
 
 /// Publishes a result event, then settles the command as `then` (e.g. parks it after

@@ -85,15 +85,25 @@ impl Handler for LiveChatDeliverer {
                         let park = Handled::Park {
                             reason: format!("relay to `{}` failed: {e}", outlet.id),
                         };
-                        publish_then(&self.bus, &envelope, "relay_failed", &outlet.id, failed, park)
-                            .await
+                        publish_then(
+                            &self.bus,
+                            &envelope,
+                            "relay_failed",
+                            &outlet.id,
+                            failed,
+                            park,
+                        )
+                        .await
                     }
                 }
             }
             Some(Body::DeliverToOutlet(cmd)) => {
                 let Some(url) = outlet.info_str("sendResponseApi") else {
                     return Handled::Park {
-                        reason: format!("outlet `{}` has no sendResponseApi for a bot answer to an agent command", outlet.id),
+                        reason: format!(
+                            "outlet `{}` has no sendResponseApi for a bot answer to an agent command",
+                            outlet.id
+                        ),
                     };
                 };
                 let member = cmd.member.clone().unwrap_or_default();
@@ -113,8 +123,15 @@ impl Handler for LiveChatDeliverer {
                         let park = Handled::Park {
                             reason: format!("delivery to `{}` failed: {e}", outlet.id),
                         };
-                        publish_then(&self.bus, &envelope, "delivery_failed", &outlet.id, failed, park)
-                            .await
+                        publish_then(
+                            &self.bus,
+                            &envelope,
+                            "delivery_failed",
+                            &outlet.id,
+                            failed,
+                            park,
+                        )
+                        .await
                     }
                 }
             }

@@ -144,7 +144,8 @@ pub async fn metrics(pool: &PgPool) -> sqlx::Result<String> {
         out.push_str(&format!(
             "handoff_dead_letters{{state=\"{}\",service=\"{}\"}} {}\n",
             r.get::<String, _>("state"),
-            r.get::<String, _>("service").replace(['"', '\\', '\n'], "_"),
+            r.get::<String, _>("service")
+                .replace(['"', '\\', '\n'], "_"),
             r.get::<i64, _>("n"),
         ));
     }

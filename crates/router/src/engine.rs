@@ -20,8 +20,8 @@ use handoff_platforms::custom::{content_from_response, content_to_response};
 use handoff_proto::v1::content;
 use handoff_proto::{
     AgentCommand, AgentMessage, Body, BotReply, Content, ConversationTimeout, DeliverToMember,
-    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, RelayToOutlet,
-    Parked, RequestLivechat, SendToBot, Text,
+    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, Parked, RelayToOutlet,
+    RequestLivechat, SendToBot, Text,
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
@@ -379,8 +379,7 @@ impl Engine {
                     .await?
             }
             Some(Body::HandoffFailed(f)) => {
-                let error =
-                    json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)});
+                let error = json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)});
                 self.on_handoff_ended_before_live(work, "livechat_failed", error)
                     .await?
             }
@@ -416,8 +415,13 @@ impl Engine {
             }
             Some(Body::BotFailed(f)) => {
                 let member = self.member(work).await?;
-                self.record_system(work, &member, "BOT_FAILED", json!({"reason": storable(&f.reason)}))
-                    .await?;
+                self.record_system(
+                    work,
+                    &member,
+                    "BOT_FAILED",
+                    json!({"reason": storable(&f.reason)}),
+                )
+                .await?;
                 true
             }
             _ => {
@@ -537,11 +541,12 @@ impl Engine {
     }
 
     async fn member(&self, work: &mut Work<'_>) -> anyhow::Result<MemberRow> {
-        let id: Uuid = work
-            .cause
-            .member_id
-            .parse()
-            .map_err(|_| permanent(format!("member id `{}` is not a UUID", work.cause.member_id)))?;
+        let id: Uuid = work.cause.member_id.parse().map_err(|_| {
+            permanent(format!(
+                "member id `{}` is not a UUID",
+                work.cause.member_id
+            ))
+        })?;
         store::find_member(&mut **work.tx, id)
             .await?
             .ok_or_else(|| permanent(format!("member {id} is unknown")))

@@ -117,7 +117,8 @@ impl Application {
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
         handoff_service::run_parts(shutdown, move |stop| {
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
             // Batches outlive the consumers: a consumer finishing its last messages at
             // shutdown still needs them applied.
             let batches_stop = CancellationToken::new();
@@ -146,14 +147,20 @@ impl Application {
                 ("the HTTP server", Box::pin(async { Ok(server.await?) })),
                 ("the event consumers", Box::pin(consumers)),
                 ("the look-up service", Box::pin(lookups)),
-                ("the timeout sweeper", Box::pin(async {
-                    sweeper.await;
-                    Ok(())
-                })),
-                ("the retention pruner", Box::pin(async {
-                    pruner.await;
-                    Ok(())
-                })),
+                (
+                    "the timeout sweeper",
+                    Box::pin(async {
+                        sweeper.await;
+                        Ok(())
+                    }),
+                ),
+                (
+                    "the retention pruner",
+                    Box::pin(async {
+                        pruner.await;
+                        Ok(())
+                    }),
+                ),
             ]
         })
         .await

@@ -107,7 +107,11 @@ pub async fn prune(pool: &PgPool, settings: &RetentionSettings) -> sqlx::Result<
     result
 }
 
-async fn chunked(conn: &mut sqlx::PgConnection, statement: &str, age_secs: f64) -> sqlx::Result<u64> {
+async fn chunked(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    age_secs: f64,
+) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
         let n = sqlx::query(statement)

@@ -168,7 +168,11 @@ fn nul_field(value: &Value, path: &str) -> Option<String> {
         }
     };
     match value {
-        Value::String(s) if s.contains('\0') => Some(if path.is_empty() { ".".into() } else { path.into() }),
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+            ".".into()
+        } else {
+            path.into()
+        }),
         Value::Array(items) => items
             .iter()
             .enumerate()

@@ -376,6 +376,54 @@ impl TestHub {
         }
     }
 
+    /// Runs `handoffctl` against this hub; returns its exit status and standard output.
+    pub async fn handoffctl(&self, args: &[&str]) -> (bool, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handoffctl"))
+            .args(args)
+            .env("HANDOFF_NATS__URL", &self.settings.nats.url)
+            .env("HANDOFF_NATS__PREFIX", &self.settings.nats.prefix)
+            .env(
+                "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
+                self.settings.nats.duplicate_window_secs.to_string(),
+            )
+            .env(
+                "HANDOFF_NATS__STREAM_MAX_BYTES",
+                self.settings.nats.stream_max_bytes.to_string(),
+            )
+            .env(
+                "HANDOFF_DATABASE__URL",
+                secrecy::ExposeSecret::expose_secret(&self.settings.database.url),
+            )
+            .output()
+            .await
+            .expect("handoffctl runs");
+        if !out.status.success() {
+            eprintln!("handoffctl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Dead letters as `handoffctl dead-letters list --json` shows them, once there are `n`.
+    pub async fn wait_dead_letters(&self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (ok, out) = self.handoffctl(&["dead-letters", "list", "--json"]).await;
+            assert!(ok, "handoffctl dead-letters list failed");
+            let letters: Vec<Value> = serde_json::from_str(&out).expect("JSON list");
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} dead letters, have {letters:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn db(&self) -> PgConnection {
         PgConnection::connect(secrecy::ExposeSecret::expose_secret(
             &self.settings.database.url,

@@ -13,7 +13,7 @@ const ON_TIME: Duration = Duration::from_millis(500);
 
 /// Sends one message for each of `OTHERS` customers at once and returns how long each
 /// waited for its answer (request sent → answer at the customer's platform).
-async fn others_answer_times(hub: &TestHub) -> Vec<(String, Duration)> {
+pub(crate) async fn others_answer_times(hub: &TestHub) -> Vec<(String, Duration)> {
     let mut tap = hub.customer.tap();
     let sent: HashMap<String, Instant> = futures::future::join_all((0..OTHERS).map(|i| {
         let who = format!("other-{i}");
@@ -44,7 +44,7 @@ async fn others_answer_times(hub: &TestHub) -> Vec<(String, Duration)> {
     waited
 }
 
-fn late(waited: &[(String, Duration)]) -> Vec<&(String, Duration)> {
+pub(crate) fn late(waited: &[(String, Duration)]) -> Vec<&(String, Duration)> {
     waited.iter().filter(|(_, d)| *d > ON_TIME).collect()
 }
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// Customer asks for an agent; the desk accepts. Returns the Livechat API body.
-async fn hand_off(hub: &TestHub, who: &str, cycle: usize) -> Value {
+pub(crate) async fn hand_off(hub: &TestHub, who: &str, cycle: usize) -> Value {
     let (status, _) = hub.say(who, "agent").await;
     assert_eq!(status, 200);
     let calls = hub.wait_desk(Api::Livechat, cycle).await;
@@ -31,7 +31,7 @@ async fn hand_off(hub: &TestHub, who: &str, cycle: usize) -> Value {
     }
 }
 
-async fn agent_says(hub: &TestHub, who: &str, text: &str) -> (u16, Value) {
+pub(crate) async fn agent_says(hub: &TestHub, who: &str, text: &str) -> (u16, Value) {
     hub.outlet
         .post(
             OUTLET,

@@ -9,3 +9,4 @@ mod bot_flow;
 mod crash_recovery;
 mod independence;
 mod live_chat;
+mod poison;
