@@ -578,7 +578,132 @@ impl Signer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::StatusCode as Status;
+    use axum::routing::post;
+
     use super::*;
+
+    fn settings() -> OutboundSettings {
+        OutboundSettings {
+            timeout: Duration::from_secs(2),
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            max_concurrent_per_endpoint: 8,
+            retry_horizon: Duration::from_secs(60),
+            handoff_horizon: Duration::from_secs(5),
+            circuit_failures: 2,
+            circuit_open: Duration::from_millis(300),
+            max_response_bytes: 1024,
+            follow_redirects: false,
+            allow_private_targets: true,
+        }
+    }
+
+    /// A receiver on loopback answering `/status` with the status in `status` (counting
+    /// calls), `/redirect` with a 302 and `/big` with 2 KiB.
+    async fn receiver(status: Arc<AtomicU16>, calls: Arc<AtomicUsize>) -> String {
+        let app = Router::new()
+            .route(
+                "/status",
+                post(move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Status::from_u16(status.load(Ordering::SeqCst)).unwrap()
+                }),
+            )
+            .route(
+                "/redirect",
+                post(|| async { (Status::FOUND, [(http::header::LOCATION, "/status")]) }),
+            )
+            .route("/big", post(|| async { "x".repeat(2048) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_private_target_is_refused_for_good_unless_allowed() {
+        let client = OutboundClient::new(OutboundSettings {
+            allow_private_targets: false,
+            ..settings()
+        });
+        for url in ["http://127.0.0.1:9/x", "http://[::1]:9/x", "http://169.254.169.254/latest"] {
+            let err = client
+                .post_json(url, "id", &serde_json::json!({}), None)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, DeliveryError::Refused(_)), "{url}: {err}");
+            assert_eq!(client.retry_later(&err, 0, Horizon::Delivery), None);
+        }
+        let err = client
+            .post_json("file:///etc/passwd", "id", &serde_json::json!({}), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DeliveryError::Refused(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_an_oversized_answer_is_refused() {
+        let base = receiver(Arc::new(AtomicU16::new(200)), Arc::default()).await;
+        let client = OutboundClient::new(settings());
+        let body = serde_json::json!({});
+        let err = client
+            .post_json(&format!("{base}/redirect"), "id", &body, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DeliveryError::Rejected { status: 302, .. }), "{err}");
+        let err = client
+            .post_json(&format!("{base}/big"), "id", &body, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DeliveryError::TooLarge { limit: 1024 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_endpoint_opens_its_circuit_and_one_probe_closes_it() {
+        let status = Arc::new(AtomicU16::new(503));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let url = format!("{}/status", receiver(status.clone(), calls.clone()).await);
+        let client = OutboundClient::new(settings());
+        let body = serde_json::json!({});
+        for _ in 0..2 {
+            let err = client.post_json(&url, "id", &body, None).await.unwrap_err();
+            assert_eq!(err.status(), Some(503));
+        }
+        // Open: no call is made, and the caller is told how long to wait.
+        let err = client.post_json(&url, "id", &body, None).await.unwrap_err();
+        assert!(matches!(err, DeliveryError::Unavailable { retry_after: Some(_), .. }));
+        assert_eq!(err.status(), Some(503), "the last failure is reported");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // After the open time one probe goes through; it succeeds, so the circuit closes.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        status.store(200, Ordering::SeqCst);
+        client.post_json(&url, "id", &body, None).await.unwrap();
+        client.post_json(&url, "id", &body, None).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_its_horizon_and_then_given_up() {
+        let client = OutboundClient::new(settings());
+        let err = DeliveryError::Unavailable {
+            attempts: 1,
+            status: Some(503),
+            last: "down".into(),
+            retry_after: None,
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let delay = client.retry_later(&err, now - 1_000, Horizon::Delivery).unwrap();
+        assert!(delay <= Duration::from_millis(50), "{delay:?}");
+        assert_eq!(client.retry_later(&err, now - 61_000, Horizon::Delivery), None);
+        assert_eq!(client.retry_later(&err, now - 6_000, Horizon::Handoff), None);
+        let refused = DeliveryError::Rejected { status: 400, body: String::new() };
+        assert_eq!(client.retry_later(&refused, now, Horizon::Delivery), None);
+    }
 
     #[test]
     fn private_and_local_addresses_are_recognised() {

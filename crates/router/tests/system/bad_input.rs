@@ -36,6 +36,8 @@ async fn bad_requests_get_a_specific_status_and_error_and_store_nothing() {
     no_text["sendToBot"]["messageEvent"]["data"] = json!({});
     let mut bad_ts = good();
     bad_ts["sendToBot"]["messageEvent"]["timestamp"] = json!(true);
+    let mut nul = good();
+    nul["sendToBot"]["messageEvent"]["data"]["text"] = json!("a\u{0}b");
     let huge = json!({"profile": {}, "externalId": "eve", "sendToBot": {"messageEvent": {
         "from": "eve", "type": "TEXT", "data": {"text": "x".repeat(300 * 1024)}, "timestamp": 1}}});
 
@@ -95,10 +97,29 @@ async fn bad_requests_get_a_specific_status_and_error_and_store_nothing() {
             Some("sendToBot.messageEvent.timestamp"),
         ),
         (
+            "text Postgres cannot store (NUL)",
+            INLET,
+            INLET_TOKEN,
+            serde_json::to_vec(&nul).unwrap(),
+            400,
+            "invalid_field",
+            Some("sendToBot.messageEvent.data.text"),
+        ),
+        (
             "wrong token",
             INLET,
             "inlet-token-12X",
             serde_json::to_vec(&good()).unwrap(),
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            // The token is checked before the body is read: no 413, no buffering.
+            "wrong token with a body over the limit",
+            INLET,
+            "inlet-token-12X",
+            serde_json::to_vec(&huge).unwrap(),
             401,
             "unauthorized",
             None,
