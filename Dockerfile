@@ -20,6 +20,7 @@ COPY --from=builder \
     /src/target/release/inlet-gateway \
     /src/target/release/outlet-gateway \
     /src/target/release/router \
+    /src/target/release/handoffctl \
     /src/target/release/zendesk-agent \
     /src/target/release/handoff-sim \
     /usr/local/bin/

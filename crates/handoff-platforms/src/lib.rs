@@ -8,6 +8,8 @@
 //! Wire shapes stay inside each adapter; the rest of Handoff sees `handoff_proto` types.
 
 pub mod custom;
+#[cfg(test)]
+mod fuzz;
 pub mod outbound;
 pub mod webhook_bot;
 

@@ -631,7 +631,11 @@ mod tests {
             allow_private_targets: false,
             ..settings()
         });
-        for url in ["http://127.0.0.1:9/x", "http://[::1]:9/x", "http://169.254.169.254/latest"] {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://[::1]:9/x",
+            "http://169.254.169.254/latest",
+        ] {
             let err = client
                 .post_json(url, "id", &serde_json::json!({}), None)
                 .await
@@ -655,12 +659,18 @@ mod tests {
             .post_json(&format!("{base}/redirect"), "id", &body, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, DeliveryError::Rejected { status: 302, .. }), "{err}");
+        assert!(
+            matches!(err, DeliveryError::Rejected { status: 302, .. }),
+            "{err}"
+        );
         let err = client
             .post_json(&format!("{base}/big"), "id", &body, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, DeliveryError::TooLarge { limit: 1024 }), "{err}");
+        assert!(
+            matches!(err, DeliveryError::TooLarge { limit: 1024 }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -676,7 +686,13 @@ mod tests {
         }
         // Open: no call is made, and the caller is told how long to wait.
         let err = client.post_json(&url, "id", &body, None).await.unwrap_err();
-        assert!(matches!(err, DeliveryError::Unavailable { retry_after: Some(_), .. }));
+        assert!(matches!(
+            err,
+            DeliveryError::Unavailable {
+                retry_after: Some(_),
+                ..
+            }
+        ));
         assert_eq!(err.status(), Some(503), "the last failure is reported");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // After the open time one probe goes through; it succeeds, so the circuit closes.
@@ -697,11 +713,22 @@ mod tests {
             retry_after: None,
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-        let delay = client.retry_later(&err, now - 1_000, Horizon::Delivery).unwrap();
+        let delay = client
+            .retry_later(&err, now - 1_000, Horizon::Delivery)
+            .unwrap();
         assert!(delay <= Duration::from_millis(50), "{delay:?}");
-        assert_eq!(client.retry_later(&err, now - 61_000, Horizon::Delivery), None);
-        assert_eq!(client.retry_later(&err, now - 6_000, Horizon::Handoff), None);
-        let refused = DeliveryError::Rejected { status: 400, body: String::new() };
+        assert_eq!(
+            client.retry_later(&err, now - 61_000, Horizon::Delivery),
+            None
+        );
+        assert_eq!(
+            client.retry_later(&err, now - 6_000, Horizon::Handoff),
+            None
+        );
+        let refused = DeliveryError::Rejected {
+            status: 400,
+            body: String::new(),
+        };
         assert_eq!(client.retry_later(&refused, now, Horizon::Delivery), None);
     }
 

@@ -16,19 +16,6 @@ use crate::publish_then;
 /// Room for the envelope around a bot answer in a bus message.
 const ENVELOPE_ROOM: usize = 4 * 1024;
 
-/// A bot call's outcome as the event to publish; a failure also carries why.
-fn result_body(result: Result<BotReply, String>) -> Result<Body, (Body, String)> {
-    match result {
-        Ok(reply) => Ok(Body::BotReply(reply)),
-        Err(reason) => Err((
-            Body::BotFailed(BotFailed {
-                reason: reason.clone(),
-            }),
-            reason,
-        )),
-    }
-}
-
 pub(crate) struct BotCaller {
     pub bus: Bus,
     pub channels: Arc<Channels>,
@@ -127,25 +114,16 @@ impl Handler for BotCaller {
             }
             Ok(reply)
         });
-        match result_body(reply) {
-            Ok(body) => {
-                publish_then(
-                    &self.bus,
-                    &envelope,
-                    "bot_result",
-                    &bot.id,
-                    body,
-                    Handled::Done,
-                )
-                .await
-            }
-            Err((body, reason)) => {
+        let (body, then) = match reply {
+            Ok(reply) => (Body::BotReply(reply), Handled::Done),
+            Err(reason) => {
                 tracing::warn!(%reason, bot = %bot.id, "bot call failed for good");
                 let park = Handled::Park {
                     reason: format!("bot `{}`: {reason}", bot.id),
                 };
-                publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, park).await
+                (Body::BotFailed(BotFailed { reason }), park)
             }
-        }
+        };
+        publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, then).await
     }
 }

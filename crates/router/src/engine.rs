@@ -385,7 +385,7 @@ impl Engine {
             }
             Some(Body::ConversationTimeout(t)) => self.on_timeout(work, t).await?,
             Some(Body::Parked(p)) => {
-                store_dead_letter(&mut **work.tx, envelope, p).await?;
+                store_dead_letter(work.tx, envelope, p).await?;
                 true
             }
             Some(Body::RelayFailed(f)) => {

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory-lock key for "this replica is pruning".
-const PRUNE_LOCK: i64 = 0x4846_5052_554e_45; // "HFPRUNE"
+const PRUNE_LOCK: i64 = 0x0048_4650_5255_4e45; // "HFPRUNE"
 
 /// Rows deleted per statement.
 const CHUNK: i64 = 5_000;
