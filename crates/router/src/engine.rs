@@ -409,8 +409,29 @@ impl Engine {
             Some(Body::DeliveryFailed(f)) => {
                 let member = self.member(work).await?;
                 let detail = json!({"reason": storable(&f.reason), "status": f.status});
-                self.record_system(work, &member, "DELIVERY_FAILED", detail)
+                self.record_system(work, &member, "DELIVERY_FAILED", detail.clone())
                     .await?;
+                // An agent's message that never reached the customer: the agent is told.
+                // (Not when the failed delivery was to the outlet itself.)
+                if work.cause.channel == member.channel_id
+                    && let Some(c) = store::open_conversation(&mut **work.tx, member.id)
+                        .await?
+                        .filter(|c| c.state == ConvState::Live)
+                {
+                    let mut notice = detail;
+                    if let Some(content) = &f.content {
+                        notice["message"] = content_to_response(content);
+                    }
+                    work.command(
+                        Target::Outlet,
+                        &c.outlet_channel_id,
+                        Some(c.id),
+                        Body::RelayToOutlet(RelayToOutlet {
+                            member: Some(member.to_proto(true)),
+                            content: Some(event_content("DELIVERY_FAILED", notice)),
+                        }),
+                    );
+                }
                 true
             }
             Some(Body::BotFailed(f)) => {

@@ -189,6 +189,28 @@ async fn a_delivery_the_platform_refused_is_parked_and_delivered_when_replayed_w
 }
 
 #[tokio::test]
+async fn an_agent_message_the_customer_never_gets_is_parked_and_the_agent_is_told() {
+    // Arrange: a live chat, and the customer's platform refusing this customer.
+    let hub = TestHub::start().await;
+    assert_eq!(hub.say("liv", "hi").await.0, 200);
+    hand_off(&hub, "liv", 1).await;
+    hub.wait_received("liv", 2).await;
+    hub.customer.set_failing_for("liv", Some(410));
+
+    // Act
+    assert_eq!(agent_says(&hub, "liv", "Are you there?").await.0, 200);
+
+    // Assert: the desk hears of it through the relay, with the message that failed.
+    let relays = hub.wait_desk(Api::Relay, 1).await;
+    let notice = &relays[0].body["response"];
+    assert_eq!(notice["event"], "DELIVERY_FAILED", "{notice}");
+    assert_eq!(notice["status"], 410);
+    assert_eq!(notice["message"]["text"], "Are you there?");
+    assert_eq!(hub.wait_dead_letters(1).await.len(), 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_same_agent_words_are_one_message_within_the_duplicate_window_and_a_new_one_after() {
     // Arrange: bodies without any id are recognised for 2 s.
     let hub = TestHub::start_with(HubOptions {
