@@ -112,6 +112,20 @@ impl Application {
     }
 }
 
+/// A transient failure within its horizon: try the command again later, without a slot.
+pub(crate) fn later(
+    client: &OutboundClient,
+    e: &handoff_platforms::DeliveryError,
+    envelope: &handoff_proto::Envelope,
+    horizon: handoff_platforms::Horizon,
+) -> Option<handoff_bus::Handled> {
+    let after = client.retry_later(e, envelope.accepted_at_ms, horizon)?;
+    Some(handoff_bus::Handled::Retry {
+        after,
+        reason: e.to_string(),
+    })
+}
+
 /// Publishes a result event derived from command `cause`; a failed publish is retried by
 /// redelivering the command.
 pub(crate) async fn publish_result(

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::Channels;
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::{DeliveryError, Horizon, OutboundClient, Signer};
+use handoff_platforms::{Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
-use crate::{publish_result, publish_then};
+use crate::{later, publish_result, publish_then};
 
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
@@ -54,7 +54,7 @@ impl Handler for LiveChatDeliverer {
                         external_conversation_id: ticket_id(&ok.body),
                     }),
                     Err(e) => {
-                        if let Some(retry) = self.later(&e, &envelope, Horizon::Handoff) {
+                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Handoff) {
                             return retry;
                         }
                         // No park: the bot takes the customer back, which is the answer.
@@ -74,7 +74,7 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
-                        if let Some(retry) = self.later(&e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Delivery) {
                             return retry;
                         }
                         let failed = Body::RelayFailed(RelayFailed {
@@ -112,7 +112,7 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
-                        if let Some(retry) = self.later(&e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Delivery) {
                             return retry;
                         }
                         let failed = Body::DeliveryFailed(DeliveryFailed {
@@ -139,18 +139,5 @@ impl Handler for LiveChatDeliverer {
                 reason: format!("`{}` is not a command for deliver.outlet", envelope.kind()),
             },
         }
-    }
-}
-
-impl LiveChatDeliverer {
-    /// A transient failure within its horizon: try again later, without a slot.
-    fn later(&self, e: &DeliveryError, envelope: &Envelope, horizon: Horizon) -> Option<Handled> {
-        let after = self
-            .client
-            .retry_later(e, envelope.accepted_at_ms, horizon)?;
-        Some(Handled::Retry {
-            after,
-            reason: e.to_string(),
-        })
     }
 }

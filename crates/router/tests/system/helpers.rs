@@ -261,28 +261,7 @@ impl TestHub {
                 .env("HANDOFF_CHANNELS", &self.channels_path)
                 .env("HANDOFF_HTTP__HOST", "127.0.0.1")
                 .env("HANDOFF_HTTP__PORT", "0")
-                .env("HANDOFF_NATS__URL", &self.settings.nats.url)
-                .env("HANDOFF_NATS__PREFIX", &self.settings.nats.prefix)
-                .env(
-                    "HANDOFF_NATS__PARTITIONS",
-                    self.settings.nats.partitions.to_string(),
-                )
-                .env(
-                    "HANDOFF_NATS__ACK_WAIT_SECS",
-                    self.settings.nats.ack_wait_secs.to_string(),
-                )
-                .env(
-                    "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
-                    self.settings.nats.duplicate_window_secs.to_string(),
-                )
-                .env(
-                    "HANDOFF_NATS__STREAM_MAX_BYTES",
-                    self.settings.nats.stream_max_bytes.to_string(),
-                )
-                .env(
-                    "HANDOFF_DATABASE__URL",
-                    secrecy::ExposeSecret::expose_secret(&self.settings.database.url),
-                )
+                .envs(self.service_env())
                 .env("HANDOFF_SWEEP_INTERVAL_MS", "200")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -376,24 +355,37 @@ impl TestHub {
         }
     }
 
+    /// The settings a service process (or handoffctl) needs to join this hub.
+    fn service_env(&self) -> Vec<(&'static str, String)> {
+        let nats = &self.settings.nats;
+        vec![
+            ("HANDOFF_NATS__URL", nats.url.clone()),
+            ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
+            ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
+            (
+                "HANDOFF_NATS__ACK_WAIT_SECS",
+                nats.ack_wait_secs.to_string(),
+            ),
+            (
+                "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
+                nats.duplicate_window_secs.to_string(),
+            ),
+            (
+                "HANDOFF_NATS__STREAM_MAX_BYTES",
+                nats.stream_max_bytes.to_string(),
+            ),
+            (
+                "HANDOFF_DATABASE__URL",
+                secrecy::ExposeSecret::expose_secret(&self.settings.database.url).to_string(),
+            ),
+        ]
+    }
+
     /// Runs `handoffctl` against this hub; returns its exit status and standard output.
     pub async fn handoffctl(&self, args: &[&str]) -> (bool, String) {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handoffctl"))
             .args(args)
-            .env("HANDOFF_NATS__URL", &self.settings.nats.url)
-            .env("HANDOFF_NATS__PREFIX", &self.settings.nats.prefix)
-            .env(
-                "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
-                self.settings.nats.duplicate_window_secs.to_string(),
-            )
-            .env(
-                "HANDOFF_NATS__STREAM_MAX_BYTES",
-                self.settings.nats.stream_max_bytes.to_string(),
-            )
-            .env(
-                "HANDOFF_DATABASE__URL",
-                secrecy::ExposeSecret::expose_secret(&self.settings.database.url),
-            )
+            .envs(self.service_env())
             .output()
             .await
             .expect("handoffctl runs");
