@@ -66,6 +66,36 @@ async fn a_bot_answer_the_store_refuses_and_one_too_large_are_parked_while_fifty
 }
 
 #[tokio::test]
+async fn undecodable_bytes_on_the_bus_are_parked_and_the_partition_flows_on() {
+    // Arrange: bytes no Handoff service wrote, on the router's subjects.
+    let hub = TestHub::start().await;
+    let client = async_nats::connect(&hub.settings.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{}.events.p0.inbound_message", hub.settings.nats.prefix);
+    js.publish(subject.clone(), "\u{ff}not protobuf".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // Act
+    assert_eq!(hub.say("after", "hi").await.0, 200);
+
+    // Assert
+    assert_eq!(hub.wait_received("after", 1).await.len(), 1);
+    let letters = hub.wait_dead_letters(1).await;
+    assert_eq!(letters[0]["subject"], subject);
+    assert_eq!(letters[0]["service"], "router");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("undecodable")
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn customers_with_empty_message_ids_or_the_same_message_id_are_each_answered() {
     // Arrange: three platforms send `messageId: ""`; two number messages per conversation.
     let hub = TestHub::start().await;
