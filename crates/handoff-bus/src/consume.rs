@@ -28,14 +28,14 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
-use handoff_proto::{Envelope, Message as _};
+use handoff_proto::{Body, Envelope, Message as _, Parked};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::lease::{Leases, Renewal};
-use crate::{Bus, derived_id, propagation, storable};
+use crate::{Bus, derived_id, now_ms, propagation, storable};
 
 /// What a handler decided about one message.
 #[derive(Debug)]
@@ -67,6 +67,52 @@ pub struct Parking {
     pub truncated: bool,
 }
 
+impl Parking {
+    /// The `Parked` event that carries this parking to the router.
+    pub fn to_event(&self) -> Envelope {
+        Envelope {
+            event_id: self.parked_id.clone(),
+            // An undecodable message has no member; its subject keeps its partition's
+            // parkings in one lane.
+            member_id: if self.member_id.is_empty() {
+                self.subject.clone()
+            } else {
+                self.member_id.clone()
+            },
+            accepted_at_ms: now_ms(),
+            body: Some(Body::Parked(Parked {
+                service: self.service.clone(),
+                subject: self.subject.clone(),
+                payload: self.payload.to_vec(),
+                truncated: self.truncated,
+                reason: self.reason.clone(),
+                original_event_id: self.original_event_id.clone(),
+                original_kind: self.original_kind.clone(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// The parking a `Parked` event (made by `to_event`) carries.
+    pub fn from_event(envelope: &Envelope, parked: &Parked) -> Self {
+        Self {
+            parked_id: envelope.event_id.clone(),
+            service: parked.service.clone(),
+            subject: parked.subject.clone(),
+            member_id: if envelope.member_id == parked.subject {
+                String::new()
+            } else {
+                envelope.member_id.clone()
+            },
+            original_event_id: parked.original_event_id.clone(),
+            original_kind: parked.original_kind.clone(),
+            reason: parked.reason.clone(),
+            payload: Bytes::from(parked.payload.clone()),
+            truncated: parked.truncated,
+        }
+    }
+}
+
 /// Handles one envelope. Called for one message at a time per member; many members at once.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, envelope: Envelope, partition: u16) -> impl Future<Output = Handled> + Send;
@@ -86,6 +132,11 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Room left in a bus message for the parking's own fields around the parked payload.
 const PARKING_OVERHEAD: usize = 8 * 1024;
+
+/// How a partition of service `name` is named in readiness reports.
+pub(crate) fn partition_key(name: &str, partition: u16) -> String {
+    format!("{name} partition {partition}")
+}
 
 /// How long a partition being handed to another replica may take to finish what it holds.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -179,7 +230,7 @@ pub async fn run_consumers<H: Handler>(
         }
         for (p, still_ours) in ended {
             let Some(o) = owned.remove(&p) else { continue };
-            let what = format!("{} partition {p}", ctx.name);
+            let what = partition_key(&ctx.name, p);
             if still_ours {
                 match o.task.await {
                     Ok(Err(e)) => {
@@ -267,8 +318,7 @@ async fn run_partition<H: Handler>(
         })
         .await?;
     ctx.handler.partition_started(partition).await;
-    ctx.bus
-        .report(&format!("{} partition {partition}", ctx.name), None);
+    ctx.bus.report(&partition_key(&ctx.name, partition), None);
     let mut lanes = Lanes::new(ctx.clone(), partition);
     let mut progress = tokio::time::interval(settings.ack_wait / 3);
     progress.tick().await;

@@ -21,6 +21,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use handoff_proto::{Envelope, Message as _};
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 pub use consume::{Handled, Handler, Parking, run_consumers};
@@ -265,28 +266,7 @@ impl Bus {
 
     /// Sends a parked message to the router, which keeps it in its dead-letter table.
     pub async fn publish_parked(&self, parking: &Parking) -> Result<(), PublishError> {
-        let envelope = Envelope {
-            event_id: parking.parked_id.clone(),
-            // An undecodable message has no member; its subject keeps its partition's
-            // parkings in one lane.
-            member_id: if parking.member_id.is_empty() {
-                parking.subject.clone()
-            } else {
-                parking.member_id.clone()
-            },
-            accepted_at_ms: now_ms(),
-            body: Some(handoff_proto::Body::Parked(handoff_proto::Parked {
-                service: parking.service.clone(),
-                subject: parking.subject.clone(),
-                payload: parking.payload.to_vec(),
-                truncated: parking.truncated,
-                reason: parking.reason.clone(),
-                original_event_id: parking.original_event_id.clone(),
-                original_kind: parking.original_kind.clone(),
-            })),
-            ..Default::default()
-        };
-        self.publish_event(&envelope).await
+        self.publish_event(&parking.to_event()).await
     }
 
     /// Name of the KV bucket holding partition leases and replica heartbeats.
@@ -342,6 +322,51 @@ pub fn derived_id(cause: &str, purpose: &str, index: usize) -> String {
     Uuid::new_v5(&NAMESPACE, format!("{cause}/{purpose}/{index}").as_bytes()).to_string()
 }
 
+/// How a message from a platform is known on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageKeys {
+    pub event_id: String,
+    /// JetStream's `Nats-Msg-Id` for it.
+    pub dedup_id: String,
+    /// The platform's own id; empty when it sent none.
+    pub source_message_id: String,
+}
+
+/// Keys for a message `channel` received for `member`. A platform's id is unique per
+/// member at most (some number messages per conversation), so with one the key is
+/// (channel, member, id), for good. Without one, the body (`canonical_body`, e.g. its
+/// sorted-key JSON) recognises a re-post within JetStream's duplicate window only: the same
+/// words sent later are a new message, with a fresh event id.
+pub fn message_keys(
+    channel: &str,
+    member: &str,
+    purpose: &str,
+    source_id: Option<String>,
+    canonical_body: &[u8],
+) -> MessageKeys {
+    match source_id {
+        Some(id) => {
+            let event_id = derived_id(&format!("{channel}\n{member}\n{id}"), purpose, 0);
+            MessageKeys {
+                dedup_id: event_id.clone(),
+                event_id,
+                source_message_id: id,
+            }
+        }
+        None => {
+            let digest: String = Sha256::digest(canonical_body)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            MessageKeys {
+                event_id: new_event_id(),
+                dedup_id: derived_id(&format!("{channel}\n{member}\nsha256:{digest}"), purpose, 0),
+                source_message_id: String::new(),
+            }
+        }
+    }
+}
+
 /// `text` as Postgres can store it: NUL is the one character text and JSON columns refuse.
 pub fn storable(text: &str) -> String {
     text.replace('\0', "\u{fffd}")
@@ -393,6 +418,24 @@ mod tests {
             let _ = i;
         }
         assert!(seen.iter().all(|&n| n > 40), "{seen:?}");
+    }
+
+    #[test]
+    fn message_keys_are_scoped_to_the_member_and_body_keys_are_fresh_events() {
+        let a = message_keys("web", "m1", "inbound", Some("1".into()), b"{}");
+        assert_eq!(
+            a,
+            message_keys("web", "m1", "inbound", Some("1".into()), b"{}")
+        );
+        assert_ne!(
+            a.event_id,
+            message_keys("web", "m2", "inbound", Some("1".into()), b"{}").event_id
+        );
+        let b1 = message_keys("web", "m1", "inbound", None, b"{\"t\":1}");
+        let b2 = message_keys("web", "m1", "inbound", None, b"{\"t\":1}");
+        assert_eq!(b1.dedup_id, b2.dedup_id);
+        assert_ne!(b1.event_id, b2.event_id);
+        assert!(b1.source_message_id.is_empty());
     }
 
     #[test]

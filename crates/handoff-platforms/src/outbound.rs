@@ -413,6 +413,21 @@ impl OutboundClient {
         Some(delay.min(horizon - age))
     }
 
+    /// `retry_later` as a consumer's decision for command `envelope`: `Some(Retry)` within
+    /// its horizon, `None` when the failure is for good.
+    pub fn later(
+        &self,
+        error: &DeliveryError,
+        envelope: &handoff_proto::Envelope,
+        horizon: Horizon,
+    ) -> Option<handoff_bus::Handled> {
+        let after = self.retry_later(error, envelope.accepted_at_ms, horizon)?;
+        Some(handoff_bus::Handled::Retry {
+            after,
+            reason: error.to_string(),
+        })
+    }
+
     async fn attempt(
         &self,
         url: &str,

@@ -88,6 +88,17 @@ pub async fn run_parts(
     failure.map_or(Ok(()), Err)
 }
 
+/// A service's HTTP server as one of its parts: serves `app` until `stop`, then finishes
+/// the requests in flight.
+pub fn http_part(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> (&'static str, Part) {
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    ("the HTTP server", Box::pin(async { Ok(server.await?) }))
+}
+
 /// Something that can say whether the service may take traffic.
 pub trait Readiness: Clone + Send + Sync + 'static {
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;

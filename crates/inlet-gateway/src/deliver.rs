@@ -47,14 +47,8 @@ impl Handler for Deliverer {
         {
             Ok(_) => Handled::Done,
             Err(e) => {
-                if let Some(after) =
-                    self.client
-                        .retry_later(&e, envelope.accepted_at_ms, Horizon::Delivery)
-                {
-                    return Handled::Retry {
-                        after,
-                        reason: e.to_string(),
-                    };
+                if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
+                    return retry;
                 }
                 tracing::warn!(error = %e, "delivery to the customer failed for good");
                 let failed = Envelope {

@@ -14,7 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{OutboundClient, OutboundSettings};
-use handoff_service::{Readiness, bounded_edge, health_router, http_trace_layer};
+use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -89,9 +89,8 @@ impl Application {
                 }),
                 stop.clone(),
             );
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             vec![
-                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                http_part(listener, app, stop.clone()),
                 ("the deliver.inlet consumers", Box::pin(consumers)),
             ]
         })

@@ -3,7 +3,7 @@
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use handoff_bus::{PublishError, derived_id, new_event_id, now_ms};
+use handoff_bus::{message_keys, now_ms};
 use handoff_config::Role;
 use handoff_platforms::custom::WebhookRequest;
 use handoff_platforms::custom::edge::{
@@ -11,7 +11,6 @@ use handoff_platforms::custom::edge::{
 };
 use handoff_proto::{Body, Envelope, InboundMessage};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
 use crate::AppState;
 
@@ -47,32 +46,19 @@ async fn receive(
         ));
     };
     let member_id = channel.member_id(&external_id).to_string();
-    // A message id is the platform's and is unique per member at most (some platforms
-    // number messages per conversation), so the key is scoped to the member. Platforms that
-    // send none are deduplicated by the body (its canonical JSON, which includes the
-    // customer's timestamp) within JetStream's duplicate window only: the same words sent
-    // again later are a new message.
-    let (event_id, dedup_id, source_message_id) = match source_message_id {
-        Some(id) => {
-            let event_id = derived_id(&format!("{}\n{member_id}\n{id}", channel.id), "inbound", 0);
-            (event_id.clone(), event_id, id)
-        }
-        None => {
-            let digest = Sha256::digest(parsed.to_string().as_bytes());
-            let key = format!("{}\n{member_id}\nsha256:{}", channel.id, hex(&digest));
-            (
-                new_event_id(),
-                derived_id(&key, "inbound", 0),
-                String::new(),
-            )
-        }
-    };
+    let keys = message_keys(
+        &channel.id,
+        &member_id,
+        "inbound",
+        source_message_id,
+        parsed.to_string().as_bytes(),
+    );
     let envelope = Envelope {
-        event_id,
+        event_id: keys.event_id,
         org: channel.org.clone(),
         channel: channel.id.clone(),
         member_id: member_id.clone(),
-        source_message_id,
+        source_message_id: keys.source_message_id,
         occurred_at_ms: timestamp_ms,
         accepted_at_ms: now_ms(),
         body: Some(Body::InboundMessage(InboundMessage {
@@ -84,12 +70,8 @@ async fn receive(
     };
     let duplicate = state
         .bus
-        .publish_event_once(&envelope, &dedup_id)
-        .await
-        .map_err(|e| match e {
-            PublishError::Unavailable(why) => ApiError::Unavailable(why),
-            PublishError::NoMember => ApiError::Internal(e.to_string()),
-        })?;
+        .publish_event_once(&envelope, &keys.dedup_id)
+        .await?;
     if duplicate {
         return Ok(Json(
             json!({"ok": true, "duplicate": true, "memberId": member_id}),
@@ -98,8 +80,4 @@ async fn receive(
     Ok(Json(
         json!({"ok": true, "eventId": envelope.event_id, "memberId": member_id}),
     ))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

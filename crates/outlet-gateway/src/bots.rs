@@ -11,7 +11,7 @@ use handoff_proto::{Body, BotFailed, BotReply, Envelope};
 
 use handoff_proto::Message as _;
 
-use crate::{later, publish_then};
+use crate::publish_then;
 
 /// Room for the envelope around a bot answer in a bus message.
 const ENVELOPE_ROOM: usize = 4 * 1024;
@@ -85,7 +85,7 @@ impl Handler for BotCaller {
             Ok(delivered) => parse_answer(&delivered.body)
                 .map_err(|why| format!("the bot's answer is not valid: {why}")),
             Err(e) => {
-                if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Delivery) {
+                if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
                     return retry;
                 }
                 Err(e.to_string())

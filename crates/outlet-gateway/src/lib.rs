@@ -16,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{OutboundClient, OutboundSettings};
-use handoff_service::{Readiness, bounded_edge, health_router, http_trace_layer};
+use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -101,29 +101,14 @@ impl Application {
                 }),
                 stop.clone(),
             );
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             vec![
-                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                http_part(listener, app, stop.clone()),
                 ("the deliver.outlet consumers", Box::pin(outlet)),
                 ("the deliver.bot consumers", Box::pin(bots)),
             ]
         })
         .await
     }
-}
-
-/// A transient failure within its horizon: try the command again later, without a slot.
-pub(crate) fn later(
-    client: &OutboundClient,
-    e: &handoff_platforms::DeliveryError,
-    envelope: &handoff_proto::Envelope,
-    horizon: handoff_platforms::Horizon,
-) -> Option<handoff_bus::Handled> {
-    let after = client.retry_later(e, envelope.accepted_at_ms, horizon)?;
-    Some(handoff_bus::Handled::Retry {
-        after,
-        reason: e.to_string(),
-    })
 }
 
 /// Publishes a result event derived from command `cause`; a failed publish is retried by

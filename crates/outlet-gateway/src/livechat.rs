@@ -10,7 +10,7 @@ use handoff_platforms::{Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
-use crate::{later, publish_result, publish_then};
+use crate::{publish_result, publish_then};
 
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
@@ -54,7 +54,7 @@ impl Handler for LiveChatDeliverer {
                         external_conversation_id: ticket_id(&ok.body),
                     }),
                     Err(e) => {
-                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Handoff) {
+                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Handoff) {
                             return retry;
                         }
                         // No park: the bot takes the customer back, which is the answer.
@@ -74,7 +74,7 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
-                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
                             return retry;
                         }
                         let failed = Body::RelayFailed(RelayFailed {
@@ -112,7 +112,7 @@ impl Handler for LiveChatDeliverer {
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
                     Ok(_) => Handled::Done,
                     Err(e) => {
-                        if let Some(retry) = later(&self.client, &e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
                             return retry;
                         }
                         let failed = Body::DeliveryFailed(DeliveryFailed {

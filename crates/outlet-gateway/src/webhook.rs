@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use handoff_bus::{PublishError, derived_id, new_event_id, now_ms};
+use handoff_bus::{message_keys, now_ms};
 use handoff_config::Role;
 use handoff_platforms::custom::WebhookRequest;
 use handoff_platforms::custom::edge::{
@@ -19,7 +19,6 @@ use handoff_platforms::custom::edge::{
 use handoff_proto::{AgentCommand, AgentMessage, Body, Envelope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
 use crate::AppState;
 
@@ -152,27 +151,20 @@ async fn receive(
             )
         }
     };
-    // Keys are scoped to the member. Without any id, the body identifies a re-post within
-    // JetStream's duplicate window only: an agent writing the same words later is heard.
-    let (event_id, dedup_id, source_id) = match source_id {
-        Some(id) => {
-            let event_id = derived_id(&format!("{}\n{member_id}\n{id}", outlet.id), "agent", 0);
-            (event_id.clone(), event_id, id)
-        }
-        None => {
-            let digest = Sha256::digest(parsed.to_string().as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            let key = format!("{}\n{member_id}\nsha256:{hex}", outlet.id);
-            (new_event_id(), derived_id(&key, "agent", 0), String::new())
-        }
-    };
+    let keys = message_keys(
+        &outlet.id,
+        &member_id,
+        "agent",
+        source_id,
+        parsed.to_string().as_bytes(),
+    );
     let envelope = Envelope {
-        event_id,
+        event_id: keys.event_id,
         org: outlet.org.clone(),
         channel: outlet.id.clone(),
         member_id,
         conversation_id,
-        source_message_id: source_id,
+        source_message_id: keys.source_message_id,
         occurred_at_ms: occurred,
         accepted_at_ms: now_ms(),
         body: Some(body),
@@ -180,12 +172,8 @@ async fn receive(
     };
     let duplicate = state
         .bus
-        .publish_event_once(&envelope, &dedup_id)
-        .await
-        .map_err(|e| match e {
-            PublishError::Unavailable(why) => ApiError::Unavailable(why),
-            PublishError::NoMember => ApiError::Internal(e.to_string()),
-        })?;
+        .publish_event_once(&envelope, &keys.dedup_id)
+        .await?;
     if duplicate {
         return Ok(Json(json!({"ok": true, "duplicate": true})));
     }

@@ -20,7 +20,7 @@ use handoff_platforms::custom::{content_from_response, content_to_response};
 use handoff_proto::v1::content;
 use handoff_proto::{
     AgentCommand, AgentMessage, Body, BotReply, Content, ConversationTimeout, DeliverToMember,
-    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, Parked, RelayToOutlet,
+    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, RelayToOutlet,
     RequestLivechat, SendToBot, Text,
 };
 use serde_json::{Value, json};
@@ -126,6 +126,26 @@ impl Work<'_> {
             ..Default::default()
         };
         self.commands.push((target, envelope));
+    }
+
+    /// Queues a relay of `content` to the outlet serving conversation `conversation`.
+    fn relay(
+        &mut self,
+        outlet: &str,
+        conversation: Uuid,
+        member: &MemberRow,
+        live: bool,
+        content: Content,
+    ) {
+        self.command(
+            Target::Outlet,
+            outlet,
+            Some(conversation),
+            Body::RelayToOutlet(RelayToOutlet {
+                member: Some(member.to_proto(live)),
+                content: Some(content),
+            }),
+        );
     }
 
     /// Appends a transcript line. The first line of a customer or agent message carries the
@@ -385,7 +405,7 @@ impl Engine {
             }
             Some(Body::ConversationTimeout(t)) => self.on_timeout(work, t).await?,
             Some(Body::Parked(p)) => {
-                store_dead_letter(work.tx, envelope, p).await?;
+                insert_dead_letter(work.tx, &Parking::from_event(envelope, p)).await?;
                 true
             }
             Some(Body::RelayFailed(f)) => {
@@ -422,15 +442,8 @@ impl Engine {
                     if let Some(content) = &f.content {
                         notice["message"] = content_to_response(content);
                     }
-                    work.command(
-                        Target::Outlet,
-                        &c.outlet_channel_id,
-                        Some(c.id),
-                        Body::RelayToOutlet(RelayToOutlet {
-                            member: Some(member.to_proto(true)),
-                            content: Some(event_content("DELIVERY_FAILED", notice)),
-                        }),
-                    );
+                    let notice = event_content("DELIVERY_FAILED", notice);
+                    work.relay(&c.outlet_channel_id, c.id, &member, true, notice);
                 }
                 true
             }
@@ -654,15 +667,7 @@ impl Engine {
         match conv {
             Some(c) if c.state == ConvState::Live => {
                 touch(work, c.id).await?;
-                work.command(
-                    Target::Outlet,
-                    &c.outlet_channel_id,
-                    Some(c.id),
-                    Body::RelayToOutlet(RelayToOutlet {
-                        member: Some(member.to_proto(true)),
-                        content: Some(content),
-                    }),
-                );
+                work.relay(&c.outlet_channel_id, c.id, &member, true, content);
             }
             // Held until the outlet accepts (then relayed) or fails (then given to the bot).
             Some(_) => {}
@@ -851,15 +856,7 @@ impl Engine {
         .fetch_one(&mut **work.tx)
         .await?;
         for content in release_held(work, conv_id).await? {
-            work.command(
-                Target::Outlet,
-                &outlet,
-                Some(conv_id),
-                Body::RelayToOutlet(RelayToOutlet {
-                    member: Some(member.to_proto(true)),
-                    content: Some(content),
-                }),
-            );
+            work.relay(&outlet, conv_id, &member, true, content);
         }
         Ok(true)
     }
@@ -1089,18 +1086,8 @@ impl Engine {
             }
             ConvState::Live => {
                 // The agent's side learns the chat is over too.
-                work.command(
-                    Target::Outlet,
-                    &conv.outlet_channel_id,
-                    Some(conv.id),
-                    Body::RelayToOutlet(RelayToOutlet {
-                        member: Some(member.to_proto(false)),
-                        content: Some(event_content(
-                            "LIVE_CHAT_ENDED",
-                            json!({"reason": t.reason}),
-                        )),
-                    }),
-                );
+                let ended = event_content("LIVE_CHAT_ENDED", json!({"reason": t.reason}));
+                work.relay(&conv.outlet_channel_id, conv.id, &member, false, ended);
                 self.close(work, &member, &conv, &t.reason).await?;
                 Ok(true)
             }
@@ -1185,38 +1172,8 @@ fn retry(e: &anyhow::Error) -> Handled {
     }
 }
 
-/// Keeps a parked message (from a gateway's `Parked` event) in the dead-letter table.
-async fn store_dead_letter(
-    conn: &mut sqlx::PgConnection,
-    envelope: &Envelope,
-    p: &Parked,
-) -> sqlx::Result<()> {
-    let member = if envelope.member_id == p.subject {
-        ""
-    } else {
-        envelope.member_id.as_str()
-    };
-    insert_dead_letter(
-        conn,
-        &Parking {
-            parked_id: envelope.event_id.clone(),
-            service: p.service.clone(),
-            subject: p.subject.clone(),
-            member_id: member.to_string(),
-            original_event_id: p.original_event_id.clone(),
-            original_kind: p.original_kind.clone(),
-            reason: p.reason.clone(),
-            payload: Bytes::from(p.payload.clone()),
-            truncated: p.truncated,
-        },
-    )
-    .await
-}
-
-pub(crate) async fn insert_dead_letter(
-    conn: &mut sqlx::PgConnection,
-    p: &Parking,
-) -> sqlx::Result<()> {
+/// Keeps a parked message in the dead-letter table (once per parking id).
+async fn insert_dead_letter(conn: &mut sqlx::PgConnection, p: &Parking) -> sqlx::Result<()> {
     let parked_id: Uuid = p.parked_id.parse().unwrap_or_else(|_| Uuid::now_v7());
     sqlx::query(
         "INSERT INTO dead_letters (parked_id, service, subject, member_id, event_id, kind,

@@ -117,8 +117,6 @@ impl Application {
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
         handoff_service::run_parts(shutdown, move |stop| {
-            let server =
-                axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
             // Batches outlive the consumers: a consumer finishing its last messages at
             // shutdown still needs them applied.
             let batches_stop = CancellationToken::new();
@@ -144,7 +142,7 @@ impl Application {
             let sweeper = timeouts::run(engine.clone(), sweep_interval, stop.clone());
             let pruner = retention::run(engine.pool.clone(), retention, stop.clone());
             vec![
-                ("the HTTP server", Box::pin(async { Ok(server.await?) })),
+                handoff_service::http_part(listener, app, stop.clone()),
                 ("the event consumers", Box::pin(consumers)),
                 ("the look-up service", Box::pin(lookups)),
                 (

@@ -72,6 +72,15 @@ impl ApiError {
     }
 }
 
+impl From<handoff_bus::PublishError> for ApiError {
+    fn from(e: handoff_bus::PublishError) -> Self {
+        match e {
+            handoff_bus::PublishError::Unavailable(why) => ApiError::Unavailable(why),
+            handoff_bus::PublishError::NoMember => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
