@@ -221,27 +221,20 @@ impl OutboundClient {
         if self.settings.allow_private_targets {
             return Ok(parsed);
         }
+        // Literal addresses are checked here; names when they are resolved, by `PublicOnly`,
+        // so a call costs one lookup and a name cannot change between check and connect.
         let host = parsed
             .host_str()
-            .ok_or_else(|| DeliveryError::Refused("the URL has no host".into()))?
-            .to_string();
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        let host = host
+            .ok_or_else(|| DeliveryError::Refused("the URL has no host".into()))?;
+        if let Ok(ip) = host
             .trim_start_matches('[')
             .trim_end_matches(']')
-            .to_string();
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            // A name that does not resolve now is an outage, not a refusal.
-            Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-                Err(_) => return Ok(parsed),
-            },
-        };
-        if let Some(ip) = addrs.iter().find(|ip| is_private(ip)) {
-            return Err(DeliveryError::Refused(format!(
-                "{host} is a private address ({ip}); set delivery.allow_private_targets to call it"
-            )));
+            .parse::<IpAddr>()
+            && is_private(&ip)
+        {
+            return Err(DeliveryError::Refused(
+                PrivateTarget(format!("{host} is a private address ({ip})")).to_string(),
+            ));
         }
         Ok(parsed)
     }
@@ -322,7 +315,12 @@ impl OutboundClient {
                         retry_after,
                     )
                 }
-                Err(e) => (None, error_chain(&e), None),
+                Err(e) => {
+                    if let Some(private) = private_target(&e) {
+                        return Err(DeliveryError::Refused(private.to_string()));
+                    }
+                    (None, error_chain(&e), None)
+                }
             };
             self.record_failure(&endpoint, status, &why);
             let Some(delay) = delays.next() else {
@@ -510,22 +508,45 @@ pub fn is_private(ip: &IpAddr) -> bool {
     }
 }
 
-/// A resolver that drops private addresses, so no name reaches inside the network.
+/// A resolver that refuses names with a private address, so no channel URL reaches
+/// inside the network.
 struct PublicOnly;
+
+/// A name or address inside the network, while `allow_private_targets` is off.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; set delivery.allow_private_targets to call it")]
+struct PrivateTarget(String);
 
 impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| !is_private(&a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("{} resolves to private addresses only", name.as_str()).into());
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if let Some(private) = addrs.iter().find(|a| is_private(&a.ip())) {
+                let why = format!(
+                    "{} resolves to a private address ({})",
+                    name.as_str(),
+                    private.ip()
+                );
+                return Err(
+                    Box::new(PrivateTarget(why)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// The resolver's refusal inside a failed call, if that is why it failed.
+fn private_target(e: &reqwest::Error) -> Option<&PrivateTarget> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(private) = s.downcast_ref::<PrivateTarget>() {
+            return Some(private);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A receiver's Retry-After is honoured up to this, so a delivery is never parked later
@@ -647,6 +668,7 @@ mod tests {
             ..settings()
         });
         for url in [
+            "http://localhost:9/x",
             "http://127.0.0.1:9/x",
             "http://[::1]:9/x",
             "http://169.254.169.254/latest",
