@@ -125,7 +125,7 @@ async fn throughput(customers: &Customers, tracker: &Tracker, o: &Options) -> Th
 }
 
 /// Open loop at a fixed rate: each message is sent on schedule whatever the others do.
-async fn latency(
+pub async fn latency(
     customers: &Customers,
     tracker: &Tracker,
     rate: f64,
@@ -203,6 +203,22 @@ async fn slow_bot(
         all_answered_after_ms: last.duration_since(started).as_secs_f64() * 1000.0,
         answered: arrivals.len(),
     }
+}
+
+/// Only the open-loop latency phase, at a rate of the caller's choosing: for profiling where
+/// the time goes at a given load (e.g. a trickle, to tell fixed delays from queueing).
+pub async fn latency_only(cluster: &mut Cluster, o: Options, rate: f64) -> anyhow::Result<Latency> {
+    for service in crate::cluster::SERVICES {
+        cluster.spawn(service).await?;
+    }
+    let customers = Customers::new(cluster.inlets());
+    let tracker = Tracker::watch(&cluster.customer);
+    let lat = latency(&customers, &tracker, rate, o.run, o.customers).await;
+    eprintln!(
+        "  {rate:.0}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.end_to_end.p50_ms, lat.end_to_end.p90_ms, lat.end_to_end.p99_ms, lat.end_to_end.max_ms
+    );
+    Ok(lat)
 }
 
 pub async fn run(cluster: &mut Cluster, o: Options) -> anyhow::Result<Report> {

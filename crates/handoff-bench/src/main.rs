@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]
+//! handoff-bench latency [--rate 50] [--seconds 10]   (profiling: the latency phase alone)
 //! handoff-bench faults [--out docs/bench] [--customers 60]
 //! ```
 
@@ -60,6 +61,22 @@ async fn main() -> anyhow::Result<()> {
             println!("{json}");
             Ok(())
         }),
+        "latency" => {
+            let rate = arg(&args, "--rate")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50.0);
+            bench::latency_only(
+                &mut cluster,
+                bench::Options {
+                    customers: number("--customers", 1000),
+                    in_flight: number("--in-flight", 256),
+                    run: Duration::from_secs(number("--seconds", 10) as u64),
+                },
+                rate,
+            )
+            .await
+            .map(|_| ())
+        }
         "faults" => faults::run(&mut cluster, number("--customers", 60))
             .await
             .and_then(|report| {

@@ -314,6 +314,12 @@ async fn run_partition<H: Handler>(
             max_ack_pending: settings.max_ack_pending,
             max_deliver: -1,
             deliver_policy: DeliverPolicy::All,
+            // The stream is a work queue: it alone holds what is unfinished, and a new
+            // owner always starts a new consumer from its oldest message. So the consumer's
+            // own state need not survive a server restart, and keeping it in memory spares
+            // the server a state file rewrite per acknowledgement (the largest part of its
+            // CPU time under load, measured with perf).
+            memory_storage: true,
             ..Default::default()
         })
         .await?;

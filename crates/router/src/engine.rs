@@ -41,6 +41,11 @@ const MAX_BATCH: usize = 16;
 /// Transactions the router runs at once (each a batch).
 const BATCH_WORKERS: usize = 8;
 
+/// How often published outbox rows are deleted, all in one statement. A row published but
+/// not yet deleted is harmless: republished after a crash, JetStream drops it as a
+/// duplicate (its `Nats-Msg-Id` is the command id, and this is far inside the window).
+const OUTBOX_CLEANUP: Duration = Duration::from_millis(50);
+
 /// A failure retrying cannot cure (the event refers to something that does not exist, or
 /// is malformed): the event is parked instead of retried.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,8 @@ pub(crate) struct Engine {
     public_url: String,
     jobs: mpsc::UnboundedSender<Job>,
     queue: Mutex<mpsc::UnboundedReceiver<Job>>,
+    /// Outbox rows JetStream has, waiting for the next clean-up.
+    published: std::sync::Mutex<Vec<i64>>,
 }
 
 struct OutboxRow {
@@ -219,6 +226,7 @@ impl Engine {
             public_url,
             jobs,
             queue: Mutex::new(queue),
+            published: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -250,7 +258,32 @@ impl Engine {
                 }
             });
         }
-        while workers.join_next().await.is_some() {}
+        let mut cleanup = tokio::time::interval(OUTBOX_CLEANUP);
+        cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = workers.join_next() => if done.is_none() { break },
+                _ = cleanup.tick() => self.clean_outbox().await,
+            }
+        }
+        self.clean_outbox().await;
+    }
+
+    /// Deletes the outbox rows published since the last clean-up. One statement for all
+    /// batches: a delete per batch would cost each batch a second commit.
+    async fn clean_outbox(&self) {
+        let seqs = std::mem::take(&mut *self.published.lock().expect("not poisoned"));
+        if seqs.is_empty() {
+            return;
+        }
+        let deleted = sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
+            .bind(&seqs)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, rows = seqs.len(), "published outbox rows not deleted yet");
+            self.published.lock().expect("not poisoned").extend(seqs);
+        }
     }
 
     async fn run_batch(&self, batch: Vec<Job>) {
@@ -324,16 +357,6 @@ impl Engine {
         let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
         members.sort_unstable();
         members.dedup();
-        // A member's events are applied one at a time across replicas (a takeover replays
-        // what the previous owner may still be finishing). Sorted, so batches never deadlock.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock($1, hashtext(m))
-             FROM (SELECT m FROM unnest($2::text[]) AS m ORDER BY hashtext(m)) AS ordered",
-        )
-        .bind(MEMBER_LOCK_CLASS)
-        .bind(&members)
-        .execute(&mut *tx)
-        .await?;
         let ids = batch
             .iter()
             .map(|e| {
@@ -342,10 +365,23 @@ impl Engine {
                     .map_err(|_| permanent(format!("event id `{}` is not a UUID", e.event_id)))
             })
             .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        // A member's events are applied one at a time across replicas (a takeover replays
+        // what the previous owner may still be finishing): the member locks are taken
+        // before any state is read (the statements after this one), and sorted, so batches
+        // never deadlock. The inbox insert shares their round trip; a concurrent insert of
+        // the same event waits on its key anyway.
         let fresh: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])
-             ON CONFLICT DO NOTHING RETURNING event_id",
+            "WITH locked AS MATERIALIZED (
+               SELECT pg_advisory_xact_lock($1, hashtext(m))
+               FROM (SELECT m FROM unnest($2::text[]) AS m ORDER BY hashtext(m)) AS ordered
+             ), inserted AS (
+               INSERT INTO processed_events (event_id) SELECT unnest($3::uuid[])
+               ON CONFLICT DO NOTHING RETURNING event_id
+             )
+             SELECT event_id FROM inserted WHERE (SELECT count(*) FROM locked) >= 0",
         )
+        .bind(MEMBER_LOCK_CLASS)
+        .bind(&members)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?
@@ -522,7 +558,7 @@ impl Engine {
             .collect())
     }
 
-    /// Publishes outbox rows (pipelined, in order) and deletes them once JetStream has them.
+    /// Publishes outbox rows (pipelined, in order); the next clean-up deletes them.
     async fn publish(&self, rows: Vec<(OutboxRow, HeaderMap)>) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -534,10 +570,7 @@ impl Engine {
                     .map(|(r, headers)| (r.subject, headers, r.payload)),
             )
             .await?;
-        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
-            .bind(&seqs)
-            .execute(&self.pool)
-            .await?;
+        self.published.lock().expect("not poisoned").extend(seqs);
         Ok(())
     }
 
