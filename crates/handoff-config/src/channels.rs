@@ -98,6 +98,9 @@ pub struct Channel {
     /// When set, outbound calls for this channel carry a Standard Webhooks signature.
     #[serde(default)]
     pub secret: Option<SecretString>,
+    /// The credential Handoff presents to the platform's own API (Selarti's API key).
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
     /// Platform endpoints and anything else the platform wants echoed in `channel.info`.
     #[serde(default)]
     pub info: Map<String, Value>,
@@ -272,7 +275,16 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             need_url("relayResponseApi")?;
         }
         (Platform::WebhookBot, Role::Bot) => need_url("url")?,
-        (Platform::Selarti | Platform::Zendesk, _) => {
+        (Platform::Selarti, Role::Bot) => {
+            // The rest of Selarti's settings are parsed, and named in errors, by its adapter.
+            if c.api_key.is_none() {
+                return Err(format!(
+                    "channel `{}`.apiKey: required for a Selarti bot (the key from Selarti's panel)",
+                    c.id
+                ));
+            }
+        }
+        (Platform::Zendesk, _) => {
             return Err(format!(
                 "channel `{}`.platform: {:?} is not available in this version of Handoff",
                 c.id, c.platform

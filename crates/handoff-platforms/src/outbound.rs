@@ -247,6 +247,28 @@ impl OutboundClient {
         body: &serde_json::Value,
         signer: Option<&Signer>,
     ) -> Result<Delivered, DeliveryError> {
+        self.post(url, id, body, signer.map_or(Auth::None, Auth::Signed))
+            .await
+    }
+
+    /// As `post_json`, authenticated with `Authorization: Bearer {token}` instead.
+    pub async fn post_json_bearer(
+        &self,
+        url: &str,
+        id: &str,
+        body: &serde_json::Value,
+        token: &str,
+    ) -> Result<Delivered, DeliveryError> {
+        self.post(url, id, body, Auth::Bearer(token)).await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        id: &str,
+        body: &serde_json::Value,
+        auth: Auth<'_>,
+    ) -> Result<Delivered, DeliveryError> {
         let parsed = self.check_target(url).await?;
         let body = Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
         let mut delays = ExponentialBuilder::default()
@@ -273,7 +295,7 @@ impl OutboundClient {
                 .acquire()
                 .await
                 .expect("endpoint slots are never closed");
-            let outcome = self.attempt(url, id, &body, signer).await;
+            let outcome = self.attempt(url, id, &body, auth).await;
             drop(slot);
             let (status, why, retry_after) = match outcome {
                 Ok(resp) => {
@@ -431,7 +453,7 @@ impl OutboundClient {
         url: &str,
         id: &str,
         body: &Bytes,
-        signer: Option<&Signer>,
+        auth: Auth<'_>,
     ) -> reqwest::Result<reqwest::Response> {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut req = self
@@ -440,11 +462,25 @@ impl OutboundClient {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string());
-        if let Some(signer) = signer {
-            req = req.header("webhook-signature", signer.sign(id, timestamp, body));
+        match auth {
+            Auth::None => {}
+            Auth::Signed(signer) => {
+                req = req.header("webhook-signature", signer.sign(id, timestamp, body));
+            }
+            Auth::Bearer(token) => req = req.bearer_auth(token),
         }
         req.body(body.clone()).send().await
     }
+}
+
+/// How a call proves who sends it.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    None,
+    /// Standard Webhooks signature.
+    Signed(&'a Signer),
+    /// The platform's own API token.
+    Bearer(&'a str),
 }
 
 /// Longest wait inside one call; longer waits happen outside it, without a slot.

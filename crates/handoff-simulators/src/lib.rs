@@ -6,9 +6,13 @@
 //!   system it receives Livechat and Relay calls and lets an agent answer and send
 //!   commands. Every call is recorded; any API can be told to fail or stall.
 //! - [`DemoBot`]: a scripted bot speaking Handoff's webhook-bot protocol.
+//! - [`SelartiSim`]: Selarti's auth and send API with a scripted AI answering on the
+//!   "All messages" webhook, with faults on demand.
 
 mod bot;
 mod platform;
+mod selarti;
 
 pub use bot::DemoBot;
 pub use platform::{Api, CustomPlatform, Recorded, WebhookClient};
+pub use selarti::SelartiSim;

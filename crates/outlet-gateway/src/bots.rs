@@ -1,10 +1,14 @@
 //! `deliver.bot`: a message for a bot. The webhook bot answers synchronously; its answer
-//! becomes a `BotReply` event (or `BotFailed` when it cannot be reached).
+//! becomes a `BotReply` event (or `BotFailed` when it cannot be reached). Selarti answers
+//! later, on its webhook (`crate::selarti`): once the message is sent, the member's lane
+//! is free.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::{Channels, Platform};
+use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
 use handoff_platforms::webhook_bot::{BotEvent, BotRequest, parse_answer, request_body};
 use handoff_platforms::{Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, BotFailed, BotReply, Envelope};
@@ -20,6 +24,27 @@ pub(crate) struct BotCaller {
     pub bus: Bus,
     pub channels: Arc<Channels>,
     pub client: OutboundClient,
+    pub selarti: SelartiBots,
+}
+
+/// The Selarti bot channels, their settings read once, and their shared token cache.
+#[derive(Clone, Default)]
+pub(crate) struct SelartiBots {
+    settings: HashMap<String, Arc<SelartiSettings>>,
+    client: SelartiClient,
+}
+
+impl SelartiBots {
+    pub fn from_channels(channels: &Channels) -> Result<Self, String> {
+        let mut settings = HashMap::new();
+        for c in channels.iter().filter(|c| c.platform == Platform::Selarti) {
+            settings.insert(c.id.clone(), Arc::new(SelartiSettings::from_channel(c)?));
+        }
+        Ok(Self {
+            settings,
+            client: SelartiClient::default(),
+        })
+    }
 }
 
 impl Handler for BotCaller {
@@ -34,6 +59,9 @@ impl Handler for BotCaller {
                 reason: format!("bot channel `{}` is not configured", envelope.channel),
             };
         };
+        if bot.platform == Platform::Selarti {
+            return self.send_to_selarti(&envelope, cmd).await;
+        }
         if bot.platform != Platform::WebhookBot {
             return Handled::Park {
                 reason: format!("bot channel `{}`: platform not supported as a bot", bot.id),
@@ -97,6 +125,7 @@ impl Handler for BotCaller {
                 handoff: answer.handoff,
                 close: answer.close,
                 agent_conversation_id: cmd.agent_conversation_id.clone(),
+                ..Default::default()
             };
             // The answer travels as one bus message: past the server's limit it never could.
             let size = reply.encoded_len();
@@ -119,5 +148,61 @@ impl Handler for BotCaller {
             }
         };
         publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, then).await
+    }
+}
+
+impl BotCaller {
+    /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
+    /// customer messages go: Selarti has no notion of Handoff's relay, handoff or live-chat
+    /// events, and cannot answer an agent command in its reply.
+    async fn send_to_selarti(
+        &self,
+        envelope: &Envelope,
+        cmd: &handoff_proto::SendToBot,
+    ) -> Handled {
+        let Some(settings) = self.selarti.settings.get(&envelope.channel) else {
+            return Handled::Park {
+                reason: format!("Selarti channel `{}` has no settings", envelope.channel),
+            };
+        };
+        let is_message = cmd.relay_message_error_json.is_empty()
+            && cmd.handoff_error_json.is_empty()
+            && cmd.live_chat_ended_json.is_empty()
+            && cmd.agent_conversation_id.is_empty();
+        let body = cmd
+            .content
+            .as_ref()
+            .filter(|_| is_message)
+            .and_then(|content| send_body(settings, &envelope.member_id, content));
+        let Some(body) = body else {
+            return Handled::Done;
+        };
+        match self
+            .selarti
+            .client
+            .send(&self.client, settings, &envelope.event_id, &body)
+            .await
+        {
+            Ok(()) => Handled::Done,
+            Err(e) => {
+                if let Some(retry) = self.client.later(&e, envelope, Horizon::Delivery) {
+                    return retry;
+                }
+                let reason = e.to_string();
+                tracing::warn!(%reason, bot = %settings.channel_id, "Selarti call failed for good");
+                let park = Handled::Park {
+                    reason: format!("bot `{}`: {reason}", settings.channel_id),
+                };
+                publish_then(
+                    &self.bus,
+                    envelope,
+                    "bot_result",
+                    &settings.channel_id,
+                    Body::BotFailed(BotFailed { reason }),
+                    park,
+                )
+                .await
+            }
+        }
     }
 }

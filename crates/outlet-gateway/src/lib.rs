@@ -3,10 +3,12 @@
 //! It serves the Webhook API for outlet channels (`sendToInlet` = agent reply,
 //! `sendToBot` = agent command), and consumes `deliver.outlet` (Livechat, Relay and Send
 //! API calls to live-chat systems) and `deliver.bot` (calls to bots, whose answers become
-//! `BotReply` events).
+//! `BotReply` events). It also receives Selarti's webhook, the AI's answers arriving later
+//! (`/selarti/{channel}/{accessToken}`).
 
 mod bots;
 mod livechat;
+mod selarti;
 mod webhook;
 
 use std::sync::Arc;
@@ -41,13 +43,17 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     client: OutboundClient,
+    selarti: bots::SelartiBots,
 }
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        // A Selarti channel's settings are the adapter's to read: a bad one stops the start.
+        let selarti = bots::SelartiBots::from_channels(&channels).map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
+            selarti,
             listener,
             state: AppState {
                 bus,
@@ -67,7 +73,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let app = Router::new()
             .merge(bounded_edge(
-                webhook::router(self.state.clone()),
+                webhook::router(self.state.clone()).merge(selarti::router(self.state.clone())),
                 self.state.max_concurrent_requests,
                 self.state.request_timeout,
             ))
@@ -77,6 +83,7 @@ impl Application {
         let bus = self.state.bus.clone();
         let channels = self.state.channels.clone();
         let client = self.client;
+        let selarti = self.selarti;
         let listener = self.listener;
         handoff_service::run_parts(shutdown, move |stop| {
             let outlet = handoff_bus::run_consumers(
@@ -98,6 +105,7 @@ impl Application {
                     bus,
                     channels,
                     client,
+                    selarti,
                 }),
                 stop.clone(),
             );

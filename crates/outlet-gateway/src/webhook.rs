@@ -31,24 +31,27 @@ pub(crate) fn router(state: AppState) -> Router {
 /// The router's look-up contract (`<prefix>_rpc.lookup`), mirrored here.
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct LookupRequest<'a> {
-    member_id: Option<&'a str>,
-    outlet_channel: Option<&'a str>,
-    conversation_ref: Option<&'a str>,
+pub(crate) struct LookupRequest<'a> {
+    pub member_id: Option<&'a str>,
+    pub outlet_channel: Option<&'a str>,
+    pub conversation_ref: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct LookupReply {
-    found: bool,
-    member_id: String,
-    state: String,
-    conversation_id: String,
-    outlet_channel: String,
+pub(crate) struct LookupReply {
+    pub found: bool,
+    pub member_id: String,
+    pub state: String,
+    pub conversation_id: String,
+    pub outlet_channel: String,
     error: Option<String>,
 }
 
-async fn lookup(state: &AppState, request: LookupRequest<'_>) -> Result<LookupReply, ApiError> {
+pub(crate) async fn lookup(
+    state: &AppState,
+    request: LookupRequest<'_>,
+) -> Result<LookupReply, ApiError> {
     let subject = format!("{}_rpc.lookup", state.bus.settings().prefix);
     let payload = serde_json::to_vec(&request).expect("serializable");
     let reply = tokio::time::timeout(

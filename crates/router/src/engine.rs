@@ -755,6 +755,10 @@ impl Engine {
             )?;
             return Ok(());
         };
+        let mut details = details;
+        if details.summary.is_empty() {
+            details.summary = store::dialog_summary(&mut **work.tx, member.id).await?;
+        }
         let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
         let token = history_token();
         let ttl = inlet.handoff.history_link_ttl_secs as f64;
@@ -811,7 +815,23 @@ impl Engine {
     }
 
     async fn on_bot_reply(&self, work: &mut Work<'_>, r: &BotReply) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
+        let mut member = self.member(work).await?;
+        if !r.profile_json.is_empty() || !r.meta_json.is_empty() {
+            let object = |text: &str| match serde_json::from_str::<Value>(text) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                _ if text.is_empty() => Ok(json!({})),
+                _ => Err(permanent(format!("`{text}` is not a JSON object"))),
+            };
+            member = store::merge_member(
+                &mut **work.tx,
+                member.id,
+                &object(&r.profile_json)?,
+                &object(&r.meta_json)?,
+            )
+            .await?;
+        }
+        // A human answering inside the bot's own platform (Selarti's panel) is an agent.
+        let author = if r.author == "agent" { "agent" } else { "bot" };
         let conv = store::open_conversation(&mut **work.tx, member.id).await?;
         let live = matches!(&conv, Some(c) if c.state == ConvState::Live);
         let bot_channel = work.cause.channel.clone();
@@ -820,7 +840,7 @@ impl Engine {
                 member.id,
                 conv.as_ref().map(|c| c.id),
                 &bot_channel,
-                "bot",
+                author,
                 &content_to_response(response),
                 false,
             )

@@ -46,36 +46,44 @@ pub struct LookupReply {
 
 pub(crate) async fn serve(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = engine.bus.client().clone();
-    let mut requests = client
+    let requests = client
         .queue_subscribe(
             lookup_subject(&engine.bus.settings().prefix),
             "router".into(),
         )
         .await?;
-    loop {
-        let request = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            r = requests.next() => match r { Some(r) => r, None => return Ok(()) },
-        };
-        let Some(reply_to) = request.reply.clone() else {
-            continue;
-        };
-        let answer = match serde_json::from_slice::<LookupRequest>(&request.payload) {
-            Ok(q) => lookup(&engine, &q).await.unwrap_or_else(|e| LookupReply {
-                error: Some(format!("{e:#}")),
-                ..Default::default()
-            }),
-            Err(e) => LookupReply {
-                error: Some(format!("bad request: {e}")),
-                ..Default::default()
-            },
-        };
-        let payload = serde_json::to_vec(&answer).unwrap_or_default();
-        if let Err(e) = client.publish(reply_to, payload.into()).await {
-            tracing::warn!(error = %e, "lookup reply not sent");
-        }
-    }
+    // Answered concurrently: a gateway's look-up must not wait behind another member's.
+    requests
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(CONCURRENT_LOOKUPS, |request| {
+            let engine = engine.clone();
+            let client = client.clone();
+            async move {
+                let Some(reply_to) = request.reply.clone() else {
+                    return;
+                };
+                let answer = match serde_json::from_slice::<LookupRequest>(&request.payload) {
+                    Ok(q) => lookup(&engine, &q).await.unwrap_or_else(|e| LookupReply {
+                        error: Some(format!("{e:#}")),
+                        ..Default::default()
+                    }),
+                    Err(e) => LookupReply {
+                        error: Some(format!("bad request: {e}")),
+                        ..Default::default()
+                    },
+                };
+                let payload = serde_json::to_vec(&answer).unwrap_or_default();
+                if let Err(e) = client.publish(reply_to, payload.into()).await {
+                    tracing::warn!(error = %e, "lookup reply not sent");
+                }
+            }
+        })
+        .await;
+    Ok(())
 }
+
+/// Look-ups answered at once by one router (each holds a pooled connection briefly).
+const CONCURRENT_LOOKUPS: usize = 32;
 
 async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupReply> {
     let row = if let Some(member) = &q.member_id {

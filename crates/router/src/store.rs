@@ -99,6 +99,62 @@ pub async fn upsert_member(
     Ok(member_from(&row))
 }
 
+/// Merges JSON objects into the member's profile and meta (top-level keys replace).
+pub async fn merge_member(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    profile: &Value,
+    meta: &Value,
+) -> sqlx::Result<MemberRow> {
+    let row = sqlx::query(&format!(
+        "UPDATE members SET profile = profile || $2, meta = meta || $3, updated_at = now()
+         WHERE id = $1 RETURNING {MEMBER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(profile)
+    .bind(meta)
+    .fetch_one(db)
+    .await?;
+    Ok(member_from(&row))
+}
+
+/// Lines of the dialog before a handoff, oldest first, for an agent who gets no summary
+/// from the bot (Selarti hands over without one).
+pub async fn dialog_summary(db: impl PgExecutor<'_>, member_id: Uuid) -> sqlx::Result<String> {
+    const LINES: i64 = 6;
+    const MAX_CHARS: usize = 1_000;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT author, content->>'text' FROM messages
+         WHERE member_id = $1 AND author IN ('customer', 'bot', 'agent')
+         ORDER BY id DESC LIMIT $2",
+    )
+    .bind(member_id)
+    .bind(LINES)
+    .fetch_all(db)
+    .await?;
+    let mut lines: Vec<String> = rows
+        .into_iter()
+        .rev()
+        .filter_map(|(author, text)| {
+            let who = match author.as_str() {
+                "customer" => "Customer",
+                "bot" => "Bot",
+                _ => "Agent",
+            };
+            text.filter(|t| !t.trim().is_empty())
+                .map(|t| format!("{who}: {}", t.trim()))
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("The bot handed the customer over.".into());
+    }
+    let mut summary = lines.join("\n");
+    if summary.chars().count() > MAX_CHARS {
+        summary = summary.chars().take(MAX_CHARS - 1).collect::<String>() + "…";
+    }
+    Ok(summary)
+}
+
 pub async fn find_member(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<MemberRow>> {
     let row = sqlx::query(&format!(
         "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1"

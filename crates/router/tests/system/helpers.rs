@@ -3,7 +3,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use handoff_config::{Channels, Settings};
-use handoff_simulators::{Api, CustomPlatform, DemoBot, Recorded, WebhookClient};
+use handoff_simulators::{Api, CustomPlatform, DemoBot, Recorded, SelartiSim, WebhookClient};
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,12 @@ pub const OUTLET: &str = "desk";
 pub const OUTLET_TOKEN: &str = "desk-token-456";
 pub const INLET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// An inlet whose members talk to Selarti's AI (simulated) and are handed to `desk`.
+pub const AI_INLET: &str = "ai-web";
+pub const AI_INLET_TOKEN: &str = "ai-inlet-token-1";
+pub const SELARTI: &str = "selarti-ai";
+pub const SELARTI_SECRET: &str = "selarti-webhook-secret-0123456789";
+pub const SELARTI_KEY: &str = "selarti-api-key-42";
 
 fn admin_url() -> String {
     std::env::var("HANDOFF_TEST_DATABASE_URL")
@@ -81,6 +87,7 @@ pub struct TestHub {
     /// The live-chat system (outlet Livechat / Relay / Send APIs).
     pub desk: CustomPlatform,
     pub bot: DemoBot,
+    pub selarti: SelartiSim,
     pub router_url: Option<String>,
     channels_path: PathBuf,
     db_name: String,
@@ -98,6 +105,7 @@ fn channels_yaml(
     customer: &CustomPlatform,
     desk: &CustomPlatform,
     bot: &DemoBot,
+    selarti: &SelartiSim,
     o: &HubOptions,
 ) -> String {
     format!(
@@ -126,6 +134,24 @@ channels:
     accessToken: bot-token-789
     info:
       url: {bot}
+  - id: {AI_INLET}
+    org: {ORG}
+    platform: custom
+    role: inlet
+    accessToken: {AI_INLET_TOKEN}
+    info:
+      sendResponseApi: {send}
+    bot: {SELARTI}
+    outlet: {OUTLET}
+  - id: {SELARTI}
+    org: {ORG}
+    platform: selarti
+    role: bot
+    accessToken: {SELARTI_SECRET}
+    apiKey: {SELARTI_KEY}
+    info:
+      apiBase: {selarti_base}
+      taskId: task-1
   - id: {OUTLET}
     org: {ORG}
     platform: custom
@@ -141,6 +167,7 @@ channels:
 "#,
         send = customer.url("/send"),
         bot = bot.url(),
+        selarti_base = selarti.api_base(),
         livechat = desk.url("/livechat"),
         relay = desk.url("/relay"),
         desk_send = desk.url("/send"),
@@ -181,7 +208,8 @@ impl TestHub {
         let customer = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
         let desk = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
         let bot = DemoBot::start("127.0.0.1:0", false).await.unwrap();
-        let yaml = channels_yaml(&customer, &desk, &bot, &options);
+        let selarti = SelartiSim::start("127.0.0.1:0", SELARTI_KEY).await.unwrap();
+        let yaml = channels_yaml(&customer, &desk, &bot, &selarti, &options);
         let channels_path = std::env::temp_dir().join(format!("handoff-channels-{id}.yaml"));
         std::fs::write(&channels_path, &yaml).unwrap();
 
@@ -232,6 +260,7 @@ impl TestHub {
             .expect("outlet-gateway starts");
         let outlet_url = format!("http://127.0.0.1:{}", outlet.port());
         tokio::spawn(outlet.run_until_stopped(gateways.clone()));
+        selarti.set_webhook_url(&format!("{outlet_url}/selarti/{SELARTI}/{SELARTI_SECRET}"));
 
         let mut hub = Self {
             settings,
@@ -240,6 +269,7 @@ impl TestHub {
             customer,
             desk,
             bot,
+            selarti,
             router_url: None,
             channels_path,
             db_name,
@@ -432,6 +462,15 @@ impl TestHub {
             .unwrap()
     }
 
+    /// A customer of the Selarti inlet writes.
+    pub async fn say_to_ai(&self, external_id: &str, text: &str) -> (u16, Value) {
+        let body = WebhookClient::customer_text(external_id, AI_INLET, text, now_ms());
+        self.inlet
+            .post(AI_INLET, ORG, AI_INLET_TOKEN, &body, &[])
+            .await
+            .unwrap()
+    }
+
     /// Send API calls the customer `external_id` received, in order.
     pub fn received(&self, external_id: &str) -> Vec<Recorded> {
         self.customer
@@ -525,4 +564,9 @@ pub fn text_of(call: &Recorded) -> String {
 
 pub fn member_id(external_id: &str) -> String {
     handoff_config::member_id(INLET, external_id).to_string()
+}
+
+/// The member id of a customer of the Selarti inlet.
+pub fn ai_member_id(external_id: &str) -> String {
+    handoff_config::member_id(AI_INLET, external_id).to_string()
 }

@@ -10,3 +10,4 @@ mod crash_recovery;
 mod independence;
 mod live_chat;
 mod poison;
+mod selarti;

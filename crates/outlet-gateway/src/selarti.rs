@@ -1,0 +1,91 @@
+//! Selarti's "All messages" webhook: the AI's answers (and its operators' messages, and
+//! its hand-to-a-human signal) for members whose bot is a Selarti channel. Each webhook
+//! becomes a `BotReply` event, stored in JetStream before Selarti gets its 200.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use handoff_bus::{message_keys, now_ms};
+use handoff_platforms::selarti::edge::{WebhookError, authorize};
+use handoff_platforms::selarti::{WEBHOOK_PATH, parse_webhook};
+use handoff_proto::{Body, Envelope};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::webhook::{LookupRequest, lookup};
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(receive))
+        .with_state(state)
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    Path((channel, secret)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, WebhookError> {
+    let bot = authorize(&state.channels, &channel, &secret)?;
+    let bytes = axum::body::to_bytes(body, state.body_limit)
+        .await
+        .map_err(|_| WebhookError::TooLarge(state.body_limit))?;
+    let update = parse_webhook(&bytes)?;
+    if update.reply.responses.iter().any(|c| {
+        matches!(&c.kind, Some(handoff_proto::v1::content::Kind::Text(t)) if t.text.contains('\0'))
+    }) {
+        return Err(WebhookError::InvalidField {
+            field: "message_text".into(),
+            message: "contains a NUL character".into(),
+        });
+    }
+    if update.reply.profile_json.contains("\\u0000") || update.reply.meta_json.contains("\\u0000") {
+        return Err(WebhookError::InvalidField {
+            field: "contacts".into(),
+            message: "contains a NUL character".into(),
+        });
+    }
+    // `external_chat_id` is the member id Handoff sent as `chat_id`.
+    let unknown = || WebhookError::UnknownChat(update.member_id.clone());
+    if update.member_id.parse::<uuid::Uuid>().is_err() {
+        return Err(unknown());
+    }
+    let found = lookup(
+        &state,
+        LookupRequest {
+            member_id: Some(&update.member_id),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+    if !found.found {
+        return Err(unknown());
+    }
+    let keys = message_keys(
+        &bot.id,
+        &found.member_id,
+        "selarti",
+        Some(update.message_id.clone()),
+        &bytes,
+    );
+    let envelope = Envelope {
+        event_id: keys.event_id,
+        org: bot.org.clone(),
+        channel: bot.id.clone(),
+        member_id: found.member_id,
+        source_message_id: keys.source_message_id,
+        occurred_at_ms: now_ms(),
+        accepted_at_ms: now_ms(),
+        body: Some(Body::BotReply(update.reply)),
+        ..Default::default()
+    };
+    let duplicate = state
+        .bus
+        .publish_event_once(&envelope, &keys.dedup_id)
+        .await
+        .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+    if duplicate {
+        return Ok(Json(json!({"ok": true, "duplicate": true})));
+    }
+    Ok(Json(json!({"ok": true, "eventId": envelope.event_id})))
+}
