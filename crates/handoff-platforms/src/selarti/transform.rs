@@ -23,7 +23,7 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookUpdate, WebhookError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let hook: Webhook = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
-        if field == "." {
+        if field == "." || !e.inner().is_data() {
             WebhookError::Malformed(e.inner().to_string())
         } else {
             WebhookError::InvalidField {
