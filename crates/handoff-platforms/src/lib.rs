@@ -16,3 +16,18 @@ pub mod selarti;
 pub mod webhook_bot;
 
 pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Signer};
+
+/// Every edge answers a refusal the same way: `{"error": {"code", "message", "field"?}}`.
+pub(crate) fn error_response(
+    status: axum::http::StatusCode,
+    code: &str,
+    message: String,
+    field: Option<&str>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut error = serde_json::json!({"code": code, "message": message});
+    if let Some(field) = field {
+        error["field"] = serde_json::json!(field);
+    }
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}

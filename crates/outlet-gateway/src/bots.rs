@@ -11,7 +11,7 @@ use handoff_config::{Channels, Platform};
 use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
 use handoff_platforms::webhook_bot::{BotEvent, BotRequest, parse_answer, request_body};
 use handoff_platforms::{Horizon, OutboundClient, Signer};
-use handoff_proto::{Body, BotFailed, BotReply, Envelope};
+use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
 
@@ -72,26 +72,7 @@ impl Handler for BotCaller {
                 reason: "send_to_bot without member or content".into(),
             };
         };
-        let (event, error) = if !cmd.relay_message_error_json.is_empty() {
-            (
-                BotEvent::RelayFailed,
-                Some(cmd.relay_message_error_json.as_str()),
-            )
-        } else if !cmd.handoff_error_json.is_empty() {
-            (
-                BotEvent::HandoffFailed,
-                Some(cmd.handoff_error_json.as_str()),
-            )
-        } else if !cmd.live_chat_ended_json.is_empty() {
-            (
-                BotEvent::LiveChatEnded,
-                Some(cmd.live_chat_ended_json.as_str()),
-            )
-        } else if !cmd.agent_conversation_id.is_empty() {
-            (BotEvent::AgentCommand, None)
-        } else {
-            (BotEvent::Message, None)
-        };
+        let (event, error) = bot_event(cmd);
         let body = request_body(&BotRequest {
             event,
             id: &envelope.event_id,
@@ -137,17 +118,35 @@ impl Handler for BotCaller {
             }
             Ok(reply)
         });
-        let (body, then) = match reply {
-            Ok(reply) => (Body::BotReply(reply), Handled::Done),
-            Err(reason) => {
-                tracing::warn!(%reason, bot = %bot.id, "bot call failed for good");
-                let park = Handled::Park {
-                    reason: format!("bot `{}`: {reason}", bot.id),
-                };
-                (Body::BotFailed(BotFailed { reason }), park)
+        match reply {
+            Ok(reply) => {
+                publish_then(
+                    &self.bus,
+                    &envelope,
+                    "bot_result",
+                    &bot.id,
+                    Body::BotReply(reply),
+                    Handled::Done,
+                )
+                .await
             }
-        };
-        publish_then(&self.bus, &envelope, "bot_result", &bot.id, body, then).await
+            Err(reason) => self.give_up(&envelope, &bot.id, reason).await,
+        }
+    }
+}
+
+/// Why a `SendToBot` command calls the bot, and the failure it reports, if any.
+fn bot_event(cmd: &SendToBot) -> (BotEvent, Option<&str>) {
+    if !cmd.relay_message_error_json.is_empty() {
+        (BotEvent::RelayFailed, Some(&cmd.relay_message_error_json))
+    } else if !cmd.handoff_error_json.is_empty() {
+        (BotEvent::HandoffFailed, Some(&cmd.handoff_error_json))
+    } else if !cmd.live_chat_ended_json.is_empty() {
+        (BotEvent::LiveChatEnded, Some(&cmd.live_chat_ended_json))
+    } else if !cmd.agent_conversation_id.is_empty() {
+        (BotEvent::AgentCommand, None)
+    } else {
+        (BotEvent::Message, None)
     }
 }
 
@@ -155,24 +154,16 @@ impl BotCaller {
     /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
     /// customer messages go: Selarti has no notion of Handoff's relay, handoff or live-chat
     /// events, and cannot answer an agent command in its reply.
-    async fn send_to_selarti(
-        &self,
-        envelope: &Envelope,
-        cmd: &handoff_proto::SendToBot,
-    ) -> Handled {
+    async fn send_to_selarti(&self, envelope: &Envelope, cmd: &SendToBot) -> Handled {
         let Some(settings) = self.selarti.settings.get(&envelope.channel) else {
             return Handled::Park {
                 reason: format!("Selarti channel `{}` has no settings", envelope.channel),
             };
         };
-        let is_message = cmd.relay_message_error_json.is_empty()
-            && cmd.handoff_error_json.is_empty()
-            && cmd.live_chat_ended_json.is_empty()
-            && cmd.agent_conversation_id.is_empty();
         let body = cmd
             .content
             .as_ref()
-            .filter(|_| is_message)
+            .filter(|_| bot_event(cmd).0 == BotEvent::Message)
             .and_then(|content| send_body(settings, &envelope.member_id, content));
         let Some(body) = body else {
             return Handled::Done;
@@ -188,21 +179,27 @@ impl BotCaller {
                 if let Some(retry) = self.client.later(&e, envelope, Horizon::Delivery) {
                     return retry;
                 }
-                let reason = e.to_string();
-                tracing::warn!(%reason, bot = %settings.channel_id, "Selarti call failed for good");
-                let park = Handled::Park {
-                    reason: format!("bot `{}`: {reason}", settings.channel_id),
-                };
-                publish_then(
-                    &self.bus,
-                    envelope,
-                    "bot_result",
-                    &settings.channel_id,
-                    Body::BotFailed(BotFailed { reason }),
-                    park,
-                )
-                .await
+                self.give_up(envelope, &settings.channel_id, e.to_string())
+                    .await
             }
         }
+    }
+
+    /// The bot cannot be reached for good: the router is told (`BotFailed`) and the
+    /// command is parked.
+    async fn give_up(&self, envelope: &Envelope, bot: &str, reason: String) -> Handled {
+        tracing::warn!(%reason, %bot, "bot call failed for good");
+        let park = Handled::Park {
+            reason: format!("bot `{bot}`: {reason}"),
+        };
+        publish_then(
+            &self.bus,
+            envelope,
+            "bot_result",
+            bot,
+            Body::BotFailed(BotFailed { reason }),
+            park,
+        )
+        .await
     }
 }

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use handoff_config::{Channel, Channels, Role};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::transform::{WebhookRequest, parse_webhook_request};
 
@@ -90,11 +88,11 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::info!(error = %self, code, "request refused"),
         }
-        let mut error = json!({"code": code, "message": self.to_string()});
-        if let ApiError::InvalidField { field, .. } = &self {
-            error["field"] = json!(field);
-        }
-        (status, Json(json!({ "error": error }))).into_response()
+        let field = match &self {
+            ApiError::InvalidField { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        crate::error_response(status, code, self.to_string(), field)
     }
 }
 

@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use handoff_config::{Channel, Channels, Platform};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -45,11 +43,11 @@ impl IntoResponse for WebhookError {
             WebhookError::Unavailable(detail) => tracing::error!(%detail, code, "webhook failed"),
             _ => tracing::info!(error = %self, code, "webhook refused"),
         }
-        let mut error = json!({"code": code, "message": self.to_string()});
-        if let WebhookError::InvalidField { field, .. } = &self {
-            error["field"] = json!(field);
-        }
-        (status, Json(json!({ "error": error }))).into_response()
+        let field = match &self {
+            WebhookError::InvalidField { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        crate::error_response(status, code, self.to_string(), field)
     }
 }
 

@@ -38,6 +38,28 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookUpdate, WebhookError> {
             message: "required".into(),
         })
     };
+    // Postgres stores no NUL: refused here, by name, rather than parked later.
+    let text_fields = [
+        ("message_text", &hook.message_text),
+        ("title", &hook.title),
+        ("thread_id", &hook.thread_id),
+    ];
+    let nul = text_fields
+        .into_iter()
+        .find(|(_, v)| v.as_deref().is_some_and(|t| t.contains('\0')))
+        .map(|(field, _)| field)
+        .or_else(|| {
+            [("contacts", &hook.contacts), ("interest", &hook.interest)]
+                .into_iter()
+                .find(|(_, v)| has_nul(v))
+                .map(|(field, _)| field)
+        });
+    if let Some(field) = nul {
+        return Err(WebhookError::InvalidField {
+            field: field.into(),
+            message: "contains a NUL character".into(),
+        });
+    }
     let message_id = required(&hook.message_id, "message_id")?;
     let member_id = required(&hook.external_chat_id, "external_chat_id")?;
     let text = hook.message_text.clone().unwrap_or_default();
@@ -131,6 +153,15 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookUpdate, WebhookError> {
             meta_json: object(meta),
         },
     })
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// The text Selarti is given for a customer's message (it takes text only).
