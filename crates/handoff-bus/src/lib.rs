@@ -4,7 +4,8 @@
 //!
 //! Subjects (`P` = `hash(member) % partitions`):
 //! - `<prefix>.events.p<P>.<kind>` — everything the router consumes;
-//! - `<prefix>.deliver.<target>.p<P>.<kind>` — commands for a gateway (`inlet`, `outlet`, `bot`).
+//! - `<prefix>.deliver.<service>.p<P>.<kind>` — commands for the service that serves the
+//!   destination channel's platform (`inlet-gateway`, `outlet-gateway`, `zendesk-agent`).
 //!
 //! A partition is the unit of *ownership*, not of concurrency: one replica of a service owns
 //! a partition at a time (a lease in a KV bucket), and inside the owner every member has its
@@ -26,24 +27,31 @@ use uuid::Uuid;
 
 pub use consume::{Handled, Handler, Parking, run_consumers};
 
-/// Where a command goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// inlet-gateway: customer-facing Send API calls.
-    Inlet,
-    /// outlet-gateway: Livechat / Relay / Send API calls to live-chat systems.
-    Outlet,
-    /// outlet-gateway: calls to bots.
-    Bot,
+/// The service a command is for: the one serving the destination channel's platform
+/// (`handoff_platforms` decides which). Each service consumes `deliver.<service>.>` and
+/// nothing else, so a new platform served by a new service needs no new routing rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Custom-platform inlets: the Send API to customers.
+    InletGateway,
+    /// Custom-platform outlets (Livechat, Relay, Send APIs) and bots.
+    OutletGateway,
+    /// Zendesk Chat: visitors' chats, served as an agent.
+    ZendeskAgent,
 }
 
-impl Target {
+impl Service {
     pub fn as_str(self) -> &'static str {
         match self {
-            Target::Inlet => "inlet",
-            Target::Outlet => "outlet",
-            Target::Bot => "bot",
+            Service::InletGateway => "inlet-gateway",
+            Service::OutletGateway => "outlet-gateway",
+            Service::ZendeskAgent => "zendesk-agent",
         }
+    }
+
+    /// The consumer area of this service's commands (see `run_consumers`).
+    pub fn deliver_area(self) -> String {
+        format!("deliver.{}", self.as_str())
     }
 }
 
@@ -173,14 +181,14 @@ impl Bus {
 
     pub fn command_subject(
         &self,
-        target: Target,
+        service: Service,
         envelope: &Envelope,
     ) -> Result<String, PublishError> {
         let p = self.partition_for(envelope)?;
         Ok(format!(
             "{}.deliver.{}.p{p}.{}",
             self.settings.prefix,
-            target.as_str(),
+            service.as_str(),
             envelope.kind()
         ))
     }

@@ -255,48 +255,8 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             c.id
         ));
     }
-    let need_url = |key: &str| -> Result<(), String> {
-        match c.info_str(key) {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
-            Some(u) => Err(format!(
-                "channel `{}`.info.{key}: `{u}` is not an http(s) URL",
-                c.id
-            )),
-            None => Err(format!(
-                "channel `{}`.info.{key}: required for a {:?} {:?} channel",
-                c.id, c.platform, c.role
-            )),
-        }
-    };
-    match (c.platform, c.role) {
-        (Platform::Custom, Role::Inlet) => need_url("sendResponseApi")?,
-        (Platform::Custom, Role::Outlet) => {
-            need_url("livechatApi")?;
-            need_url("relayResponseApi")?;
-        }
-        (Platform::WebhookBot, Role::Bot) => need_url("url")?,
-        (Platform::Selarti, Role::Bot) => {
-            // The rest of Selarti's settings are parsed, and named in errors, by its adapter.
-            if c.api_key.is_none() {
-                return Err(format!(
-                    "channel `{}`.apiKey: required for a Selarti bot (the key from Selarti's panel)",
-                    c.id
-                ));
-            }
-        }
-        (Platform::Zendesk, _) => {
-            return Err(format!(
-                "channel `{}`.platform: {:?} is not available in this version of Handoff",
-                c.id, c.platform
-            ));
-        }
-        (platform, role) => {
-            return Err(format!(
-                "channel `{}`.role: a {platform:?} channel cannot have role {role:?}",
-                c.id
-            ));
-        }
-    }
+    // What each platform needs in `info`, and which roles it can play, is checked by
+    // its adapter (`handoff_platforms::ChannelSettings`), where those settings are read.
     if c.role == Role::Inlet && c.bot.is_none() {
         return Err(format!(
             "channel `{}`.bot: an inlet needs the id of the bot that answers its members",
@@ -425,15 +385,6 @@ channels:
             .replacen("    org: acme\n", "", 1);
         let err = Channels::parse(&text).unwrap_err();
         assert!(err.contains("channels[0]") && err.contains("org"), "{err}");
-    }
-
-    #[test]
-    fn a_custom_inlet_without_send_api_is_refused() {
-        let text = VALID
-            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
-            .replace("sendResponseApi", "sendApi");
-        let err = Channels::parse(&text).unwrap_err();
-        assert!(err.contains("`web`.info.sendResponseApi"), "{err}");
     }
 
     #[test]

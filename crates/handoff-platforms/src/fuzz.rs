@@ -13,7 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
 
-use crate::custom::{content_from_response, content_to_response, parse_webhook_request};
+use crate::content::{content_from_response, content_to_response};
+use crate::custom::parse_webhook_request;
 use crate::webhook_bot::parse_answer;
 
 /// Inputs that once broke a parser (or came close), replayed on every run.

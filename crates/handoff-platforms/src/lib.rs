@@ -1,21 +1,30 @@
 //! Platform adapters and the outbound HTTP client they share.
 //!
+//! - [`platform`]: the closed list of platforms as typed channel settings, and the service
+//!   that serves each (see `docs/architecture.md`, "Adding a platform").
+//! - [`content`]: Handoff's JSON form of normalized content, shared by all platforms.
 //! - [`custom`]: the Stella-compatible custom platform protocol (Webhook API bodies we
 //!   accept; Livechat, Relay and Send API bodies we send), for inlets and outlets.
 //! - [`webhook_bot`]: Handoff's generic webhook-bot protocol.
 //! - [`selarti`]: Selarti's AI as a bot (send now, answer later on its webhook).
 //! - [`outbound`]: signed (Standard Webhooks), retrying POSTs with a stable `webhook-id`.
 //!
-//! Wire shapes stay inside each adapter; the rest of Handoff sees `handoff_proto` types.
+//! Every platform folder has the same files: `settings` (its typed channel settings),
+//! `wire` (its wire types, private to the folder), `transform` (to and from the normalized
+//! model) and, when it receives calls, `edge` (its endpoint's errors). Wire shapes stay
+//! inside each adapter; the rest of Handoff sees `handoff_proto` types.
 
+pub mod content;
 pub mod custom;
 #[cfg(test)]
 mod fuzz;
 pub mod outbound;
+mod platform;
 pub mod selarti;
 pub mod webhook_bot;
 
 pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Signer};
+pub use platform::{ChannelSettings, Platforms};
 
 /// Every edge answers a refusal the same way: `{"error": {"code", "message", "field"?}}`.
 pub(crate) fn error_response(

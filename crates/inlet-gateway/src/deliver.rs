@@ -1,4 +1,4 @@
-//! `deliver.inlet` commands: responses for a customer, sent to the inlet's Send API.
+//! `deliver.inlet-gateway` commands: responses for a customer, sent to the inlet's Send API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +6,13 @@ use std::time::Duration;
 use handoff_bus::{Bus, Handled, Handler, derived_id, now_ms};
 use handoff_config::Channels;
 use handoff_platforms::custom::send_body;
-use handoff_platforms::{Horizon, OutboundClient, Signer};
+use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope};
 
 pub(crate) struct Deliverer {
     pub bus: Bus,
     pub channels: Arc<Channels>,
+    pub platforms: Arc<Platforms>,
     pub client: OutboundClient,
 }
 
@@ -19,7 +20,10 @@ impl Handler for Deliverer {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let Some(Body::DeliverToMember(cmd)) = &envelope.body else {
             return Handled::Park {
-                reason: format!("`{}` is not a command for deliver.inlet", envelope.kind()),
+                reason: format!(
+                    "`{}` is not a command for deliver.inlet-gateway",
+                    envelope.kind()
+                ),
             };
         };
         // A configuration fixed later (a rollout, a typo) makes these replayable.
@@ -33,11 +37,14 @@ impl Handler for Deliverer {
                 reason: "deliver_to_member without member or content".into(),
             };
         };
-        let Some(url) = channel.info_str("sendResponseApi") else {
+        let Some(ChannelSettings::CustomInlet(inlet)) =
+            self.platforms.get(&channel.id).map(|s| &**s)
+        else {
             return Handled::Park {
-                reason: format!("channel `{}` has no sendResponseApi", channel.id),
+                reason: format!("channel `{}` is not a custom inlet", channel.id),
             };
         };
+        let url = inlet.send_response_api.as_str();
         let body = send_body(content, member, &channel.info, None);
         let signer = Signer::for_channel(channel);
         match self

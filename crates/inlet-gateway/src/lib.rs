@@ -2,7 +2,7 @@
 //!
 //! It serves the Stella-compatible Webhook API for inlet channels, turns each customer
 //! message into one `InboundMessage` event and answers 200 only once JetStream has stored
-//! it. It also consumes `deliver.inlet` commands and calls the inlet's Send API.
+//! it. It also consumes `deliver.inlet-gateway` commands and calls the inlet's Send API.
 
 mod deliver;
 mod webhook;
@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use handoff_bus::{Bus, BusSettings};
+use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
-use handoff_platforms::{OutboundClient, OutboundSettings};
+use handoff_platforms::{OutboundClient, OutboundSettings, Platforms};
 use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,15 +39,19 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     client: OutboundClient,
+    platforms: Arc<Platforms>,
 }
 
 impl Application {
     /// Connects to NATS and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
+        // Each channel's settings are its platform's to read: a bad one stops the start.
+        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
             listener,
+            platforms: Arc::new(platforms),
             state: AppState {
                 bus,
                 channels: Arc::new(channels),
@@ -76,22 +80,24 @@ impl Application {
             .layer(http_trace_layer());
         let state = self.state;
         let client = self.client;
+        let platforms = self.platforms;
         let listener = self.listener;
         handoff_service::run_parts(shutdown, move |stop| {
             let consumers = handoff_bus::run_consumers(
                 state.bus.clone(),
-                "deliver.inlet".into(),
+                Service::InletGateway.deliver_area(),
                 "inlet-gateway".into(),
                 Arc::new(deliver::Deliverer {
                     bus: state.bus.clone(),
                     channels: state.channels.clone(),
+                    platforms,
                     client,
                 }),
                 stop.clone(),
             );
             vec![
                 http_part(listener, app, stop.clone()),
-                ("the deliver.inlet consumers", Box::pin(consumers)),
+                ("the deliver.inlet-gateway consumers", Box::pin(consumers)),
             ]
         })
         .await

@@ -1,16 +1,17 @@
-//! `deliver.bot`: a message for a bot. The webhook bot answers synchronously; its answer
-//! becomes a `BotReply` event (or `BotFailed` when it cannot be reached). Selarti answers
-//! later, on its webhook (`crate::selarti`): once the message is sent, the member's lane
-//! is free.
+//! `SendToBot` commands: a message for a bot. The webhook bot answers synchronously; its
+//! answer becomes a `BotReply` event (or `BotFailed` when it cannot be reached). Selarti
+//! answers later, on its webhook (`crate::selarti`): once the message is sent, the member's
+//! lane is free.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use handoff_bus::{Bus, Handled, Handler};
-use handoff_config::{Channels, Platform};
+use handoff_config::Channels;
 use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
-use handoff_platforms::webhook_bot::{BotEvent, BotRequest, parse_answer, request_body};
-use handoff_platforms::{Horizon, OutboundClient, Signer};
+use handoff_platforms::webhook_bot::{
+    BotEvent, BotRequest, BotSettings, parse_answer, request_body,
+};
+use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
 use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
@@ -23,50 +24,48 @@ const ENVELOPE_ROOM: usize = 4 * 1024;
 pub(crate) struct BotCaller {
     pub bus: Bus,
     pub channels: Arc<Channels>,
+    pub platforms: Arc<Platforms>,
     pub client: OutboundClient,
-    pub selarti: SelartiBots,
-}
-
-/// The Selarti bot channels, their settings read once, and their shared token cache.
-#[derive(Clone, Default)]
-pub(crate) struct SelartiBots {
-    settings: HashMap<String, Arc<SelartiSettings>>,
-    client: SelartiClient,
-}
-
-impl SelartiBots {
-    pub fn from_channels(channels: &Channels) -> Result<Self, String> {
-        let mut settings = HashMap::new();
-        for c in channels.iter().filter(|c| c.platform == Platform::Selarti) {
-            settings.insert(c.id.clone(), Arc::new(SelartiSettings::from_channel(c)?));
-        }
-        Ok(Self {
-            settings,
-            client: SelartiClient::default(),
-        })
-    }
+    /// Selarti's token cache, shared by every Selarti channel.
+    pub selarti: SelartiClient,
 }
 
 impl Handler for BotCaller {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let Some(Body::SendToBot(cmd)) = &envelope.body else {
             return Handled::Park {
-                reason: format!("`{}` is not a command for deliver.bot", envelope.kind()),
+                reason: format!("`{}` is not a command for a bot", envelope.kind()),
             };
         };
-        let Some(bot) = self.channels.get(&envelope.channel) else {
+        let (Some(bot), Some(settings)) = (
+            self.channels.get(&envelope.channel),
+            self.platforms.get(&envelope.channel),
+        ) else {
             return Handled::Park {
                 reason: format!("bot channel `{}` is not configured", envelope.channel),
             };
         };
-        if bot.platform == Platform::Selarti {
-            return self.send_to_selarti(&envelope, cmd).await;
-        }
-        if bot.platform != Platform::WebhookBot {
-            return Handled::Park {
-                reason: format!("bot channel `{}`: platform not supported as a bot", bot.id),
-            };
-        }
+        let settings = match &**settings {
+            ChannelSettings::WebhookBot(s) => s,
+            ChannelSettings::Selarti(s) => return self.send_to_selarti(&envelope, cmd, s).await,
+            _ => {
+                return Handled::Park {
+                    reason: format!("channel `{}` is not a bot", bot.id),
+                };
+            }
+        };
+        self.call_webhook_bot(&envelope, cmd, bot, settings).await
+    }
+}
+
+impl BotCaller {
+    async fn call_webhook_bot(
+        &self,
+        envelope: &Envelope,
+        cmd: &SendToBot,
+        bot: &handoff_config::Channel,
+        settings: &BotSettings,
+    ) -> Handled {
         let (Some(member), Some(content)) = (&cmd.member, &cmd.content) else {
             return Handled::Park {
                 reason: "send_to_bot without member or content".into(),
@@ -84,7 +83,7 @@ impl Handler for BotCaller {
                 .then_some(cmd.agent_conversation_id.as_str()),
             error_json: error,
         });
-        let url = bot.info_str("url").unwrap_or_default();
+        let url = settings.url.as_str();
         let signer = Signer::for_channel(bot);
         let result = match self
             .client
@@ -94,7 +93,7 @@ impl Handler for BotCaller {
             Ok(delivered) => parse_answer(&delivered.body)
                 .map_err(|why| format!("the bot's answer is not valid: {why}")),
             Err(e) => {
-                if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
+                if let Some(retry) = self.client.later(&e, envelope, Horizon::Delivery) {
                     return retry;
                 }
                 Err(e.to_string())
@@ -122,7 +121,7 @@ impl Handler for BotCaller {
             Ok(reply) => {
                 publish_then(
                     &self.bus,
-                    &envelope,
+                    envelope,
                     "bot_result",
                     &bot.id,
                     Body::BotReply(reply),
@@ -130,7 +129,7 @@ impl Handler for BotCaller {
                 )
                 .await
             }
-            Err(reason) => self.give_up(&envelope, &bot.id, reason).await,
+            Err(reason) => self.give_up(envelope, &bot.id, reason).await,
         }
     }
 }
@@ -154,12 +153,12 @@ impl BotCaller {
     /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
     /// customer messages go: Selarti has no notion of Handoff's relay, handoff or live-chat
     /// events, and cannot answer an agent command in its reply.
-    async fn send_to_selarti(&self, envelope: &Envelope, cmd: &SendToBot) -> Handled {
-        let Some(settings) = self.selarti.settings.get(&envelope.channel) else {
-            return Handled::Park {
-                reason: format!("Selarti channel `{}` has no settings", envelope.channel),
-            };
-        };
+    async fn send_to_selarti(
+        &self,
+        envelope: &Envelope,
+        cmd: &SendToBot,
+        settings: &SelartiSettings,
+    ) -> Handled {
         let body = cmd
             .content
             .as_ref()
@@ -170,7 +169,6 @@ impl BotCaller {
         };
         match self
             .selarti
-            .client
             .send(&self.client, settings, &envelope.event_id, &body)
             .await
         {

@@ -1,9 +1,10 @@
 //! outlet-gateway: the edge for agent-side systems and bots.
 //!
 //! It serves the Webhook API for outlet channels (`sendToInlet` = agent reply,
-//! `sendToBot` = agent command), and consumes `deliver.outlet` (Livechat, Relay and Send
-//! API calls to live-chat systems) and `deliver.bot` (calls to bots, whose answers become
-//! `BotReply` events). It also receives Selarti's webhook, the AI's answers arriving later
+//! `sendToBot` = agent command), and consumes `deliver.outlet-gateway`: Livechat, Relay and
+//! Send API calls to live-chat systems, and calls to bots, whose answers become `BotReply`
+//! events. Both kinds share a member's lane, so what one member's parties receive stays in
+//! the order the router decided it. It also receives Selarti's webhook, the AI's answers arriving later
 //! (`/selarti/{channel}/{accessToken}`).
 
 mod bots;
@@ -15,9 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use handoff_bus::{Bus, BusSettings};
+use handoff_bus::{Bus, BusSettings, Handled, Handler, Service};
 use handoff_config::{Channels, Settings};
-use handoff_platforms::{OutboundClient, OutboundSettings};
+use handoff_platforms::selarti::SelartiClient;
+use handoff_platforms::{OutboundClient, OutboundSettings, Platforms};
+use handoff_proto::{Body, Envelope};
 use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,17 +46,17 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     client: OutboundClient,
-    selarti: bots::SelartiBots,
+    platforms: Arc<Platforms>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
+        // Each channel's settings are its platform's to read: a bad one stops the start.
+        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
-        // A Selarti channel's settings are the adapter's to read: a bad one stops the start.
-        let selarti = bots::SelartiBots::from_channels(&channels).map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
-            selarti,
+            platforms: Arc::new(platforms),
             listener,
             state: AppState {
                 bus,
@@ -81,41 +84,51 @@ impl Application {
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(http_trace_layer());
         let bus = self.state.bus.clone();
-        let channels = self.state.channels.clone();
-        let client = self.client;
-        let selarti = self.selarti;
+        let deliverer = Arc::new(Deliverer {
+            livechat: livechat::LiveChatDeliverer {
+                bus: bus.clone(),
+                channels: self.state.channels.clone(),
+                platforms: self.platforms.clone(),
+                client: self.client.clone(),
+            },
+            bots: bots::BotCaller {
+                bus: bus.clone(),
+                channels: self.state.channels.clone(),
+                platforms: self.platforms,
+                client: self.client,
+                selarti: SelartiClient::default(),
+            },
+        });
         let listener = self.listener;
         handoff_service::run_parts(shutdown, move |stop| {
-            let outlet = handoff_bus::run_consumers(
-                bus.clone(),
-                "deliver.outlet".into(),
+            let consumers = handoff_bus::run_consumers(
+                bus,
+                Service::OutletGateway.deliver_area(),
                 "outlet-gateway".into(),
-                Arc::new(livechat::LiveChatDeliverer {
-                    bus: bus.clone(),
-                    channels: channels.clone(),
-                    client: client.clone(),
-                }),
-                stop.clone(),
-            );
-            let bots = handoff_bus::run_consumers(
-                bus.clone(),
-                "deliver.bot".into(),
-                "outlet-gateway-bots".into(),
-                Arc::new(bots::BotCaller {
-                    bus,
-                    channels,
-                    client,
-                    selarti,
-                }),
+                deliverer,
                 stop.clone(),
             );
             vec![
                 http_part(listener, app, stop.clone()),
-                ("the deliver.outlet consumers", Box::pin(outlet)),
-                ("the deliver.bot consumers", Box::pin(bots)),
+                ("the deliver.outlet-gateway consumers", Box::pin(consumers)),
             ]
         })
         .await
+    }
+}
+
+/// The commands of `deliver.outlet-gateway`, each to the part that speaks its platform.
+struct Deliverer {
+    livechat: livechat::LiveChatDeliverer,
+    bots: bots::BotCaller,
+}
+
+impl Handler for Deliverer {
+    async fn handle(&self, envelope: Envelope, partition: u16) -> Handled {
+        match &envelope.body {
+            Some(Body::SendToBot(_)) => self.bots.handle(envelope, partition).await,
+            _ => self.livechat.handle(envelope, partition).await,
+        }
     }
 }
 

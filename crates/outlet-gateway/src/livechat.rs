@@ -1,4 +1,4 @@
-//! `deliver.outlet`: Livechat API (hand a member to humans), Relay API (a customer message
+//! Live-chat commands: Livechat API (hand a member to humans), Relay API (a customer message
 //! while LIVE) and Send API with `conversationId` (a bot answer to an agent command).
 
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::Channels;
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::{Horizon, OutboundClient, Signer};
+use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ use crate::{publish_result, publish_then};
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
     pub channels: Arc<Channels>,
+    pub platforms: Arc<Platforms>,
     pub client: OutboundClient,
 }
 
@@ -40,12 +41,19 @@ impl Handler for LiveChatDeliverer {
                 reason: format!("outlet `{}` is not configured", envelope.channel),
             };
         };
+        let Some(ChannelSettings::CustomOutlet(settings)) =
+            self.platforms.get(&outlet.id).map(|s| &**s)
+        else {
+            return Handled::Park {
+                reason: format!("channel `{}` is not a custom outlet", outlet.id),
+            };
+        };
         let signer = Signer::for_channel(outlet);
         let id = envelope.event_id.as_str();
         let conversation = envelope.conversation_id.as_str();
         match &envelope.body {
             Some(Body::RequestLivechat(cmd)) => {
-                let url = outlet.info_str("livechatApi").unwrap_or_default();
+                let url = settings.livechat_api.as_str();
                 let member = cmd.member.clone().unwrap_or_default();
                 let details = cmd.details.clone().unwrap_or_default();
                 let body = livechat_body(&member, &details, &cmd.chat_history_url, conversation);
@@ -67,7 +75,7 @@ impl Handler for LiveChatDeliverer {
                 publish_result(&self.bus, &envelope, "livechat_result", &outlet.id, result).await
             }
             Some(Body::RelayToOutlet(cmd)) => {
-                let url = outlet.info_str("relayResponseApi").unwrap_or_default();
+                let url = settings.relay_response_api.as_str();
                 let member = cmd.member.clone().unwrap_or_default();
                 let content = cmd.content.clone().unwrap_or_default();
                 let body = relay_body(&content, &member, &outlet.info, conversation);
@@ -98,7 +106,7 @@ impl Handler for LiveChatDeliverer {
                 }
             }
             Some(Body::DeliverToOutlet(cmd)) => {
-                let Some(url) = outlet.info_str("sendResponseApi") else {
+                let Some(url) = settings.send_response_api.as_deref() else {
                     return Handled::Park {
                         reason: format!(
                             "outlet `{}` has no sendResponseApi for a bot answer to an agent command",
@@ -136,7 +144,7 @@ impl Handler for LiveChatDeliverer {
                 }
             }
             _ => Handled::Park {
-                reason: format!("`{}` is not a command for deliver.outlet", envelope.kind()),
+                reason: format!("`{}` is not a command for a live chat", envelope.kind()),
             },
         }
     }

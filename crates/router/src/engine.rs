@@ -1,12 +1,8 @@
-//! The conversation state machine, applied one event at a time per partition.
-//!
-//! ```text
-//!   BOT ──handoff──▶ PENDING ──livechat 2xx──▶ LIVE ──done / idle timeout──▶ BOT
-//!    ▲                  │                        │
-//!    └─livechat fails / pending timeout          └─relay fails → bot (relayMessageError)
-//! ```
-//! BOT is "no open conversation". Every transition is a compare-and-set on the
-//! conversation's state, so a duplicated or late event cannot apply twice.
+//! Applies events, batched across members, each in the batch's transaction: loads what
+//! the state machine (`machine`) needs to know of the member, lets it decide, applies its
+//! steps, and writes the commands it queued to the outbox, published after the commit.
+//! Every transition is a compare-and-set on the conversation's state, so a duplicated or
+//! late event cannot apply twice.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,14 +10,13 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use handoff_bus::{Bus, Handled, Handler, Parking, Target, derived_id, now_ms, storable};
+use handoff_bus::{Bus, Handled, Handler, Parking, Service, derived_id, now_ms, storable};
 use handoff_config::{Channel, Channels};
-use handoff_platforms::custom::{content_from_response, content_to_response};
-use handoff_proto::v1::content;
+use handoff_platforms::Platforms;
+use handoff_platforms::content::{content_from_response, content_to_response};
 use handoff_proto::{
-    AgentCommand, AgentMessage, Body, BotReply, Content, ConversationTimeout, DeliverToMember,
-    DeliverToOutlet, Envelope, HandoffDetails, InboundMessage, Message as _, RelayToOutlet,
-    RequestLivechat, SendToBot, Text,
+    Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, Message as _,
+    RelayToOutlet, RequestLivechat, SendToBot,
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
@@ -30,7 +25,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{self, ConvState, ConversationRow, MemberRow};
+use crate::machine::{self, Command, Event, Facts, Release, Step, event_content};
+use crate::store::{self, MemberRow};
 
 /// Advisory-lock class for "one transaction per member at a time", across replicas.
 const MEMBER_LOCK_CLASS: i32 = 0x4846_4f4d; // "HFOM"
@@ -89,6 +85,7 @@ pub(crate) struct Engine {
     pub pool: PgPool,
     pub bus: Bus,
     pub channels: Arc<Channels>,
+    platforms: Platforms,
     public_url: String,
     jobs: mpsc::UnboundedSender<Job>,
     queue: Mutex<mpsc::UnboundedReceiver<Job>>,
@@ -112,13 +109,13 @@ enum Applied {
 struct Work<'a> {
     tx: &'a mut Transaction<'static, Postgres>,
     cause: &'a Envelope,
-    commands: Vec<(Target, Envelope)>,
+    commands: Vec<(Service, Envelope)>,
     messages: usize,
 }
 
 impl Work<'_> {
     /// Queues a command; its id derives from the cause, so re-processing re-emits it as-is.
-    fn command(&mut self, target: Target, channel: &str, conversation: Option<Uuid>, body: Body) {
+    fn command(&mut self, service: Service, channel: &str, conversation: Option<Uuid>, body: Body) {
         let index = self.commands.len();
         let envelope = Envelope {
             event_id: derived_id(&self.cause.event_id, "command", index),
@@ -132,27 +129,7 @@ impl Work<'_> {
             body: Some(body),
             ..Default::default()
         };
-        self.commands.push((target, envelope));
-    }
-
-    /// Queues a relay of `content` to the outlet serving conversation `conversation`.
-    fn relay(
-        &mut self,
-        outlet: &str,
-        conversation: Uuid,
-        member: &MemberRow,
-        live: bool,
-        content: Content,
-    ) {
-        self.command(
-            Target::Outlet,
-            outlet,
-            Some(conversation),
-            Body::RelayToOutlet(RelayToOutlet {
-                member: Some(member.to_proto(live)),
-                content: Some(content),
-            }),
-        );
+        self.commands.push((service, envelope));
     }
 
     /// Appends a transcript line. The first line of a customer or agent message carries the
@@ -201,28 +178,20 @@ impl Work<'_> {
     }
 }
 
-fn text_content(text: &str) -> Content {
-    Content {
-        kind: Some(content::Kind::Text(Text { text: text.into() })),
-        raw_json: String::new(),
-    }
-}
-
-fn event_content(event: &str, detail: Value) -> Content {
-    let mut v = json!({"type": "EVENT", "event": event});
-    if let (Value::Object(m), Value::Object(d)) = (&mut v, detail) {
-        m.extend(d);
-    }
-    content_from_response(&v).expect("an object with a type")
-}
-
 impl Engine {
-    pub fn new(pool: PgPool, bus: Bus, channels: Arc<Channels>, public_url: String) -> Self {
+    pub fn new(
+        pool: PgPool,
+        bus: Bus,
+        channels: Arc<Channels>,
+        platforms: Platforms,
+        public_url: String,
+    ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         Self {
             pool,
             bus,
             channels,
+            platforms,
             public_url,
             jobs,
             queue: Mutex::new(queue),
@@ -387,7 +356,7 @@ impl Engine {
         .await?
         .into_iter()
         .collect();
-        let mut commands: Vec<(usize, Target, Envelope)> = Vec::new();
+        let mut commands: Vec<(usize, Service, Envelope)> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for (i, envelope) in batch.iter().enumerate() {
             if !fresh.contains(&ids[i]) {
@@ -416,96 +385,380 @@ impl Engine {
         Ok(outcomes)
     }
 
-    /// Applies one event's effects inside the batch's transaction.
+    /// Applies one event's effects inside the batch's transaction: loads what the machine
+    /// needs, lets it decide, applies its steps. `false`: a duplicate by another key.
     async fn dispatch(&self, work: &mut Work<'_>) -> anyhow::Result<bool> {
         let envelope = work.cause;
-        Ok(match &envelope.body {
-            Some(Body::InboundMessage(m)) => self.on_inbound(work, m).await?,
-            Some(Body::BotReply(r)) => self.on_bot_reply(work, r).await?,
-            Some(Body::AgentMessage(m)) => self.on_agent_message(work, m).await?,
-            Some(Body::AgentCommand(c)) => self.on_agent_command(work, c).await?,
-            Some(Body::HandoffRequested(r)) => {
-                let member = self.member(work).await?;
-                let details = r.details.clone().unwrap_or_default();
-                self.open_handoff(work, &member, details).await?;
-                true
-            }
-            Some(Body::HandoffAccepted(a)) => {
-                self.on_handoff_accepted(work, &a.external_conversation_id)
-                    .await?
-            }
-            Some(Body::HandoffFailed(f)) => {
-                let error = json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)});
-                self.on_handoff_ended_before_live(work, "livechat_failed", error)
-                    .await?
-            }
-            Some(Body::ConversationTimeout(t)) => self.on_timeout(work, t).await?,
+        let body = match &envelope.body {
             Some(Body::Parked(p)) => {
                 insert_dead_letter(work.tx, &Parking::from_event(envelope, p)).await?;
-                true
+                return Ok(true);
             }
-            Some(Body::RelayFailed(f)) => {
-                let member = self.member(work).await?;
-                let error = json!({"reason": storable(&f.reason), "status": f.status});
-                let content = f.content.clone().unwrap_or_default();
-                self.record_system(work, &member, "RELAY_FAILED", error.clone())
-                    .await?;
-                self.to_bot(
-                    work,
-                    &member,
-                    false,
-                    SendToBot {
-                        content: Some(content),
-                        relay_message_error_json: error.to_string(),
-                        ..Default::default()
-                    },
-                )?;
-                true
+            Some(body) => body,
+            None => {
+                tracing::error!(kind = envelope.kind(), "not an event; ignored");
+                return Ok(true);
             }
-            Some(Body::DeliveryFailed(f)) => {
-                let member = self.member(work).await?;
-                let detail = json!({"reason": storable(&f.reason), "status": f.status});
-                self.record_system(work, &member, "DELIVERY_FAILED", detail.clone())
-                    .await?;
-                // An agent's message that never reached the customer: the agent is told.
-                // (Not when the failed delivery was to the outlet itself.)
-                if work.cause.channel == member.channel_id
-                    && let Some(c) = store::open_conversation(&mut **work.tx, member.id)
-                        .await?
-                        .filter(|c| c.state == ConvState::Live)
-                {
-                    let mut notice = detail;
-                    if let Some(content) = &f.content {
-                        notice["message"] = content_to_response(content);
-                    }
-                    let notice = event_content("DELIVERY_FAILED", notice);
-                    work.relay(&c.outlet_channel_id, c.id, &member, true, notice);
-                }
-                true
-            }
-            Some(Body::BotFailed(f)) => {
-                let member = self.member(work).await?;
-                self.record_system(
-                    work,
-                    &member,
-                    "BOT_FAILED",
-                    json!({"reason": storable(&f.reason)}),
+        };
+        let member = match body {
+            Body::InboundMessage(m) => {
+                let member_id: Uuid = envelope.member_id.parse()?;
+                let profile: Value = serde_json::from_str(&m.profile_json).unwrap_or(json!({}));
+                store::upsert_member(
+                    &mut **work.tx,
+                    member_id,
+                    &envelope.channel,
+                    &m.external_id,
+                    &profile,
                 )
-                .await?;
-                true
+                .await?
             }
+            Body::BotReply(r) if !r.profile_json.is_empty() || !r.meta_json.is_empty() => {
+                let member = self.member(work).await?;
+                let object = |text: &str| match serde_json::from_str::<Value>(text) {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    _ if text.is_empty() => Ok(json!({})),
+                    _ => Err(permanent(format!("`{text}` is not a JSON object"))),
+                };
+                store::merge_member(
+                    &mut **work.tx,
+                    member.id,
+                    &object(&r.profile_json)?,
+                    &object(&r.meta_json)?,
+                )
+                .await?
+            }
+            _ => self.member(work).await?,
+        };
+        let conversation = store::open_conversation(&mut **work.tx, member.id).await?;
+        let inlet = self.channel(&member.channel_id)?.clone();
+        let outlet = conversation
+            .as_ref()
+            .and_then(|c| self.channels.get(&c.outlet_channel_id))
+            .cloned();
+        let facts = Facts {
+            inlet: &inlet,
+            conversation: conversation.as_ref(),
+            outlet: outlet.as_deref(),
+            source: &envelope.channel,
+            named_conversation: &envelope.conversation_id,
+        };
+        let default_content = Content::default();
+        let event = match body {
+            Body::InboundMessage(m) => {
+                Event::Inbound(m.content.as_ref().unwrap_or(&default_content))
+            }
+            Body::BotReply(r) => Event::BotReply(r),
+            Body::AgentMessage(m) => {
+                Event::AgentMessage(m.content.as_ref().unwrap_or(&default_content))
+            }
+            Body::AgentCommand(c) => Event::AgentCommand {
+                content: c.content.as_ref().unwrap_or(&default_content),
+                reference: &c.conversation_ref,
+            },
+            Body::HandoffRequested(r) => {
+                Event::HandoffRequested(r.details.clone().unwrap_or_default())
+            }
+            Body::HandoffAccepted(a) => Event::HandoffAccepted {
+                external_id: &a.external_conversation_id,
+            },
+            Body::HandoffFailed(f) => Event::HandoffFailed {
+                error: json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)}),
+            },
+            Body::ConversationTimeout(t) => Event::Timeout {
+                state: &t.state,
+                reason: &t.reason,
+            },
+            Body::RelayFailed(f) => Event::RelayFailed {
+                content: f.content.as_ref().unwrap_or(&default_content),
+                error: json!({"reason": storable(&f.reason), "status": f.status}),
+            },
+            Body::DeliveryFailed(f) => Event::DeliveryFailed {
+                content: f.content.as_ref(),
+                detail: json!({"reason": storable(&f.reason), "status": f.status}),
+            },
+            Body::BotFailed(f) => Event::BotFailed { reason: &f.reason },
             _ => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
-                true
+                return Ok(true);
             }
-        })
+        };
+        let steps = machine::decide(&facts, event);
+        self.apply(work, &member, &inlet, steps).await
+    }
+
+    /// Applies the machine's steps in order. A transition whose compare-and-set finds the
+    /// state moved ends the steps; a duplicate platform message id ends the event with no
+    /// effect at all (`false`).
+    async fn apply(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        inlet: &Channel,
+        steps: Vec<Step>,
+    ) -> anyhow::Result<bool> {
+        for step in steps {
+            match step {
+                Step::Record { line, first } => {
+                    let content = content_to_response(&line.content);
+                    let recorded = work
+                        .record(
+                            member.id,
+                            line.conversation,
+                            &line.channel,
+                            line.author,
+                            &content,
+                            line.held,
+                        )
+                        .await?;
+                    if first && !recorded {
+                        return Ok(false);
+                    }
+                }
+                Step::Touch(conversation) => {
+                    sqlx::query("UPDATE conversations SET last_activity_at = now() WHERE id = $1")
+                        .bind(conversation)
+                        .execute(&mut **work.tx)
+                        .await?;
+                }
+                Step::OpenHandoff { outlet, details } => {
+                    if !self
+                        .open_handoff(work, member, inlet, &outlet, details)
+                        .await?
+                    {
+                        tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
+                        return Ok(true);
+                    }
+                }
+                Step::BecomeLive {
+                    conversation,
+                    external_id,
+                } => {
+                    let became_live = sqlx::query(
+                        "UPDATE conversations SET state = 'live',
+                           external_id = COALESCE(NULLIF($2, ''), external_id),
+                           state_changed_at = now(), last_activity_at = now()
+                         WHERE id = $1 AND state = 'pending'",
+                    )
+                    .bind(conversation)
+                    .bind(&external_id)
+                    .execute(&mut **work.tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if !became_live {
+                        return Ok(true);
+                    }
+                }
+                Step::Close {
+                    conversation,
+                    from,
+                    reason,
+                } => {
+                    let closed = sqlx::query(
+                        "UPDATE conversations SET state = 'closed', closed_at = now(),
+                           state_changed_at = now(), close_reason = $3
+                         WHERE id = $1 AND state = $2",
+                    )
+                    .bind(conversation)
+                    .bind(from.as_str())
+                    .bind(&reason)
+                    .execute(&mut **work.tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if !closed {
+                        return Ok(true);
+                    }
+                }
+                Step::IfOverdue {
+                    conversation,
+                    state,
+                    limit_secs,
+                } => {
+                    let overdue: bool = sqlx::query_scalar(
+                        "SELECT CASE WHEN $2 = 'pending' THEN state_changed_at ELSE last_activity_at END
+                                <= now() - make_interval(secs => $3)
+                         FROM conversations WHERE id = $1",
+                    )
+                    .bind(conversation)
+                    .bind(state.as_str())
+                    .bind(limit_secs as f64)
+                    .fetch_one(&mut **work.tx)
+                    .await?;
+                    if !overdue {
+                        return Ok(true);
+                    }
+                }
+                Step::ReleaseHeld { conversation, to } => {
+                    for content in release_held(work, conversation).await? {
+                        let command = match &to {
+                            Release::Outlet(outlet) => Command::Relay {
+                                outlet: outlet.clone(),
+                                conversation,
+                                live: true,
+                                content,
+                            },
+                            Release::Bot(None) => continue,
+                            Release::Bot(Some(bot)) => Command::ToBot {
+                                bot: bot.clone(),
+                                live: false,
+                                send: SendToBot {
+                                    content: Some(content),
+                                    ..Default::default()
+                                },
+                            },
+                        };
+                        self.send(work, member, command)?;
+                    }
+                }
+                Step::Send(command) => self.send(work, member, command)?,
+                Step::Ignore(why) => {
+                    tracing::info!(member = %member.id, kind = work.cause.kind(), "{why}; ignored");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues a command for the service that serves its channel's platform.
+    fn send(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        command: Command,
+    ) -> anyhow::Result<()> {
+        let (channel, conversation, body) = match command {
+            Command::ToBot {
+                bot,
+                live,
+                mut send,
+            } => {
+                send.member = Some(member.to_proto(live));
+                (bot, None, Body::SendToBot(send))
+            }
+            Command::ToMember { live, content } => (
+                member.channel_id.clone(),
+                None,
+                Body::DeliverToMember(DeliverToMember {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                }),
+            ),
+            Command::Relay {
+                outlet,
+                conversation,
+                live,
+                content,
+            } => (
+                outlet,
+                Some(conversation),
+                Body::RelayToOutlet(RelayToOutlet {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                }),
+            ),
+            Command::ToOutlet {
+                outlet,
+                conversation,
+                live,
+                content,
+                reference,
+            } => (
+                outlet,
+                Some(conversation),
+                Body::DeliverToOutlet(DeliverToOutlet {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                    conversation_ref: reference,
+                }),
+            ),
+        };
+        // A channel no longer configured: the event is parked, replayable once it is back.
+        let service = self
+            .platforms
+            .service_of(&channel)
+            .ok_or_else(|| permanent(format!("channel `{channel}` is not configured")))?;
+        work.command(service, &channel, conversation, body);
+        Ok(())
+    }
+
+    /// BOT → PENDING: the conversation, its HANDOFF_REQUESTED line and the Livechat request.
+    /// `false` when the member already has an open conversation.
+    async fn open_handoff(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        inlet: &Channel,
+        outlet: &str,
+        mut details: HandoffDetails,
+    ) -> anyhow::Result<bool> {
+        if details.summary.is_empty() {
+            details.summary = store::dialog_summary(&mut **work.tx, member.id).await?;
+        }
+        let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
+        let token = history_token();
+        let ttl = inlet.handoff.history_link_ttl_secs as f64;
+        let meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+        let opened = sqlx::query(
+            "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+               group_name, label, meta, trigger, history_token, history_expires_at)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
+                     now() + make_interval(secs => $10))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(conv_id)
+        .bind(member.id)
+        .bind(outlet)
+        .bind(&details.summary)
+        .bind(&details.group_name)
+        .bind(&details.label)
+        .bind(&meta)
+        .bind(&details.trigger)
+        .bind(&token)
+        .bind(ttl)
+        .execute(&mut **work.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !opened {
+            return Ok(false);
+        }
+        let content = event_content(
+            "HANDOFF_REQUESTED",
+            json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),
+        );
+        work.record(
+            member.id,
+            Some(conv_id),
+            &member.channel_id,
+            "system",
+            &content_to_response(&content),
+            false,
+        )
+        .await?;
+        let service = self
+            .platforms
+            .service_of(outlet)
+            .ok_or_else(|| permanent(format!("channel `{outlet}` is not configured")))?;
+        work.command(
+            service,
+            outlet,
+            Some(conv_id),
+            Body::RequestLivechat(RequestLivechat {
+                member: Some(member.to_proto(false)),
+                details: Some(details),
+                chat_history_url: format!("{}/history/{token}", self.public_url),
+            }),
+        );
+        Ok(true)
     }
 
     /// Writes the batch's commands to the outbox in one statement, in order.
     async fn write_outbox(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        commands: Vec<(usize, Target, Envelope)>,
+        commands: Vec<(usize, Service, Envelope)>,
     ) -> anyhow::Result<Vec<(usize, OutboxRow)>> {
         if commands.is_empty() {
             return Ok(Vec::new());
@@ -515,11 +768,11 @@ impl Engine {
         let mut partitions = Vec::with_capacity(commands.len());
         let mut subjects = Vec::with_capacity(commands.len());
         let mut payloads = Vec::with_capacity(commands.len());
-        for (_, target, envelope) in &commands {
+        for (_, service, envelope) in &commands {
             ids.push(envelope.event_id.parse::<Uuid>()?);
             members.push(envelope.member_id.parse::<Uuid>()?);
             partitions.push(i32::from(self.bus.partition_of(&envelope.member_id)));
-            subjects.push(self.bus.command_subject(*target, envelope)?);
+            subjects.push(self.bus.command_subject(*service, envelope)?);
             payloads.push(envelope.encode_to_vec());
         }
         let seqs: Vec<i64> = sqlx::query_scalar(
@@ -618,582 +871,6 @@ impl Engine {
             .await?
             .ok_or_else(|| permanent(format!("member {id} is unknown")))
     }
-
-    fn to_bot(
-        &self,
-        work: &mut Work<'_>,
-        member: &MemberRow,
-        live: bool,
-        mut cmd: SendToBot,
-    ) -> anyhow::Result<()> {
-        let inlet = self.channel(&member.channel_id)?;
-        let Some(bot) = inlet.bot.clone() else {
-            return Ok(());
-        };
-        cmd.member = Some(member.to_proto(live));
-        work.command(Target::Bot, &bot, None, Body::SendToBot(cmd));
-        Ok(())
-    }
-
-    fn to_member(&self, work: &mut Work<'_>, member: &MemberRow, live: bool, content: Content) {
-        work.command(
-            Target::Inlet,
-            &member.channel_id,
-            None,
-            Body::DeliverToMember(DeliverToMember {
-                member: Some(member.to_proto(live)),
-                content: Some(content),
-            }),
-        );
-    }
-
-    async fn record_system(
-        &self,
-        work: &mut Work<'_>,
-        member: &MemberRow,
-        event: &str,
-        detail: Value,
-    ) -> anyhow::Result<()> {
-        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
-        let content = content_to_response(&event_content(event, detail));
-        work.record(
-            member.id,
-            conv.map(|c| c.id),
-            &member.channel_id,
-            "system",
-            &content,
-            false,
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn on_inbound(&self, work: &mut Work<'_>, m: &InboundMessage) -> anyhow::Result<bool> {
-        let inlet = self.channel(&work.cause.channel)?.clone();
-        let member_id: Uuid = work.cause.member_id.parse()?;
-        let profile: Value = serde_json::from_str(&m.profile_json).unwrap_or(json!({}));
-        let member = store::upsert_member(
-            &mut **work.tx,
-            member_id,
-            &inlet.id,
-            &m.external_id,
-            &profile,
-        )
-        .await?;
-        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
-        let content = m.content.clone().unwrap_or_default();
-        let held = matches!(&conv, Some(c) if c.state == ConvState::Pending);
-        let stored = content_to_response(&content);
-        if !work
-            .record(
-                member.id,
-                conv.as_ref().map(|c| c.id),
-                &inlet.id,
-                "customer",
-                &stored,
-                held,
-            )
-            .await?
-        {
-            return Ok(false);
-        }
-        match conv {
-            Some(c) if c.state == ConvState::Live => {
-                touch(work, c.id).await?;
-                work.relay(&c.outlet_channel_id, c.id, &member, true, content);
-            }
-            // Held until the outlet accepts (then relayed) or fails (then given to the bot).
-            Some(_) => {}
-            None => {
-                if let Some(trigger) = handoff_trigger(&inlet, &content) {
-                    let details = HandoffDetails {
-                        summary: format!("Customer asked for a human ({trigger})"),
-                        trigger: trigger.into(),
-                        meta_json: "{}".into(),
-                        ..Default::default()
-                    };
-                    self.open_handoff(work, &member, details).await?;
-                } else {
-                    self.to_bot(
-                        work,
-                        &member,
-                        false,
-                        SendToBot {
-                            content: Some(content),
-                            ..Default::default()
-                        },
-                    )?;
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// BOT -> PENDING, and a Livechat API request to the inlet's outlet. A member who is
-    /// already handed off stays as they are.
-    async fn open_handoff(
-        &self,
-        work: &mut Work<'_>,
-        member: &MemberRow,
-        details: HandoffDetails,
-    ) -> anyhow::Result<()> {
-        let inlet = self.channel(&member.channel_id)?.clone();
-        let Some(outlet_id) = inlet.outlet.clone() else {
-            let error =
-                json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
-            self.record_system(work, member, "HANDOFF_FAILED", error.clone())
-                .await?;
-            self.to_bot(
-                work,
-                member,
-                false,
-                SendToBot {
-                    content: Some(event_content("HANDOFF_FAILED", error.clone())),
-                    handoff_error_json: error.to_string(),
-                    ..Default::default()
-                },
-            )?;
-            return Ok(());
-        };
-        let mut details = details;
-        if details.summary.is_empty() {
-            details.summary = store::dialog_summary(&mut **work.tx, member.id).await?;
-        }
-        let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
-        let token = history_token();
-        let ttl = inlet.handoff.history_link_ttl_secs as f64;
-        let meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
-        let opened = sqlx::query(
-            "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
-               group_name, label, meta, trigger, history_token, history_expires_at)
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
-                     now() + make_interval(secs => $10))
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(conv_id)
-        .bind(member.id)
-        .bind(&outlet_id)
-        .bind(&details.summary)
-        .bind(&details.group_name)
-        .bind(&details.label)
-        .bind(&meta)
-        .bind(&details.trigger)
-        .bind(&token)
-        .bind(ttl)
-        .execute(&mut **work.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !opened {
-            tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
-            return Ok(());
-        }
-        let content = event_content(
-            "HANDOFF_REQUESTED",
-            json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),
-        );
-        work.record(
-            member.id,
-            Some(conv_id),
-            &member.channel_id,
-            "system",
-            &content_to_response(&content),
-            false,
-        )
-        .await?;
-        work.command(
-            Target::Outlet,
-            &outlet_id,
-            Some(conv_id),
-            Body::RequestLivechat(RequestLivechat {
-                member: Some(member.to_proto(false)),
-                details: Some(details),
-                chat_history_url: format!("{}/history/{token}", self.public_url),
-            }),
-        );
-        Ok(())
-    }
-
-    async fn on_bot_reply(&self, work: &mut Work<'_>, r: &BotReply) -> anyhow::Result<bool> {
-        let mut member = self.member(work).await?;
-        if !r.profile_json.is_empty() || !r.meta_json.is_empty() {
-            let object = |text: &str| match serde_json::from_str::<Value>(text) {
-                Ok(v @ Value::Object(_)) => Ok(v),
-                _ if text.is_empty() => Ok(json!({})),
-                _ => Err(permanent(format!("`{text}` is not a JSON object"))),
-            };
-            member = store::merge_member(
-                &mut **work.tx,
-                member.id,
-                &object(&r.profile_json)?,
-                &object(&r.meta_json)?,
-            )
-            .await?;
-        }
-        // A human answering inside the bot's own platform (Selarti's panel) is an agent.
-        let author = if r.author == "agent" { "agent" } else { "bot" };
-        let conv = store::open_conversation(&mut **work.tx, member.id).await?;
-        let live = matches!(&conv, Some(c) if c.state == ConvState::Live);
-        let bot_channel = work.cause.channel.clone();
-        for response in &r.responses {
-            work.record(
-                member.id,
-                conv.as_ref().map(|c| c.id),
-                &bot_channel,
-                author,
-                &content_to_response(response),
-                false,
-            )
-            .await?;
-            if r.agent_conversation_id.is_empty() {
-                self.to_member(work, &member, live, response.clone());
-            } else if let Some(c) = &conv {
-                // The answer to an agent command goes back to the live chat.
-                work.command(
-                    Target::Outlet,
-                    &c.outlet_channel_id,
-                    Some(c.id),
-                    Body::DeliverToOutlet(DeliverToOutlet {
-                        member: Some(member.to_proto(live)),
-                        content: Some(response.clone()),
-                        conversation_ref: r.agent_conversation_id.clone(),
-                    }),
-                );
-            }
-        }
-        if let Some(details) = r.handoff.clone() {
-            if conv.is_none() {
-                self.open_handoff(work, &member, details).await?;
-            }
-        } else if r.close
-            && let Some(c) = conv
-        {
-            self.close(work, &member, &c, "bot_closed").await?;
-        }
-        Ok(true)
-    }
-
-    async fn on_handoff_accepted(
-        &self,
-        work: &mut Work<'_>,
-        external_id: &str,
-    ) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
-        let conv_id: Uuid = work.cause.conversation_id.parse()?;
-        let became_live = sqlx::query(
-            "UPDATE conversations SET state = 'live', external_id = COALESCE(NULLIF($2, ''), external_id),
-               state_changed_at = now(), last_activity_at = now()
-             WHERE id = $1 AND state = 'pending'",
-        )
-        .bind(conv_id)
-        .bind(external_id)
-        .execute(&mut **work.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !became_live {
-            tracing::info!(conversation = %conv_id, "late livechat acceptance ignored");
-            return Ok(true);
-        }
-        self.record_system(
-            work,
-            &member,
-            "LIVE_CHAT_STARTED",
-            json!({"ticket": external_id}),
-        )
-        .await?;
-        let outlet = sqlx::query_scalar::<_, String>(
-            "SELECT outlet_channel_id FROM conversations WHERE id = $1",
-        )
-        .bind(conv_id)
-        .fetch_one(&mut **work.tx)
-        .await?;
-        for content in release_held(work, conv_id).await? {
-            work.relay(&outlet, conv_id, &member, true, content);
-        }
-        Ok(true)
-    }
-
-    /// PENDING -> BOT (Livechat API failed, or nobody answered in time): the bot is told
-    /// why and gets the messages the customer sent meanwhile.
-    async fn on_handoff_ended_before_live(
-        &self,
-        work: &mut Work<'_>,
-        reason: &str,
-        error: Value,
-    ) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
-        let conv_id: Uuid = work.cause.conversation_id.parse()?;
-        let closed = cas_close(work, conv_id, "pending", reason).await?;
-        if !closed {
-            return Ok(true);
-        }
-        work.record(
-            member.id,
-            Some(conv_id),
-            &member.channel_id,
-            "system",
-            &content_to_response(&event_content("HANDOFF_FAILED", error.clone())),
-            false,
-        )
-        .await?;
-        self.to_bot(
-            work,
-            &member,
-            false,
-            SendToBot {
-                content: Some(event_content("HANDOFF_FAILED", error.clone())),
-                handoff_error_json: error.to_string(),
-                ..Default::default()
-            },
-        )?;
-        for content in release_held(work, conv_id).await? {
-            self.to_bot(
-                work,
-                &member,
-                false,
-                SendToBot {
-                    content: Some(content),
-                    ..Default::default()
-                },
-            )?;
-        }
-        Ok(true)
-    }
-
-    async fn on_agent_message(
-        &self,
-        work: &mut Work<'_>,
-        m: &AgentMessage,
-    ) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut **work.tx, member.id)
-            .await?
-            .filter(|c| c.state == ConvState::Live)
-        else {
-            tracing::warn!(member = %member.id, "agent message for a member not in a live chat dropped");
-            return Ok(true);
-        };
-        let content = m.content.clone().unwrap_or_default();
-        if !work
-            .record(
-                member.id,
-                Some(conv.id),
-                &work.cause.channel.clone(),
-                "agent",
-                &content_to_response(&content),
-                false,
-            )
-            .await?
-        {
-            return Ok(false);
-        }
-        touch(work, conv.id).await?;
-        self.to_member(work, &member, true, content);
-        Ok(true)
-    }
-
-    async fn on_agent_command(
-        &self,
-        work: &mut Work<'_>,
-        c: &AgentCommand,
-    ) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut **work.tx, member.id).await? else {
-            tracing::warn!(member = %member.id, "agent command without an open conversation dropped");
-            return Ok(true);
-        };
-        let outlet = self.channel(&conv.outlet_channel_id)?.clone();
-        let content = c.content.clone().unwrap_or_default();
-        if !work
-            .record(
-                member.id,
-                Some(conv.id),
-                &outlet.id,
-                "agent",
-                &content_to_response(&content),
-                false,
-            )
-            .await?
-        {
-            return Ok(false);
-        }
-        let text = match &content.kind {
-            Some(content::Kind::Text(t)) => t.text.trim().to_string(),
-            Some(content::Kind::Postback(p)) => p.payload.trim().to_string(),
-            _ => String::new(),
-        };
-        if text.eq_ignore_ascii_case(outlet.live_chat.end_command.trim()) {
-            self.close(work, &member, &conv, "agent_ended").await?;
-        } else {
-            touch(work, conv.id).await?;
-            let reference = if c.conversation_ref.is_empty() {
-                conv.id.to_string()
-            } else {
-                c.conversation_ref.clone()
-            };
-            self.to_bot(
-                work,
-                &member,
-                conv.state == ConvState::Live,
-                SendToBot {
-                    content: Some(content),
-                    agent_conversation_id: reference,
-                    ..Default::default()
-                },
-            )?;
-        }
-        Ok(true)
-    }
-
-    /// LIVE (or PENDING) -> BOT: the customer is told (the outlet's end text), the bot is told.
-    async fn close(
-        &self,
-        work: &mut Work<'_>,
-        member: &MemberRow,
-        conv: &ConversationRow,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        if !cas_close(work, conv.id, conv.state.as_str(), reason).await? {
-            return Ok(());
-        }
-        let ended = json!({"reason": reason});
-        work.record(
-            member.id,
-            Some(conv.id),
-            &member.channel_id,
-            "system",
-            &content_to_response(&event_content("LIVE_CHAT_ENDED", ended.clone())),
-            false,
-        )
-        .await?;
-        let outlet = self.channel(&conv.outlet_channel_id)?.clone();
-        if conv.state == ConvState::Live && !outlet.live_chat.end_text.is_empty() {
-            self.to_member(
-                work,
-                member,
-                false,
-                text_content(&outlet.live_chat.end_text),
-            );
-        }
-        // Anything still held goes to the bot, in order.
-        for content in release_held(work, conv.id).await? {
-            self.to_bot(
-                work,
-                member,
-                false,
-                SendToBot {
-                    content: Some(content),
-                    ..Default::default()
-                },
-            )?;
-        }
-        self.to_bot(
-            work,
-            member,
-            false,
-            SendToBot {
-                content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
-                live_chat_ended_json: ended.to_string(),
-                ..Default::default()
-            },
-        )?;
-        Ok(())
-    }
-
-    async fn on_timeout(
-        &self,
-        work: &mut Work<'_>,
-        t: &ConversationTimeout,
-    ) -> anyhow::Result<bool> {
-        let member = self.member(work).await?;
-        let Some(conv) = store::open_conversation(&mut **work.tx, member.id).await? else {
-            return Ok(true);
-        };
-        if conv.id.to_string() != work.cause.conversation_id || conv.state.as_str() != t.state {
-            return Ok(true);
-        }
-        // Still overdue now? A message may have arrived since the sweeper looked.
-        let inlet = self.channel(&member.channel_id)?.clone();
-        let limit = match conv.state {
-            ConvState::Pending => inlet.handoff.pending_timeout_secs,
-            ConvState::Live => inlet.handoff.live_idle_timeout_secs,
-        } as f64;
-        let overdue: bool = sqlx::query_scalar(
-            "SELECT CASE WHEN state = 'pending' THEN state_changed_at ELSE last_activity_at END
-                    <= now() - make_interval(secs => $2)
-             FROM conversations WHERE id = $1",
-        )
-        .bind(conv.id)
-        .bind(limit)
-        .fetch_one(&mut **work.tx)
-        .await?;
-        if !overdue {
-            return Ok(true);
-        }
-        match conv.state {
-            ConvState::Pending => {
-                let error = json!({"reason": t.reason, "message": "no agent accepted in time"});
-                self.on_handoff_ended_before_live(work, &t.reason, error)
-                    .await
-            }
-            ConvState::Live => {
-                // The agent's side learns the chat is over too.
-                let ended = event_content("LIVE_CHAT_ENDED", json!({"reason": t.reason}));
-                work.relay(&conv.outlet_channel_id, conv.id, &member, false, ended);
-                self.close(work, &member, &conv, &t.reason).await?;
-                Ok(true)
-            }
-        }
-    }
-}
-
-fn handoff_trigger(inlet: &Channel, content: &Content) -> Option<&'static str> {
-    match &content.kind {
-        Some(content::Kind::Text(t))
-            if inlet
-                .handoff
-                .keywords
-                .iter()
-                .any(|k| k.trim().eq_ignore_ascii_case(t.text.trim())) =>
-        {
-            Some("keyword")
-        }
-        Some(content::Kind::Postback(p))
-            if inlet.handoff.postbacks.iter().any(|k| k == &p.payload) =>
-        {
-            Some("postback")
-        }
-        _ => None,
-    }
-}
-
-async fn touch(work: &mut Work<'_>, conv: Uuid) -> sqlx::Result<()> {
-    sqlx::query("UPDATE conversations SET last_activity_at = now() WHERE id = $1")
-        .bind(conv)
-        .execute(&mut **work.tx)
-        .await?;
-    Ok(())
-}
-
-async fn cas_close(
-    work: &mut Work<'_>,
-    conv: Uuid,
-    from: &str,
-    reason: &str,
-) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE conversations SET state = 'closed', closed_at = now(), state_changed_at = now(),
-           close_reason = $3
-         WHERE id = $1 AND state = $2",
-    )
-    .bind(conv)
-    .bind(from)
-    .bind(reason)
-    .execute(&mut **work.tx)
-    .await?
-    .rows_affected()
-        == 1)
 }
 
 /// Customer messages held while PENDING, oldest first, no longer held.

@@ -10,6 +10,7 @@ pub mod dead_letters;
 mod engine;
 mod history;
 mod lookup;
+mod machine;
 pub mod retention;
 mod store;
 mod timeouts;
@@ -70,6 +71,10 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
+        // Each channel's settings are its platform's to read: a bad one stops the start, and
+        // they say which service each channel's commands go to.
+        let platforms =
+            handoff_platforms::Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
         let pool = connect_database(settings).await?;
         store::sync_channels(&pool, &channels).await?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
@@ -78,6 +83,7 @@ impl Application {
             pool,
             bus,
             Arc::new(channels),
+            platforms,
             settings.public_url.trim_end_matches('/').to_string(),
         ));
         Ok(Self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use handoff_config::{Channel, Channels, Role};
+use handoff_config::{Channel, Channels, Platform, Role};
 use serde::Deserialize;
 
 use super::transform::{WebhookRequest, parse_webhook_request};
@@ -96,7 +96,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Finds the channel named by `c`/`a` among those with `role`, then checks the token in
+/// Finds the channel named by `c`/`a` among the custom channels with `role`, then checks the token in
 /// constant time.
 pub fn authorize(
     channels: &Channels,
@@ -120,7 +120,7 @@ pub fn authorize(
         .ok_or(ApiError::Unauthorized)?;
     let channel = channels
         .get(channel_id)
-        .filter(|c| c.org == org && c.role == role)
+        .filter(|c| c.org == org && c.role == role && c.platform == Platform::Custom)
         .ok_or_else(|| ApiError::UnknownChannel {
             channel: channel_id.to_string(),
             org: org.to_string(),

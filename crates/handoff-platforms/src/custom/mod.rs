@@ -1,12 +1,13 @@
 //! The Stella-compatible custom platform protocol (seed 000, "Connect to a custom
 //! platform"). Handoff serves its Webhook API and calls the platform's Livechat, Relay and
-//! Send APIs, whose URLs live in the channel's `info`.
+//! Send APIs, whose URLs live in the channel's `info` (read by [`settings`]).
 
 pub mod edge;
+pub mod settings;
 mod transform;
 mod wire;
 
+pub use settings::{InletSettings, OutletSettings};
 pub use transform::{
-    InvalidRequest, WebhookRequest, content_from_response, content_to_response, livechat_body,
-    parse_webhook_request, relay_body, send_body,
+    InvalidRequest, WebhookRequest, livechat_body, parse_webhook_request, relay_body, send_body,
 };

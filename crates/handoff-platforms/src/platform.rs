@@ -1,0 +1,149 @@
+//! The one place a channel's platform and role become typed settings and a serving
+//! service. `handoff_config::Platform` is the closed list of platforms; the `match` in
+//! [`ChannelSettings::parse`] has no catch-all for a supported pair, so a new platform is a
+//! compile error here until its folder is wired in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use handoff_bus::Service;
+use handoff_config::{Channel, Channels, Platform, Role};
+
+use crate::{custom, selarti, webhook_bot};
+
+/// A channel's platform-specific settings, parsed by the platform's own `settings` module.
+#[derive(Debug, Clone)]
+pub enum ChannelSettings {
+    CustomInlet(custom::InletSettings),
+    CustomOutlet(custom::OutletSettings),
+    WebhookBot(webhook_bot::BotSettings),
+    Selarti(selarti::SelartiSettings),
+}
+
+impl ChannelSettings {
+    /// Reads a channel's settings; the error names the channel and the field.
+    pub fn parse(c: &Channel) -> Result<Self, String> {
+        Ok(match (c.platform, c.role) {
+            (Platform::Custom, Role::Inlet) => {
+                Self::CustomInlet(custom::InletSettings::from_channel(c)?)
+            }
+            (Platform::Custom, Role::Outlet) => {
+                Self::CustomOutlet(custom::OutletSettings::from_channel(c)?)
+            }
+            (Platform::WebhookBot, Role::Bot) => {
+                Self::WebhookBot(webhook_bot::BotSettings::from_channel(c)?)
+            }
+            (Platform::Selarti, Role::Bot) => {
+                Self::Selarti(selarti::SelartiSettings::from_channel(c)?)
+            }
+            (Platform::Zendesk, _) => {
+                return Err(format!(
+                    "channel `{}`.platform: zendesk is not available in this version of Handoff",
+                    c.id
+                ));
+            }
+            (platform, role) => {
+                return Err(format!(
+                    "channel `{}`.role: a {platform:?} channel cannot have role {role:?}",
+                    c.id
+                ));
+            }
+        })
+    }
+
+    /// The service that talks to this channel's platform, and so consumes its commands.
+    pub fn service(&self) -> Service {
+        match self {
+            Self::CustomInlet(_) => Service::InletGateway,
+            Self::CustomOutlet(_) | Self::WebhookBot(_) | Self::Selarti(_) => {
+                Service::OutletGateway
+            }
+        }
+    }
+}
+
+/// Every configured channel's typed settings, parsed once at start: a bad channel stops the
+/// service before it serves anything.
+#[derive(Debug, Clone, Default)]
+pub struct Platforms {
+    by_id: HashMap<String, Arc<ChannelSettings>>,
+}
+
+impl Platforms {
+    pub fn from_channels(channels: &Channels) -> Result<Self, String> {
+        let mut by_id = HashMap::new();
+        for c in channels.iter() {
+            by_id.insert(c.id.clone(), Arc::new(ChannelSettings::parse(c)?));
+        }
+        Ok(Self { by_id })
+    }
+
+    pub fn get(&self, channel: &str) -> Option<&Arc<ChannelSettings>> {
+        self.by_id.get(channel)
+    }
+
+    /// Where commands for `channel` go; `None` for a channel not configured.
+    pub fn service_of(&self, channel: &str) -> Option<Service> {
+        self.get(channel).map(|s| s.service())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Platforms, String> {
+        Platforms::from_channels(&Channels::parse(yaml)?)
+    }
+
+    const CHANNELS: &str = "channels:
+  - id: web
+    org: o
+    platform: custom
+    role: inlet
+    accessToken: secret-123456
+    info: { sendResponseApi: 'http://127.0.0.1:9/send' }
+    bot: ai
+    outlet: desk
+  - id: ai
+    org: o
+    platform: selarti
+    role: bot
+    accessToken: secret-123456
+    apiKey: key
+    info: { taskId: t1 }
+  - id: desk
+    org: o
+    platform: custom
+    role: outlet
+    accessToken: secret-123456
+    info: { livechatApi: 'http://127.0.0.1:9/l', relayResponseApi: 'http://127.0.0.1:9/r' }
+";
+
+    #[test]
+    fn each_channel_is_served_by_the_service_of_its_platform() {
+        let platforms = parse(CHANNELS).unwrap();
+        assert_eq!(platforms.service_of("web"), Some(Service::InletGateway));
+        assert_eq!(platforms.service_of("desk"), Some(Service::OutletGateway));
+        assert_eq!(platforms.service_of("ai"), Some(Service::OutletGateway));
+        assert_eq!(platforms.service_of("nobody"), None);
+    }
+
+    #[test]
+    fn a_custom_inlet_without_its_send_api_is_refused_naming_the_field() {
+        let err = parse(&CHANNELS.replace("sendResponseApi", "sendApi")).unwrap_err();
+        assert!(err.contains("`web`.info.sendResponseApi"), "{err}");
+    }
+
+    #[test]
+    fn a_platform_in_a_role_it_cannot_play_is_refused() {
+        let err = parse(&CHANNELS.replace("platform: selarti", "platform: custom")).unwrap_err();
+        assert!(err.contains("`ai`.role"), "{err}");
+    }
+
+    #[test]
+    fn a_selarti_bot_without_its_key_is_refused_naming_the_field() {
+        let err = parse(&CHANNELS.replace("    apiKey: key\n", "")).unwrap_err();
+        assert!(err.contains("`ai`.apiKey"), "{err}");
+    }
+}

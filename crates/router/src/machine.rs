@@ -1,0 +1,875 @@
+//! The conversation state machine, as a pure function: what the router knows of a member
+//! ([`Facts`]) and one event ([`Event`]) decide the [`Step`]s to take, in order. Nothing
+//! here reads or writes anything; `engine` loads the facts and applies the steps inside
+//! the batch's transaction, where each transition is a compare-and-set that ends the
+//! event's steps if the state moved meanwhile.
+//!
+//! ```text
+//!   BOT ──handoff──▶ PENDING ──livechat 2xx──▶ LIVE ──done / idle timeout──▶ BOT
+//!    ▲                  │                        │
+//!    └─livechat fails / pending timeout          └─relay fails → bot (relayMessageError)
+//! ```
+//! BOT is "no open conversation". While PENDING, customer messages are held; they go to
+//! the live chat once it accepts, or back to the bot if it does not.
+
+use handoff_config::{Channel, LiveChatRules};
+use handoff_platforms::content::content_from_response;
+use handoff_proto::v1::content;
+use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::store::{ConvState, ConversationRow};
+
+/// What is known when an event arrives.
+pub(crate) struct Facts<'a> {
+    /// The member's inlet channel.
+    pub inlet: &'a Channel,
+    /// The member's open conversation (PENDING or LIVE), if any.
+    pub conversation: Option<&'a ConversationRow>,
+    /// That conversation's outlet channel, when it is still configured.
+    pub outlet: Option<&'a Channel>,
+    /// The channel the event came from.
+    pub source: &'a str,
+    /// The conversation the event names (results of a Livechat request, timeouts).
+    pub named_conversation: &'a str,
+}
+
+/// An event, in the machine's terms.
+pub(crate) enum Event<'a> {
+    Inbound(&'a Content),
+    BotReply(&'a BotReply),
+    AgentMessage(&'a Content),
+    AgentCommand {
+        content: &'a Content,
+        reference: &'a str,
+    },
+    HandoffRequested(HandoffDetails),
+    HandoffAccepted {
+        external_id: &'a str,
+    },
+    HandoffFailed {
+        error: Value,
+    },
+    Timeout {
+        state: &'a str,
+        reason: &'a str,
+    },
+    RelayFailed {
+        content: &'a Content,
+        error: Value,
+    },
+    DeliveryFailed {
+        content: Option<&'a Content>,
+        detail: Value,
+    },
+    BotFailed {
+        reason: &'a str,
+    },
+}
+
+/// A transcript line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Line {
+    pub author: &'static str,
+    pub channel: String,
+    pub conversation: Option<Uuid>,
+    pub content: Content,
+    /// Held while PENDING, released when the live chat answers.
+    pub held: bool,
+}
+
+/// Where held messages go when they are released.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Release {
+    /// Relayed to the live chat that accepted.
+    Outlet(String),
+    /// Back to the inlet's bot (none configured: they stay in the transcript only).
+    Bot(Option<String>),
+}
+
+/// A command for another service.
+// A handful per event, built and consumed at once: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Command {
+    ToBot {
+        bot: String,
+        live: bool,
+        send: SendToBot,
+    },
+    ToMember {
+        live: bool,
+        content: Content,
+    },
+    /// A customer-side message for the live chat (Relay API).
+    Relay {
+        outlet: String,
+        conversation: Uuid,
+        live: bool,
+        content: Content,
+    },
+    /// A bot's answer to an agent command, for the live chat (Send API).
+    ToOutlet {
+        outlet: String,
+        conversation: Uuid,
+        live: bool,
+        content: Content,
+        reference: String,
+    },
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// Records a line. With `first`, the line carries the platform's message id; one seen
+    /// before makes the whole event a duplicate, and nothing of it applies.
+    Record {
+        line: Line,
+        first: bool,
+    },
+    /// The conversation saw activity (the idle timeout starts again).
+    Touch(Uuid),
+    /// BOT → PENDING: the conversation, its HANDOFF_REQUESTED line and the Livechat
+    /// request. Ends the steps if a conversation opened meanwhile.
+    OpenHandoff {
+        outlet: String,
+        details: HandoffDetails,
+    },
+    /// PENDING → LIVE; ends the steps unless still PENDING.
+    BecomeLive {
+        conversation: Uuid,
+        external_id: String,
+    },
+    /// PENDING or LIVE → closed; ends the steps unless still in `from`.
+    Close {
+        conversation: Uuid,
+        from: ConvState,
+        reason: String,
+    },
+    /// Ends the steps unless the conversation is still overdue: a message may have
+    /// arrived since the sweeper looked.
+    IfOverdue {
+        conversation: Uuid,
+        state: ConvState,
+        limit_secs: u64,
+    },
+    /// Held customer messages, oldest first, are no longer held and go to `to`.
+    ReleaseHeld {
+        conversation: Uuid,
+        to: Release,
+    },
+    Send(Command),
+    /// Nothing to do, and why (logged).
+    Ignore(&'static str),
+}
+
+pub(crate) fn text_content(text: &str) -> Content {
+    Content {
+        kind: Some(content::Kind::Text(Text { text: text.into() })),
+        raw_json: String::new(),
+    }
+}
+
+/// A system event as content (`{"type": "EVENT", "event": …, …detail}`).
+pub(crate) fn event_content(event: &str, detail: Value) -> Content {
+    let mut v = json!({"type": "EVENT", "event": event});
+    if let (Value::Object(m), Value::Object(d)) = (&mut v, detail) {
+        m.extend(d);
+    }
+    content_from_response(&v).expect("an object with a type")
+}
+
+/// The steps `event` calls for, given `facts`.
+pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
+    let mut d = Decision {
+        facts,
+        steps: Vec::new(),
+    };
+    match event {
+        Event::Inbound(content) => d.inbound(content),
+        Event::BotReply(reply) => d.bot_reply(reply),
+        Event::AgentMessage(content) => d.agent_message(content),
+        Event::AgentCommand { content, reference } => d.agent_command(content, reference),
+        Event::HandoffRequested(details) => d.open_handoff(details),
+        Event::HandoffAccepted { external_id } => d.handoff_accepted(external_id),
+        Event::HandoffFailed { error } => {
+            if let Some(c) = d.named(ConvState::Pending) {
+                d.ended_before_live(c, "livechat_failed", error);
+            }
+        }
+        Event::Timeout { state, reason } => d.timeout(state, reason),
+        Event::RelayFailed { content, error } => {
+            d.system("RELAY_FAILED", error.clone(), d.open_id());
+            d.tell_bot(SendToBot {
+                content: Some(content.clone()),
+                relay_message_error_json: error.to_string(),
+                ..Default::default()
+            });
+        }
+        Event::DeliveryFailed { content, detail } => d.delivery_failed(content, detail),
+        Event::BotFailed { reason } => {
+            d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
+        }
+    }
+    d.steps
+}
+
+struct Decision<'f, 'a> {
+    facts: &'f Facts<'a>,
+    steps: Vec<Step>,
+}
+
+impl<'a> Decision<'_, 'a> {
+    fn open_id(&self) -> Option<Uuid> {
+        self.facts.conversation.map(|c| c.id)
+    }
+
+    fn live(&self) -> bool {
+        matches!(self.facts.conversation, Some(c) if c.state == ConvState::Live)
+    }
+
+    /// The open conversation, if it is the one the event names and is in `state`.
+    fn named(&self, state: ConvState) -> Option<&'a ConversationRow> {
+        self.facts
+            .conversation
+            .filter(|c| c.id.to_string() == self.facts.named_conversation && c.state == state)
+    }
+
+    fn rules(&self) -> LiveChatRules {
+        self.facts
+            .outlet
+            .map(|o| o.live_chat.clone())
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, author: &'static str, channel: &str, content: &Content, first: bool) {
+        let held = author == "customer"
+            && matches!(self.facts.conversation, Some(c) if c.state == ConvState::Pending);
+        self.steps.push(Step::Record {
+            line: Line {
+                author,
+                channel: channel.to_string(),
+                conversation: self.open_id(),
+                content: content.clone(),
+                held,
+            },
+            first,
+        });
+    }
+
+    fn system(&mut self, event: &str, detail: Value, conversation: Option<Uuid>) {
+        self.steps.push(Step::Record {
+            line: Line {
+                author: "system",
+                channel: self.facts.inlet.id.clone(),
+                conversation,
+                content: event_content(event, detail),
+                held: false,
+            },
+            first: false,
+        });
+    }
+
+    fn send(&mut self, command: Command) {
+        self.steps.push(Step::Send(command));
+    }
+
+    /// To the inlet's bot, as a member out of any live chat unless said otherwise.
+    fn tell_bot_as(&mut self, live: bool, send: SendToBot) {
+        if let Some(bot) = self.facts.inlet.bot.clone() {
+            self.send(Command::ToBot { bot, live, send });
+        }
+    }
+
+    fn tell_bot(&mut self, send: SendToBot) {
+        self.tell_bot_as(false, send);
+    }
+
+    fn inbound(&mut self, content: &Content) {
+        let inlet = self.facts.inlet;
+        self.record("customer", &inlet.id, content, true);
+        match self.facts.conversation {
+            Some(c) if c.state == ConvState::Live => {
+                self.steps.push(Step::Touch(c.id));
+                self.send(Command::Relay {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live: true,
+                    content: content.clone(),
+                });
+            }
+            // Held until the outlet accepts (then relayed) or fails (then given to the bot).
+            Some(_) => {}
+            None => match handoff_trigger(inlet, content) {
+                Some(trigger) => self.open_handoff(HandoffDetails {
+                    summary: format!("Customer asked for a human ({trigger})"),
+                    trigger: trigger.into(),
+                    meta_json: "{}".into(),
+                    ..Default::default()
+                }),
+                None => self.tell_bot(SendToBot {
+                    content: Some(content.clone()),
+                    ..Default::default()
+                }),
+            },
+        }
+    }
+
+    /// BOT → PENDING towards the inlet's outlet; a member already handed off stays so.
+    fn open_handoff(&mut self, details: HandoffDetails) {
+        if self.facts.conversation.is_some() {
+            self.steps
+                .push(Step::Ignore("handoff asked while one is open"));
+            return;
+        }
+        match self.facts.inlet.outlet.clone() {
+            Some(outlet) => self.steps.push(Step::OpenHandoff { outlet, details }),
+            None => {
+                let error = json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
+                self.system("HANDOFF_FAILED", error.clone(), None);
+                self.tell_bot(SendToBot {
+                    content: Some(event_content("HANDOFF_FAILED", error.clone())),
+                    handoff_error_json: error.to_string(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn bot_reply(&mut self, r: &BotReply) {
+        // A human answering inside the bot's own platform (Selarti's panel) is an agent.
+        let author = if r.author == "agent" { "agent" } else { "bot" };
+        let live = self.live();
+        let source = self.facts.source;
+        for response in &r.responses {
+            self.record(author, source, response, false);
+            if r.agent_conversation_id.is_empty() {
+                self.send(Command::ToMember {
+                    live,
+                    content: response.clone(),
+                });
+            } else if let Some(c) = self.facts.conversation {
+                // The answer to an agent command goes back to the live chat.
+                self.send(Command::ToOutlet {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live,
+                    content: response.clone(),
+                    reference: r.agent_conversation_id.clone(),
+                });
+            }
+        }
+        if let Some(details) = r.handoff.clone() {
+            if self.facts.conversation.is_none() {
+                self.open_handoff(details);
+            }
+        } else if r.close
+            && let Some(c) = self.facts.conversation
+        {
+            self.close(c, "bot_closed");
+        }
+    }
+
+    fn handoff_accepted(&mut self, external_id: &str) {
+        let Some(c) = self.named(ConvState::Pending) else {
+            self.steps.push(Step::Ignore("late livechat acceptance"));
+            return;
+        };
+        self.steps.push(Step::BecomeLive {
+            conversation: c.id,
+            external_id: external_id.to_string(),
+        });
+        self.system(
+            "LIVE_CHAT_STARTED",
+            json!({"ticket": external_id}),
+            Some(c.id),
+        );
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Outlet(c.outlet_channel_id.clone()),
+        });
+    }
+
+    /// PENDING → BOT (the Livechat API failed, or nobody answered in time): the bot is told
+    /// why and gets the messages the customer sent meanwhile.
+    fn ended_before_live(&mut self, c: &ConversationRow, reason: &str, error: Value) {
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: ConvState::Pending,
+            reason: reason.to_string(),
+        });
+        self.system("HANDOFF_FAILED", error.clone(), Some(c.id));
+        self.tell_bot(SendToBot {
+            content: Some(event_content("HANDOFF_FAILED", error.clone())),
+            handoff_error_json: error.to_string(),
+            ..Default::default()
+        });
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Bot(self.facts.inlet.bot.clone()),
+        });
+    }
+
+    fn agent_message(&mut self, content: &Content) {
+        let Some(c) = self
+            .facts
+            .conversation
+            .filter(|c| c.state == ConvState::Live)
+        else {
+            self.steps.push(Step::Ignore(
+                "agent message for a member not in a live chat",
+            ));
+            return;
+        };
+        self.record("agent", self.facts.source, content, true);
+        self.steps.push(Step::Touch(c.id));
+        self.send(Command::ToMember {
+            live: true,
+            content: content.clone(),
+        });
+    }
+
+    fn agent_command(&mut self, content: &Content, reference: &str) {
+        let Some(c) = self.facts.conversation else {
+            self.steps
+                .push(Step::Ignore("agent command without an open conversation"));
+            return;
+        };
+        self.record("agent", &c.outlet_channel_id, content, true);
+        let text = match &content.kind {
+            Some(content::Kind::Text(t)) => t.text.trim(),
+            Some(content::Kind::Postback(p)) => p.payload.trim(),
+            _ => "",
+        };
+        if text.eq_ignore_ascii_case(self.rules().end_command.trim()) {
+            self.close(c, "agent_ended");
+            return;
+        }
+        self.steps.push(Step::Touch(c.id));
+        let reference = if reference.is_empty() {
+            c.id.to_string()
+        } else {
+            reference.to_string()
+        };
+        self.tell_bot_as(
+            c.state == ConvState::Live,
+            SendToBot {
+                content: Some(content.clone()),
+                agent_conversation_id: reference,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// LIVE (or PENDING) → BOT: the customer is told (the outlet's end text), the bot gets
+    /// what was still held and is told.
+    fn close(&mut self, c: &ConversationRow, reason: &str) {
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: c.state.clone(),
+            reason: reason.to_string(),
+        });
+        let ended = json!({"reason": reason});
+        self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
+        let end_text = self.rules().end_text;
+        if c.state == ConvState::Live && !end_text.is_empty() {
+            self.send(Command::ToMember {
+                live: false,
+                content: text_content(&end_text),
+            });
+        }
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Bot(self.facts.inlet.bot.clone()),
+        });
+        self.tell_bot(SendToBot {
+            content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
+            live_chat_ended_json: ended.to_string(),
+            ..Default::default()
+        });
+    }
+
+    fn timeout(&mut self, state: &str, reason: &str) {
+        let Some(c) = self
+            .facts
+            .conversation
+            .filter(|c| c.id.to_string() == self.facts.named_conversation)
+            .filter(|c| c.state.as_str() == state)
+        else {
+            self.steps
+                .push(Step::Ignore("timeout for a conversation that moved on"));
+            return;
+        };
+        let rules = &self.facts.inlet.handoff;
+        let limit_secs = match c.state {
+            ConvState::Pending => rules.pending_timeout_secs,
+            ConvState::Live => rules.live_idle_timeout_secs,
+        };
+        self.steps.push(Step::IfOverdue {
+            conversation: c.id,
+            state: c.state.clone(),
+            limit_secs,
+        });
+        match c.state {
+            ConvState::Pending => {
+                let error = json!({"reason": reason, "message": "no agent accepted in time"});
+                self.ended_before_live(c, reason, error);
+            }
+            ConvState::Live => {
+                // The agent's side learns the chat is over too.
+                self.send(Command::Relay {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live: false,
+                    content: event_content("LIVE_CHAT_ENDED", json!({"reason": reason})),
+                });
+                self.close(c, reason);
+            }
+        }
+    }
+
+    fn delivery_failed(&mut self, content: Option<&Content>, detail: Value) {
+        self.system("DELIVERY_FAILED", detail.clone(), self.open_id());
+        // An agent's message that never reached the customer: the agent is told. (Not when
+        // the failed delivery was to the outlet itself.)
+        if self.facts.source == self.facts.inlet.id
+            && let Some(c) = self
+                .facts
+                .conversation
+                .filter(|c| c.state == ConvState::Live)
+        {
+            let mut notice = detail;
+            if let Some(content) = content {
+                notice["message"] = handoff_platforms::content::content_to_response(content);
+            }
+            self.send(Command::Relay {
+                outlet: c.outlet_channel_id.clone(),
+                conversation: c.id,
+                live: true,
+                content: event_content("DELIVERY_FAILED", notice),
+            });
+        }
+    }
+}
+
+fn handoff_trigger(inlet: &Channel, content: &Content) -> Option<&'static str> {
+    match &content.kind {
+        Some(content::Kind::Text(t))
+            if inlet
+                .handoff
+                .keywords
+                .iter()
+                .any(|k| k.trim().eq_ignore_ascii_case(t.text.trim())) =>
+        {
+            Some("keyword")
+        }
+        Some(content::Kind::Postback(p))
+            if inlet.handoff.postbacks.iter().any(|k| k == &p.payload) =>
+        {
+            Some("postback")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use handoff_config::Channels;
+
+    use super::*;
+
+    const CHANNELS: &str = "channels:
+  - id: web
+    org: o
+    platform: custom
+    role: inlet
+    accessToken: secret-123456
+    info: { sendResponseApi: 'http://127.0.0.1:9/send' }
+    bot: bot
+    outlet: desk
+    handoff: { keywords: [human], pendingTimeoutSecs: 60 }
+  - id: lone
+    org: o
+    platform: custom
+    role: inlet
+    accessToken: secret-123456
+    info: { sendResponseApi: 'http://127.0.0.1:9/send' }
+    bot: bot
+  - id: bot
+    org: o
+    platform: webhook-bot
+    role: bot
+    accessToken: secret-123456
+    info: { url: 'http://127.0.0.1:9/bot' }
+  - id: desk
+    org: o
+    platform: custom
+    role: outlet
+    accessToken: secret-123456
+    info: { livechatApi: 'http://127.0.0.1:9/l', relayResponseApi: 'http://127.0.0.1:9/r' }
+    liveChat: { endText: Bye from the desk }
+";
+
+    struct World {
+        channels: Channels,
+        conversation: Option<ConversationRow>,
+        source: String,
+        named: String,
+    }
+
+    const CONV: Uuid = Uuid::from_u128(7);
+
+    fn world(state: Option<ConvState>) -> World {
+        World {
+            channels: Channels::parse(CHANNELS).unwrap(),
+            conversation: state.map(|state| ConversationRow {
+                id: CONV,
+                state,
+                outlet_channel_id: "desk".into(),
+            }),
+            source: "web".into(),
+            named: String::new(),
+        }
+    }
+
+    impl World {
+        fn decide(&self, inlet: &str, event: Event<'_>) -> Vec<Step> {
+            let facts = Facts {
+                inlet: self.channels.get(inlet).unwrap(),
+                conversation: self.conversation.as_ref(),
+                outlet: self.channels.get("desk").map(|c| &**c),
+                source: &self.source,
+                named_conversation: &self.named,
+            };
+            decide(&facts, event)
+        }
+    }
+
+    fn text(t: &str) -> Content {
+        text_content(t)
+    }
+
+    fn sends(steps: &[Step]) -> Vec<&Command> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Send(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn system_events(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Record { line, .. } if line.author == "system" => {
+                    let v = handoff_platforms::content::content_to_response(&line.content);
+                    Some(v["event"].as_str().unwrap_or_default().to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_customer_message_with_no_human_involved_goes_to_the_bot() {
+        let steps = world(None).decide("web", Event::Inbound(&text("hello")));
+        assert!(
+            matches!(&steps[0], Step::Record { line, first: true } if line.author == "customer" && !line.held)
+        );
+        assert!(
+            matches!(sends(&steps)[..], [Command::ToBot { bot, live: false, .. }] if bot == "bot")
+        );
+    }
+
+    #[test]
+    fn a_customer_message_while_pending_is_held_and_goes_nowhere() {
+        let steps = world(Some(ConvState::Pending)).decide("web", Event::Inbound(&text("hi")));
+        assert_eq!(steps.len(), 1);
+        assert!(
+            matches!(&steps[0], Step::Record { line, .. } if line.held && line.conversation == Some(CONV))
+        );
+    }
+
+    #[test]
+    fn a_customer_message_while_live_is_relayed_and_keeps_the_chat_alive() {
+        let steps = world(Some(ConvState::Live)).decide("web", Event::Inbound(&text("hi")));
+        assert!(steps.contains(&Step::Touch(CONV)));
+        assert!(
+            matches!(sends(&steps)[..], [Command::Relay { outlet, live: true, .. }] if outlet == "desk")
+        );
+    }
+
+    #[test]
+    fn a_handoff_keyword_opens_a_handoff_to_the_inlets_outlet() {
+        let steps = world(None).decide("web", Event::Inbound(&text(" Human ")));
+        assert!(
+            matches!(&steps[1], Step::OpenHandoff { outlet, details } if outlet == "desk" && details.trigger == "keyword")
+        );
+        assert!(sends(&steps).is_empty(), "the bot does not see it");
+    }
+
+    #[test]
+    fn a_handoff_without_an_outlet_tells_the_bot_it_failed() {
+        let details = HandoffDetails::default();
+        let steps = world(None).decide("lone", Event::HandoffRequested(details));
+        assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
+        assert!(
+            matches!(sends(&steps)[..], [Command::ToBot { send, .. }] if send.handoff_error_json.contains("no_outlet"))
+        );
+    }
+
+    #[test]
+    fn a_second_handoff_while_one_is_open_is_ignored() {
+        let steps = world(Some(ConvState::Pending))
+            .decide("web", Event::HandoffRequested(HandoffDetails::default()));
+        assert!(matches!(steps[..], [Step::Ignore(_)]));
+    }
+
+    #[test]
+    fn an_acceptance_makes_the_chat_live_and_relays_what_was_held() {
+        let mut w = world(Some(ConvState::Pending));
+        w.named = CONV.to_string();
+        let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
+        assert!(
+            matches!(&steps[0], Step::BecomeLive { conversation, external_id } if *conversation == CONV && external_id == "T-1")
+        );
+        assert_eq!(system_events(&steps), ["LIVE_CHAT_STARTED"]);
+        assert!(
+            matches!(&steps[2], Step::ReleaseHeld { to: Release::Outlet(o), .. } if o == "desk")
+        );
+    }
+
+    #[test]
+    fn a_late_acceptance_of_another_conversation_is_ignored() {
+        let mut w = world(Some(ConvState::Pending));
+        w.named = Uuid::from_u128(8).to_string();
+        let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
+        assert!(matches!(steps[..], [Step::Ignore(_)]));
+    }
+
+    #[test]
+    fn a_failed_livechat_returns_the_member_and_the_held_messages_to_the_bot() {
+        let mut w = world(Some(ConvState::Pending));
+        w.named = CONV.to_string();
+        let steps = w.decide(
+            "web",
+            Event::HandoffFailed {
+                error: json!({"reason": "livechat_failed"}),
+            },
+        );
+        assert!(
+            matches!(&steps[0], Step::Close { from: ConvState::Pending, reason, .. } if reason == "livechat_failed")
+        );
+        assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
+        assert!(
+            matches!(steps.last(), Some(Step::ReleaseHeld { to: Release::Bot(Some(b)), .. }) if b == "bot")
+        );
+    }
+
+    #[test]
+    fn the_agents_end_command_closes_the_chat_and_hands_the_member_back() {
+        let mut w = world(Some(ConvState::Live));
+        w.source = "desk".into();
+        let steps = w.decide(
+            "web",
+            Event::AgentCommand {
+                content: &text("DONE"),
+                reference: "",
+            },
+        );
+        assert!(
+            matches!(&steps[1], Step::Close { from: ConvState::Live, reason, .. } if reason == "agent_ended")
+        );
+        let sent = sends(&steps);
+        assert!(
+            matches!(sent[0], Command::ToMember { content, live: false } if *content == text("Bye from the desk"))
+        );
+        assert!(
+            matches!(sent[1], Command::ToBot { send, .. } if !send.live_chat_ended_json.is_empty())
+        );
+    }
+
+    #[test]
+    fn any_other_agent_command_goes_to_the_bot_naming_the_conversation() {
+        let mut w = world(Some(ConvState::Live));
+        w.source = "desk".into();
+        let steps = w.decide(
+            "web",
+            Event::AgentCommand {
+                content: &text("/refund"),
+                reference: "",
+            },
+        );
+        assert!(
+            matches!(sends(&steps)[..], [Command::ToBot { live: true, send, .. }] if send.agent_conversation_id == CONV.to_string())
+        );
+    }
+
+    #[test]
+    fn the_bots_answer_to_an_agent_command_goes_to_the_live_chat() {
+        let mut w = world(Some(ConvState::Live));
+        w.source = "bot".into();
+        let reply = BotReply {
+            responses: vec![text("order #12 refunded")],
+            agent_conversation_id: "ref-1".into(),
+            ..Default::default()
+        };
+        let steps = w.decide("web", Event::BotReply(&reply));
+        assert!(
+            matches!(sends(&steps)[..], [Command::ToOutlet { reference, .. }] if reference == "ref-1")
+        );
+    }
+
+    #[test]
+    fn an_agent_message_outside_a_live_chat_is_ignored() {
+        let steps = world(Some(ConvState::Pending)).decide("web", Event::AgentMessage(&text("hi")));
+        assert!(matches!(steps[..], [Step::Ignore(_)]));
+    }
+
+    #[test]
+    fn a_pending_timeout_first_checks_the_handoff_is_still_overdue() {
+        let mut w = world(Some(ConvState::Pending));
+        w.named = CONV.to_string();
+        let steps = w.decide(
+            "web",
+            Event::Timeout {
+                state: "pending",
+                reason: "pending_timeout",
+            },
+        );
+        assert!(matches!(&steps[0], Step::IfOverdue { limit_secs: 60, .. }));
+        assert!(matches!(&steps[1], Step::Close { reason, .. } if reason == "pending_timeout"));
+    }
+
+    #[test]
+    fn a_live_idle_timeout_tells_the_agent_and_the_customer() {
+        let mut w = world(Some(ConvState::Live));
+        w.named = CONV.to_string();
+        let steps = w.decide(
+            "web",
+            Event::Timeout {
+                state: "live",
+                reason: "idle",
+            },
+        );
+        let sent = sends(&steps);
+        assert!(matches!(sent[0], Command::Relay { live: false, .. }));
+        assert!(matches!(sent[1], Command::ToMember { .. }));
+        assert_eq!(system_events(&steps), ["LIVE_CHAT_ENDED"]);
+    }
+
+    #[test]
+    fn a_bot_closing_a_live_chat_closes_it_as_bot_closed() {
+        let mut w = world(Some(ConvState::Live));
+        w.source = "bot".into();
+        let reply = BotReply {
+            close: true,
+            ..Default::default()
+        };
+        let steps = w.decide("web", Event::BotReply(&reply));
+        assert!(matches!(&steps[0], Step::Close { reason, .. } if reason == "bot_closed"));
+    }
+}
