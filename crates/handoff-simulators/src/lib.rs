@@ -8,11 +8,16 @@
 //! - [`DemoBot`]: a scripted bot speaking Handoff's webhook-bot protocol.
 //! - [`SelartiSim`]: Selarti's auth and send API with a scripted AI answering on the
 //!   "All messages" webhook, with faults on demand.
+//! - [`ZendeskSim`]: Zendesk Chat's Conversations API (GraphQL over HTTP and WebSocket) with
+//!   scripted visitors, recording what the agent sends, with faults on demand (rate limits,
+//!   failing subscriptions, EOS, dropped sockets, lost answers).
 
 mod bot;
 mod platform;
 mod selarti;
+mod zendesk;
 
 pub use bot::DemoBot;
 pub use platform::{Api, CustomPlatform, Recorded, WebhookClient};
 pub use selarti::SelartiSim;
+pub use zendesk::{ErrorCodeStyle, ZendeskSim};
