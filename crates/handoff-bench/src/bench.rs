@@ -38,6 +38,19 @@ pub struct SlowBot {
     pub answered: usize,
 }
 
+/// Everyone at once on an inlet whose bot is Selarti's AI, which answers on its webhook
+/// after thinking: the lane is free once the message is sent, so no customer waits for
+/// another's answer.
+#[derive(Debug, Serialize)]
+pub struct SelartiCrowd {
+    pub customers: usize,
+    pub ai_think_ms: u64,
+    /// From a customer's post to their answer, over all customers.
+    pub each_answered_within: Percentiles,
+    pub all_answered_after_ms: f64,
+    pub answered: usize,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: String,
@@ -46,6 +59,7 @@ pub struct Report {
     pub throughput: Throughput,
     pub latency_at_half_load: Latency,
     pub slow_bot: SlowBot,
+    pub selarti_crowd: SelartiCrowd,
     pub ratios: Ratios,
 }
 
@@ -205,6 +219,47 @@ async fn slow_bot(
     }
 }
 
+async fn selarti_crowd(
+    cluster: &Cluster,
+    customers: &Customers,
+    tracker: &Tracker,
+    n: usize,
+) -> SelartiCrowd {
+    let think = Duration::from_secs(2);
+    cluster.selarti.set_think_time(think);
+    let customers = customers.on_channel(crate::cluster::AI_INLET);
+    let started = Instant::now();
+    let tasks = (0..n).map(|i| {
+        let customers = customers.clone();
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            let member = format!("ai-crowd-{i}");
+            let answer = tracker.expect((member.clone(), 0));
+            let sent = customers.send(&member, 0, Duration::from_secs(10)).await?;
+            let at = tokio::time::timeout(Duration::from_secs(60), answer)
+                .await
+                .ok()?
+                .ok()?;
+            Some((sent, at))
+        })
+    });
+    let answered: Vec<(Instant, Instant)> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().flatten())
+        .collect();
+    cluster.selarti.set_think_time(Duration::ZERO);
+    let mut waits: Vec<Duration> = answered.iter().map(|(s, a)| a.duration_since(*s)).collect();
+    let last = answered.iter().map(|(_, a)| *a).max().unwrap_or(started);
+    SelartiCrowd {
+        customers: n,
+        ai_think_ms: think.as_millis() as u64,
+        each_answered_within: percentiles(&mut waits),
+        all_answered_after_ms: last.duration_since(started).as_secs_f64() * 1000.0,
+        answered: answered.len(),
+    }
+}
+
 /// Only the open-loop latency phase, at a rate of the caller's choosing: for profiling where
 /// the time goes at a given load (e.g. a trickle, to tell fixed delays from queueing).
 pub async fn latency_only(cluster: &mut Cluster, o: Options, rate: f64) -> anyhow::Result<Latency> {
@@ -261,6 +316,17 @@ pub async fn run(cluster: &mut Cluster, o: Options) -> anyhow::Result<Report> {
         slow.all_answered_after_ms, slow.answered, slow.customers
     );
 
+    eprintln!("Selarti's AI thinking 2 s, 200 customers at once…");
+    let crowd = selarti_crowd(cluster, &customers, &tracker, 200).await;
+    eprintln!(
+        "  each answered within {:.0} ms (p50 {:.0} ms); last after {:.0} ms ({} of {})",
+        crowd.each_answered_within.max_ms,
+        crowd.each_answered_within.p50_ms,
+        crowd.all_answered_after_ms,
+        crowd.answered,
+        crowd.customers
+    );
+
     let ratios = Ratios {
         throughput_vs_postgres: tp.answered_per_sec / postgres.transactions_per_sec,
         latency_p50_vs_jetstream_publish_p50: lat.end_to_end.p50_ms / jetstream.latency.p50_ms,
@@ -273,6 +339,7 @@ pub async fn run(cluster: &mut Cluster, o: Options) -> anyhow::Result<Report> {
         throughput: tp,
         latency_at_half_load: lat,
         slow_bot: slow,
+        selarti_crowd: crowd,
         ratios,
     })
 }

@@ -6,13 +6,18 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use handoff_simulators::{CustomPlatform, DemoBot};
+use handoff_simulators::{CustomPlatform, DemoBot, SelartiSim};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use tokio::process::{Child, Command};
 
 pub const ORG: &str = "bench";
 pub const INLET: &str = "web";
 pub const INLET_TOKEN: &str = "bench-inlet-token";
+/// An inlet whose bot is Selarti's AI (simulated), answering on its webhook.
+pub const AI_INLET: &str = "ai-web";
+const AI_BOT: &str = "bench-ai";
+const AI_SECRET: &str = "bench-ai-webhook-secret";
+const AI_KEY: &str = "bench-ai-key";
 
 pub const SERVICES: [&str; 3] = ["router", "inlet-gateway", "outlet-gateway"];
 
@@ -22,6 +27,7 @@ pub struct Cluster {
     pub prefix: String,
     pub customer: CustomPlatform,
     pub bot: DemoBot,
+    pub selarti: SelartiSim,
     channels: PathBuf,
     bin_dir: PathBuf,
     admin_url: String,
@@ -56,6 +62,7 @@ impl Cluster {
         let customer = CustomPlatform::start("127.0.0.1:0", false).await?;
         let bot = DemoBot::start("127.0.0.1:0", false).await?;
         bot.stop_recording();
+        let selarti = SelartiSim::start("127.0.0.1:0", AI_KEY).await?;
         let channels = std::env::temp_dir().join(format!("handoff-bench-{id}.yaml"));
         std::fs::write(
             &channels,
@@ -77,9 +84,27 @@ channels:
     accessToken: bench-bot-token
     info:
       url: {bot}
+  - id: {AI_INLET}
+    org: {ORG}
+    platform: custom
+    role: inlet
+    accessToken: {INLET_TOKEN}
+    info:
+      sendResponseApi: {send}
+    bot: {AI_BOT}
+  - id: {AI_BOT}
+    org: {ORG}
+    platform: selarti
+    role: bot
+    accessToken: {AI_SECRET}
+    apiKey: {AI_KEY}
+    info:
+      apiBase: {ai}
+      taskId: bench-task
 "#,
                 send = customer.url("/send"),
                 bot = bot.url(),
+                ai = selarti.api_base(),
             ),
         )?;
         Ok(Self {
@@ -88,6 +113,7 @@ channels:
             nats_url,
             customer,
             bot,
+            selarti,
             channels,
             bin_dir,
             admin_url,
@@ -121,6 +147,12 @@ channels:
             .entry(service)
             .or_default()
             .push((port, child));
+        if service == "outlet-gateway" {
+            // Selarti's "All messages" integration posts to the outlet-gateway.
+            self.selarti.set_webhook_url(&format!(
+                "http://127.0.0.1:{port}/selarti/{AI_BOT}/{AI_SECRET}"
+            ));
+        }
         let http = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/readyz");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

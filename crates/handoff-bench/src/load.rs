@@ -24,8 +24,11 @@ pub fn text(member: &str, seq: u64) -> String {
     t
 }
 
+/// The demo bot answers "You said: <text>", the simulated Selarti AI "AI: <text>".
 fn parse_answer(answer: &str) -> Option<Key> {
-    let rest = answer.strip_prefix("You said: ")?;
+    let rest = answer
+        .strip_prefix("You said: ")
+        .or_else(|| answer.strip_prefix("AI: "))?;
     let mut parts = rest.splitn(3, '#');
     let member = parts.next()?.to_string();
     let seq = parts.next()?.parse().ok()?;
@@ -110,6 +113,8 @@ pub struct Customers {
     http: reqwest::Client,
     inlets: Arc<RwLock<Vec<String>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
+    /// The inlet channel they write on.
+    channel: &'static str,
 }
 
 impl Customers {
@@ -122,6 +127,15 @@ impl Customers {
                 .expect("client"),
             inlets: Arc::new(RwLock::new(inlets)),
             next: Arc::default(),
+            channel: INLET,
+        }
+    }
+
+    /// The same gateways, writing on inlet channel `channel`.
+    pub fn on_channel(&self, channel: &'static str) -> Self {
+        Self {
+            channel,
+            ..self.clone()
         }
     }
 
@@ -141,7 +155,7 @@ impl Customers {
             "profile": {"firstName": member},
             "externalId": member,
             "sendToBot": {"messageEvent": {
-                "from": member, "to": INLET, "type": "TEXT",
+                "from": member, "to": self.channel, "type": "TEXT",
                 // The platform's own id: a retried post is the same message, not a new one.
                 "messageId": format!("{member}-{seq}"),
                 "data": {"text": text(member, seq)},
@@ -153,7 +167,8 @@ impl Customers {
         let resp = self
             .http
             .post(format!(
-                "{base}/v2.4/customWebhook?accessToken={INLET_TOKEN}&c={INLET}&a={ORG}"
+                "{base}/v2.4/customWebhook?accessToken={INLET_TOKEN}&c={}&a={ORG}",
+                self.channel
             ))
             .json(&body)
             .send()

@@ -39,6 +39,8 @@ struct SimState {
     key: String,
     webhook: Mutex<Option<String>>,
     tokens: Mutex<Vec<String>>,
+    /// Every token ever issued, expired or not.
+    issued_tokens: Mutex<Vec<String>>,
     issued: AtomicUsize,
     auth_calls: AtomicUsize,
     sends: Mutex<Vec<Value>>,
@@ -109,6 +111,11 @@ impl SelartiSim {
         self.state.sends.lock().unwrap().clone()
     }
 
+    /// Every bearer token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued_tokens.lock().unwrap().clone()
+    }
+
     pub fn auth_calls(&self) -> usize {
         self.state.auth_calls.load(Ordering::SeqCst)
     }
@@ -134,8 +141,17 @@ async fn auth(State(state): State<Arc<SimState>>, Json(body): Json<Value>) -> Re
         )
             .into_response();
     }
-    let token = format!("tok-{}", state.issued.fetch_add(1, Ordering::SeqCst) + 1);
+    // Long and unlike anything else, so a test can look for it in logs.
+    let token = format!(
+        "selarti-bearer-{}-{:x}",
+        state.issued.fetch_add(1, Ordering::SeqCst) + 1,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
     state.tokens.lock().unwrap().push(token.clone());
+    state.issued_tokens.lock().unwrap().push(token.clone());
     Json(json!({"status": "success", "response": {"token": token, "expires": 3600}}))
         .into_response()
 }

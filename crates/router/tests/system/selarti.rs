@@ -284,3 +284,91 @@ async fn an_ai_answering_after_two_seconds_serves_200_customers_at_once_not_one_
     );
     hub.shutdown().await;
 }
+
+/// Everything the services log, at every level, while the returned guard lives. Tests run
+/// on a current-thread runtime, so every service task of this test logs on this thread.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        // The simulated Selarti's own HTTP client logs the webhook URL it posts to at debug
+        // (the secret is in Selarti's configuration, as it must be); Handoff's calls never
+        // put the key or the token in a URL, so nothing of Handoff's is hidden by this.
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,reqwest=info"))
+        .with_writer(captured.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
+    // Arrange: every log line of the services, at trace level
+    let (logs, _guard) = capture_logs();
+    let hub = TestHub::start().await;
+
+    // Act: a chat, a refreshed token, a handoff with links, and a wrong secret
+    hub.say_to_ai("sel-logs", "first").await;
+    hub.wait_received("sel-logs", 1).await;
+    hub.selarti.expire_tokens();
+    hub.say_to_ai("sel-logs", "second").await;
+    hub.wait_received("sel-logs", 2).await;
+    hub.say_to_ai("sel-logs", "an operator please").await;
+    hub.wait_desk(Api::Livechat, 1).await;
+    let wrong = reqwest::Client::new()
+        .post(format!(
+            "{}/selarti/{SELARTI}/not-the-secret",
+            hub.outlet.base_url()
+        ))
+        .json(&json!({"message_id": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // Assert
+    let text = logs.text();
+    let tokens = hub.selarti.issued_tokens();
+    assert_eq!(tokens.len(), 2, "one token, then one refresh");
+    assert!(
+        text.lines().count() > 100 && text.contains("/selarti/{channel}/{secret}"),
+        "the capture saw the services at work, webhooks included"
+    );
+    for (what, secret) in [("API key", SELARTI_KEY), ("webhook secret", SELARTI_SECRET)]
+        .into_iter()
+        .chain(tokens.iter().map(|t| ("token", t.as_str())))
+    {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "the {what} is in the logs: {leaks:?}");
+    }
+    hub.shutdown().await;
+}
