@@ -1,11 +1,12 @@
-//! Runs the simulated custom platform and the demo bot for the demo (`scripts/run`).
+//! Runs the simulated custom platform, the demo bot and Selarti's API with its scripted AI
+//! for the demo (`scripts/run`; `scripts/run --bot selarti` makes Selarti the bot).
 //!
 //! `handoff-sim zendesk` instead runs the Zendesk Chat Conversations API simulator with one
 //! visitor typing in this terminal.
 
 use std::time::Duration;
 
-use handoff_simulators::{CustomPlatform, DemoBot, ZendeskSim};
+use handoff_simulators::{CustomPlatform, DemoBot, SelartiSim, ZendeskSim};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,6 +23,21 @@ async fn main() -> anyhow::Result<()> {
         platform.url("")
     );
     println!("[sim] demo bot on {}", bot.url());
+    let selarti_addr =
+        std::env::var("SIM_SELARTI_ADDR").unwrap_or_else(|_| "127.0.0.1:9400".into());
+    let selarti_key =
+        std::env::var("SIM_SELARTI_KEY").unwrap_or_else(|_| "demo-selarti-key".into());
+    // Where Selarti's "All messages" integration posts: the demo's Selarti channel.
+    let webhook = std::env::var("SIM_SELARTI_WEBHOOK").unwrap_or_else(|_| {
+        "http://127.0.0.1:8081/selarti/demo-ai/demo-selarti-webhook-secret".into()
+    });
+    let selarti = SelartiSim::start(&selarti_addr, &selarti_key).await?;
+    selarti.set_webhook_url(&webhook);
+    selarti.set_think_time(Duration::from_millis(800));
+    println!(
+        "[sim] Selarti API on {} (its AI answers on {webhook})",
+        selarti.api_base()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -336,7 +336,7 @@ async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
     let (logs, _guard) = capture_logs();
     let hub = TestHub::start().await;
 
-    // Act: a chat, a refreshed token, a handoff with links, and a wrong secret
+    // Act: a chat, a refreshed token, a handoff with links, and a wrong secret in the URL
     hub.say_to_ai("sel-logs", "first").await;
     hub.wait_received("sel-logs", 1).await;
     hub.selarti.expire_tokens();
@@ -353,7 +353,7 @@ async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.status(), 404, "a wrong secret is an unknown URL");
 
     // Assert
     let text = logs.text();
