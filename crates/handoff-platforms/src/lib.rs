@@ -7,6 +7,8 @@
 //!   accept; Livechat, Relay and Send API bodies we send), for inlets and outlets.
 //! - [`webhook_bot`]: Handoff's generic webhook-bot protocol.
 //! - [`selarti`]: Selarti's AI as a bot (send now, answer later on its webhook).
+//! - [`zendesk`]: Zendesk Chat's Conversations API, served as an agent (wire, settings
+//!   and transforms; the session lives in `zendesk-agent`).
 //! - [`outbound`]: signed (Standard Webhooks), retrying POSTs with a stable `webhook-id`.
 //!
 //! Every platform folder has the same files: `settings` (its typed channel settings),
@@ -22,6 +24,7 @@ pub mod outbound;
 mod platform;
 pub mod selarti;
 pub mod webhook_bot;
+pub mod zendesk;
 
 pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Signer};
 pub use platform::{ChannelSettings, Platforms};

@@ -1,0 +1,23 @@
+//! Zendesk Chat, served as an agent over the Chat Conversations API: `startAgentSession`
+//! over HTTP, then GraphQL requests and subscriptions over a WebSocket whose URL is the
+//! credential. Spec: `shared/spec/zendesk.md`, and seed 002 (Zendesk's own text, which wins
+//! where they differ).
+//!
+//! - [`settings`]: the channel's typed settings.
+//! - `wire`: the frames exactly as they travel (private to this folder).
+//! - [`transform`]: frames to what the agent service acts on, visitor messages to
+//!   normalized content, normalized content to the mutations that send it (text in
+//!   GraphQL variables, so visitor and bot text never breaks a query).
+//!
+//! The service that holds the session is `zendesk-agent` (issue 14); until it does,
+//! `ChannelSettings::parse` refuses a Zendesk channel with a clear error.
+
+pub mod settings;
+pub mod transform;
+mod wire;
+
+pub use settings::ZendeskSettings;
+pub use transform::{
+    ErrorKind, Frame, FrameError, OutgoingRequest, VisitorMessage, graphql_string, parse_frame,
+    request_frame, send_request, visitor_content, visitor_message,
+};
