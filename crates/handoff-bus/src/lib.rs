@@ -158,7 +158,7 @@ impl Bus {
         }
     }
 
-    pub(crate) fn report(&self, what: &str, problem: Option<String>) {
+    pub fn report(&self, what: &str, problem: Option<String>) {
         let mut problems = self.problems.lock().expect("problems lock");
         match problem {
             Some(why) => problems.insert(what.to_string(), why),

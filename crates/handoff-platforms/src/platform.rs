@@ -9,7 +9,7 @@ use std::sync::Arc;
 use handoff_bus::Service;
 use handoff_config::{Channel, Channels, Platform, Role};
 
-use crate::{custom, selarti, webhook_bot};
+use crate::{custom, selarti, webhook_bot, zendesk};
 
 /// A channel's platform-specific settings, parsed by the platform's own `settings` module.
 #[derive(Debug, Clone)]
@@ -18,6 +18,7 @@ pub enum ChannelSettings {
     CustomOutlet(custom::OutletSettings),
     WebhookBot(webhook_bot::BotSettings),
     Selarti(selarti::SelartiSettings),
+    Zendesk(zendesk::ZendeskSettings),
 }
 
 impl ChannelSettings {
@@ -36,11 +37,8 @@ impl ChannelSettings {
             (Platform::Selarti, Role::Bot) => {
                 Self::Selarti(selarti::SelartiSettings::from_channel(c)?)
             }
-            (Platform::Zendesk, _) => {
-                return Err(format!(
-                    "channel `{}`.platform: zendesk is not available in this version of Handoff",
-                    c.id
-                ));
+            (Platform::Zendesk, Role::Inlet) => {
+                Self::Zendesk(zendesk::ZendeskSettings::from_channel(c)?)
             }
             (platform, role) => {
                 return Err(format!(
@@ -58,6 +56,7 @@ impl ChannelSettings {
             Self::CustomOutlet(_) | Self::WebhookBot(_) | Self::Selarti(_) => {
                 Service::OutletGateway
             }
+            Self::Zendesk(_) => Service::ZendeskAgent,
         }
     }
 }

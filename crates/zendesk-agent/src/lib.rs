@@ -1,11 +1,22 @@
-//! zendesk-agent: will act as a Zendesk Chat agent over the Conversations API (GraphQL over
-//! WebSocket). Until its own issue lands it starts, connects to NATS (creating the stream
-//! like every service) and serves health, so deployments already have its shape.
+//! zendesk-agent: serves Zendesk Chat visitors as an agent over the Chat Conversations API
+//! (GraphQL over WebSocket). For each Zendesk inlet channel it keeps one agent session
+//! (`session`), publishes visitors' messages as `InboundMessage` events, and consumes
+//! `deliver.zendesk-agent` to send the hub's answers into the visitors' chats (`deliver`).
+//!
+//! One session per account and process for now: running two replicas would log the
+//! account in twice, which Zendesk answers by ending the first session (EOS).
+
+mod deliver;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
-use handoff_bus::{Bus, BusSettings};
-use handoff_config::Settings;
-use handoff_service::{Readiness, health_router, http_trace_layer};
+use handoff_bus::{Bus, BusSettings, Service};
+use handoff_config::{Channels, Settings};
+use handoff_platforms::{ChannelSettings, Platforms};
+use handoff_service::{Readiness, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,37 +27,82 @@ struct Ready(Bus);
 
 impl Readiness for Ready {
     async fn ready(&self) -> Result<(), String> {
-        if self.0.is_connected() {
-            Ok(())
-        } else {
-            Err("NATS is not connected".into())
-        }
+        self.0.ready()
     }
 }
 
 pub struct Application {
     listener: TcpListener,
     bus: Bus,
+    accounts: HashMap<String, Arc<session::Account>>,
 }
 
 impl Application {
-    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
+        // Each channel's settings are its platform's to read: a bad one stops the start.
+        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
+        let mut accounts = HashMap::new();
+        for channel in channels.iter() {
+            if let Some(ChannelSettings::Zendesk(zendesk)) =
+                platforms.get(&channel.id).map(|s| &**s)
+            {
+                accounts.insert(
+                    channel.id.clone(),
+                    Arc::new(session::Account {
+                        channel: channel.clone(),
+                        settings: zendesk.clone(),
+                        link: Arc::default(),
+                    }),
+                );
+            }
+        }
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
-        Ok(Self { listener, bus })
+        Ok(Self {
+            listener,
+            bus,
+            accounts,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let app = Router::new()
-            .merge(health_router(Ready(self.bus)))
+            .merge(health_router(Ready(self.bus.clone())))
             .layer(http_trace_layer());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
-        Ok(())
+        let bus = self.bus;
+        let accounts = self.accounts;
+        let listener = self.listener;
+        let http = reqwest::Client::builder()
+            .user_agent("handoff-zendesk-agent")
+            .build()?;
+        handoff_service::run_parts(shutdown, move |stop| {
+            let mut parts = vec![http_part(listener, app, stop.clone())];
+            for account in accounts.values() {
+                let session =
+                    session::run(account.clone(), bus.clone(), http.clone(), stop.clone());
+                parts.push((
+                    "a Zendesk session",
+                    Box::pin(session) as handoff_service::Part,
+                ));
+            }
+            let consumers = handoff_bus::run_consumers(
+                bus.clone(),
+                Service::ZendeskAgent.deliver_area(),
+                "zendesk-agent".into(),
+                Arc::new(deliver::Deliverer { bus, accounts }),
+                stop.clone(),
+            );
+            parts.push(("the deliver.zendesk-agent consumers", Box::pin(consumers)));
+            parts
+        })
+        .await
     }
 }

@@ -1,4 +1,4 @@
-use handoff_config::Settings;
+use handoff_config::{Channels, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,10 +8,12 @@ async fn main() -> anyhow::Result<()> {
         &settings.telemetry.log_format,
         settings.telemetry.otlp_endpoint.as_deref(),
     )?;
-    let app = zendesk_agent::Application::build(&settings).await?;
+    let channels = Channels::load(&settings.channels)?;
+    let app = zendesk_agent::Application::build(&settings, channels).await?;
     tracing::info!(
         port = app.port(),
-        "zendesk-agent listening (no Zendesk accounts yet)"
+        accounts = app.accounts(),
+        "zendesk-agent listening"
     );
     app.run_until_stopped(handoff_service::shutdown_token())
         .await

@@ -9,8 +9,7 @@
 //!   normalized content, normalized content to the mutations that send it (text in
 //!   GraphQL variables, so visitor and bot text never breaks a query).
 //!
-//! The service that holds the session is `zendesk-agent` (issue 14); until it does,
-//! `ChannelSettings::parse` refuses a Zendesk channel with a clear error.
+//! The service that holds the session is `zendesk-agent`.
 
 pub mod settings;
 pub mod transform;

@@ -3,7 +3,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use handoff_config::{Channels, Settings};
-use handoff_simulators::{Api, CustomPlatform, DemoBot, Recorded, SelartiSim, WebhookClient};
+use handoff_simulators::{
+    Api, CustomPlatform, DemoBot, Recorded, SelartiSim, WebhookClient, ZendeskSim,
+};
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +24,9 @@ pub const AI_INLET_TOKEN: &str = "ai-inlet-token-1";
 pub const SELARTI: &str = "selarti-ai";
 pub const SELARTI_SECRET: &str = "selarti-webhook-secret-0123456789";
 pub const SELARTI_KEY: &str = "selarti-api-key-42";
+/// A Zendesk Chat account (simulated) served by zendesk-agent, with the demo bot.
+pub const ZENDESK: &str = "zd-chat";
+pub const ZENDESK_TOKEN: &str = "zendesk-oauth-token-7";
 
 fn admin_url() -> String {
     std::env::var("HANDOFF_TEST_DATABASE_URL")
@@ -88,6 +93,7 @@ pub struct TestHub {
     pub desk: CustomPlatform,
     pub bot: DemoBot,
     pub selarti: SelartiSim,
+    pub zendesk: ZendeskSim,
     pub router_url: Option<String>,
     channels_path: PathBuf,
     db_name: String,
@@ -106,6 +112,7 @@ fn channels_yaml(
     desk: &CustomPlatform,
     bot: &DemoBot,
     selarti: &SelartiSim,
+    zendesk: &ZendeskSim,
     o: &HubOptions,
 ) -> String {
     format!(
@@ -152,6 +159,16 @@ channels:
     info:
       apiBase: {selarti_base}
       taskId: task-1
+  - id: {ZENDESK}
+    org: {ORG}
+    platform: zendesk
+    role: inlet
+    accessToken: unused-for-zendesk
+    apiKey: {ZENDESK_TOKEN}
+    info:
+      endpoint: {zendesk_endpoint}
+    bot: demo-bot
+    outlet: {OUTLET}
   - id: {OUTLET}
     org: {ORG}
     platform: custom
@@ -168,6 +185,7 @@ channels:
         send = customer.url("/send"),
         bot = bot.url(),
         selarti_base = selarti.api_base(),
+        zendesk_endpoint = zendesk.graphql_url(),
         livechat = desk.url("/livechat"),
         relay = desk.url("/relay"),
         desk_send = desk.url("/send"),
@@ -209,7 +227,10 @@ impl TestHub {
         let desk = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
         let bot = DemoBot::start("127.0.0.1:0", false).await.unwrap();
         let selarti = SelartiSim::start("127.0.0.1:0", SELARTI_KEY).await.unwrap();
-        let yaml = channels_yaml(&customer, &desk, &bot, &selarti, &options);
+        let zendesk = ZendeskSim::start("127.0.0.1:0", ZENDESK_TOKEN)
+            .await
+            .unwrap();
+        let yaml = channels_yaml(&customer, &desk, &bot, &selarti, &zendesk, &options);
         let channels_path = std::env::temp_dir().join(format!("handoff-channels-{id}.yaml"));
         std::fs::write(&channels_path, &yaml).unwrap();
 
@@ -255,6 +276,10 @@ impl TestHub {
             .expect("inlet-gateway starts");
         let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
         tokio::spawn(inlet.run_until_stopped(gateways.clone()));
+        let agent = zendesk_agent::Application::build(&settings, channels.clone())
+            .await
+            .expect("zendesk-agent starts");
+        tokio::spawn(agent.run_until_stopped(gateways.clone()));
         let outlet = outlet_gateway::Application::build(&settings, channels)
             .await
             .expect("outlet-gateway starts");
@@ -270,6 +295,7 @@ impl TestHub {
             desk,
             bot,
             selarti,
+            zendesk,
             router_url: None,
             channels_path,
             db_name,

@@ -11,3 +11,4 @@ mod independence;
 mod live_chat;
 mod poison;
 mod selarti;
+mod zendesk;

@@ -1,0 +1,410 @@
+//! One Zendesk account's agent session: `startAgentSession` over HTTP, then the WebSocket:
+//! ONLINE, the `message` subscription, PINGs, visitor messages published as events, and
+//! the requests of the deliverer answered by id. A session that ends (EOS, a dropped
+//! socket, a missing PONG) is replaced by a new one, after a backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt as _, StreamExt as _};
+use handoff_bus::{Bus, message_keys, now_ms};
+use handoff_config::Channel;
+use handoff_platforms::zendesk::{
+    ErrorKind, Frame, FrameError, ZendeskSettings, graphql_string, parse_frame, request_frame,
+    visitor_content, visitor_message,
+};
+use handoff_proto::{Body, Choice, Envelope, InboundMessage};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How often the socket is pinged; a PING unanswered by the next one means a dead socket.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a request's answer may take before it counts as lost.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// The subscription-start retries seed 002 allows: 3 to 5 within 30 s.
+const SUBSCRIPTION_ATTEMPTS: u32 = 4;
+
+/// Why a request got no result.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("no session is connected")]
+    NotConnected,
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("the session ended before the answer")]
+    SessionEnded,
+    #[error("Zendesk refused it: {0}")]
+    Refused(FrameError),
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Value, FrameError>>>;
+
+/// The account's live connection, shared by the session loop and the deliverer.
+#[derive(Default)]
+pub(crate) struct Link {
+    outgoing: std::sync::Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    pending: std::sync::Mutex<Pending>,
+    next_id: AtomicU64,
+    /// Quick replies last offered in each chat, to map a visitor's pick to its payload.
+    offered: std::sync::Mutex<HashMap<String, Vec<Choice>>>,
+}
+
+impl Link {
+    /// Sends a request and waits for its answer.
+    pub async fn request(&self, query: &str) -> Result<Value, RequestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        {
+            let outgoing = self.outgoing.lock().expect("link lock");
+            let sender = outgoing.as_ref().ok_or(RequestError::NotConnected)?;
+            self.pending.lock().expect("link lock").insert(id, tx);
+            if sender
+                .send(Message::text(request_frame(id, query)))
+                .is_err()
+            {
+                self.pending.lock().expect("link lock").remove(&id);
+                return Err(RequestError::NotConnected);
+            }
+        }
+        let answer = tokio::time::timeout(ANSWER_WITHIN, rx).await;
+        self.pending.lock().expect("link lock").remove(&id);
+        match answer {
+            Err(_) => Err(RequestError::NoAnswer(ANSWER_WITHIN)),
+            Ok(Err(_)) => Err(RequestError::SessionEnded),
+            Ok(Ok(result)) => result.map_err(RequestError::Refused),
+        }
+    }
+
+    pub fn offer(&self, chat: &str, choices: Vec<Choice>) {
+        self.offered
+            .lock()
+            .expect("link lock")
+            .insert(chat.to_string(), choices);
+    }
+
+    fn offered(&self, chat: &str) -> Vec<Choice> {
+        self.offered
+            .lock()
+            .expect("link lock")
+            .get(chat)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn answer(&self, id: u64, result: Result<Value, FrameError>) {
+        if let Some(waiter) = self.pending.lock().expect("link lock").remove(&id) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    fn attach(&self, sender: mpsc::UnboundedSender<Message>) {
+        *self.outgoing.lock().expect("link lock") = Some(sender);
+    }
+
+    /// The socket is gone: requests in flight learn it now rather than at their timeout.
+    fn detach(&self) {
+        *self.outgoing.lock().expect("link lock") = None;
+        self.pending.lock().expect("link lock").clear();
+    }
+}
+
+/// One configured Zendesk inlet.
+pub(crate) struct Account {
+    pub channel: Arc<Channel>,
+    pub settings: ZendeskSettings,
+    pub link: Arc<Link>,
+}
+
+/// Why a session ended.
+enum Ended {
+    /// Shutting down.
+    Stopped,
+    /// Worth a new session at once (EOS) or after a backoff (a dropped socket).
+    Again(String),
+    /// A refusal that a new session would meet again (UNAUTHORIZED, FORBIDDEN, …).
+    Refused(FrameError),
+}
+
+/// Keeps the account's session up until `stop`.
+pub(crate) async fn run(
+    account: Arc<Account>,
+    bus: Bus,
+    http: reqwest::Client,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let what = format!("zendesk account `{}`", account.channel.id);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        let ended = session(&account, &bus, &http, &stop).await;
+        account.link.detach();
+        let wait = match ended {
+            Ended::Stopped => return Ok(()),
+            Ended::Again(why) => {
+                tracing::warn!(account = %account.channel.id, %why, "Zendesk session ended; starting another");
+                bus.report(&what, Some(why));
+                backoff
+            }
+            Ended::Refused(e) => {
+                // A human must fix the token or the plan; until then the service says why
+                // it is not ready, and tries again now and then.
+                tracing::error!(account = %account.channel.id, name = %e.name, uuid = %e.uuid, message = %e.message, "Zendesk refused the session");
+                bus.report(&what, Some(format!("Zendesk refused the session: {e}")));
+                Duration::from_secs(30)
+            }
+        };
+        // A session that lived a while starts the backoff over.
+        backoff = if started.elapsed() > Duration::from_secs(30) {
+            Duration::from_millis(200)
+        } else {
+            (backoff * 2).min(Duration::from_secs(15))
+        };
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn session(
+    account: &Account,
+    bus: &Bus,
+    http: &reqwest::Client,
+    stop: &CancellationToken,
+) -> Ended {
+    let url = match start_session(account, http).await {
+        Ok(url) => url,
+        Err(Ok(refused)) => return Ended::Refused(refused),
+        Err(Err(why)) => return Ended::Again(why),
+    };
+    let socket = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((socket, _)) => socket,
+        Err(e) => return Ended::Again(format!("cannot open the WebSocket: {e}")),
+    };
+    let (mut sink, mut frames) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    account.link.attach(tx.clone());
+    let writer = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let setup = setup(account);
+    tokio::pin!(setup);
+    let mut subscription: Option<String> = None;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ponged = true;
+    let what = format!("zendesk account `{}`", account.channel.id);
+    let ended = loop {
+        tokio::select! {
+            () = stop.cancelled() => break Ended::Stopped,
+            result = &mut setup, if subscription.is_none() => match result {
+                Ok(id) => {
+                    tracing::info!(account = %account.channel.id, "Zendesk session online");
+                    bus.report(&what, None);
+                    subscription = Some(id);
+                }
+                Err(ended) => break ended,
+            },
+            _ = ping.tick() => {
+                if !ponged {
+                    break Ended::Again("no PONG to the last PING".into());
+                }
+                ponged = false;
+                let frame = json!({"sig": "PING", "payload": now_ms()}).to_string();
+                let _ = tx.send(Message::text(frame));
+            }
+            frame = frames.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(close))) => {
+                        break Ended::Again(format!("the socket was closed: {close:?}"));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break Ended::Again(format!("the socket failed: {e}")),
+                    None => break Ended::Again("the socket ended".into()),
+                };
+                match parse_frame(text.as_str()) {
+                    Ok(Frame::Answer { id, result }) => account.link.answer(id, result),
+                    Ok(Frame::Pong) => ponged = true,
+                    Ok(Frame::EndOfSession { reason }) => {
+                        break Ended::Again(format!("end of session: {reason}"));
+                    }
+                    Ok(Frame::Event { subscription: s, result }) => {
+                        if subscription.as_deref() != Some(s.as_str()) {
+                            continue;
+                        }
+                        match result {
+                            Ok(data) => {
+                                if let Err(why) = on_message(account, bus, &data, stop).await {
+                                    break Ended::Again(why);
+                                }
+                            }
+                            Err(e) if e.kind == ErrorKind::Fatal => break Ended::Refused(e),
+                            Err(e) => break Ended::Again(format!("the subscription failed: {e}")),
+                        }
+                    }
+                    Err(why) => tracing::warn!(%why, "a frame was not understood; ignored"),
+                }
+            }
+        }
+    };
+    if let Some(id) = &subscription
+        && matches!(ended, Ended::Stopped)
+    {
+        let stop =
+            json!({"payload": {"subscription_id": id}, "type": "stop_subscription", "id": 0});
+        let _ = tx.send(Message::text(stop.to_string()));
+    }
+    account.link.detach();
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    ended
+}
+
+/// `startAgentSession` → the WebSocket URL. `Err(Ok(_))`: Zendesk refused; `Err(Err(_))`:
+/// it could not be asked.
+async fn start_session(
+    account: &Account,
+    http: &reqwest::Client,
+) -> Result<String, Result<FrameError, String>> {
+    let query = format!(
+        "mutation {{ startAgentSession(access_token: {}) {{ websocket_url session_id client_id }} }}",
+        graphql_string(account.settings.access_token.expose_secret())
+    );
+    let answer: Value = http
+        .post(&account.settings.endpoint)
+        .json(&json!({ "query": query }))
+        .timeout(ANSWER_WITHIN)
+        .send()
+        .await
+        .map_err(|e| Err(format!("startAgentSession: {}", e.without_url())))?
+        .json()
+        .await
+        .map_err(|e| Err(format!("startAgentSession answer: {e}")))?;
+    // The HTTP answer has the shape of a frame's payload.
+    let frame = json!({"id": 0, "payload": answer}).to_string();
+    match parse_frame(&frame) {
+        Ok(Frame::Answer {
+            result: Ok(data), ..
+        }) => data["startAgentSession"]["websocket_url"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Err("startAgentSession answered without a websocket_url".into())),
+        Ok(Frame::Answer { result: Err(e), .. }) if e.kind == ErrorKind::Fatal => Err(Ok(e)),
+        Ok(Frame::Answer { result: Err(e), .. }) => Err(Err(format!("startAgentSession: {e}"))),
+        _ => Err(Err(
+            "startAgentSession: an answer that is not GraphQL".into()
+        )),
+    }
+}
+
+/// ONLINE, then the `message` subscription (retried as seed 002 allows); its id.
+async fn setup(account: &Account) -> Result<String, Ended> {
+    let refused = |e: RequestError| match e {
+        RequestError::Refused(e) if e.kind == ErrorKind::Fatal => Ended::Refused(e),
+        other => Ended::Again(format!("going online: {other}")),
+    };
+    account
+        .link
+        .request("mutation { updateAgentStatus(status: ONLINE) { node { id } } }")
+        .await
+        .map_err(refused)?;
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=SUBSCRIPTION_ATTEMPTS {
+        match account
+            .link
+            .request("subscription { message { node { id content timestamp channel { id } from { __typename display_name id } } } }")
+            .await
+        {
+            Ok(data) => {
+                return data["subscription_id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Ended::Again("a subscription without an id".into()));
+            }
+            Err(RequestError::Refused(e))
+                if matches!(e.kind, ErrorKind::SubscriptionStart | ErrorKind::RateLimited)
+                    && attempt < SUBSCRIPTION_ATTEMPTS =>
+            {
+                tracing::warn!(uuid = %e.uuid, attempt, "the message subscription did not start; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(refused(e)),
+        }
+    }
+    Err(Ended::Again(
+        "the message subscription never started".into(),
+    ))
+}
+
+/// A visitor's message, stored in JetStream before the next frame is read: a message is
+/// published in the order it arrived, once (its Zendesk id is the key).
+async fn on_message(
+    account: &Account,
+    bus: &Bus,
+    data: &Value,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let message = match visitor_message(data) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            tracing::warn!(%why, "a message event was not understood; ignored");
+            return Ok(());
+        }
+    };
+    let channel = &account.channel;
+    let member_id = channel.member_id(&message.channel_id).to_string();
+    let content = visitor_content(&message.text, &account.link.offered(&message.channel_id));
+    let keys = message_keys(
+        &channel.id,
+        &member_id,
+        "inbound",
+        Some(message.message_id.clone()),
+        data.to_string().as_bytes(),
+    );
+    let envelope = Envelope {
+        event_id: keys.event_id,
+        org: channel.org.clone(),
+        channel: channel.id.clone(),
+        member_id,
+        source_message_id: keys.source_message_id,
+        occurred_at_ms: message.timestamp_ms.unwrap_or_else(now_ms),
+        accepted_at_ms: now_ms(),
+        body: Some(Body::InboundMessage(InboundMessage {
+            external_id: message.channel_id.clone(),
+            profile_json: json!({
+                "firstName": message.visitor_name,
+                "zendeskVisitorId": message.visitor_id,
+            })
+            .to_string(),
+            content: Some(content),
+        })),
+        ..Default::default()
+    };
+    // Until it is stored the session reads nothing more: Zendesk will not send it again,
+    // so a bus outage is waited out here rather than losing the message.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match bus.publish_event_once(&envelope, &keys.dedup_id).await {
+            Ok(_) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "a visitor message is not stored yet; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Err("stopped before a visitor message was stored".into()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
