@@ -61,6 +61,21 @@ impl ChannelSettings {
     }
 }
 
+/// A text setting of `info`, trimmed: absent or `null` is `None`; anything but a
+/// non-empty string is an error naming the field.
+pub(crate) fn info_text(c: &Channel, key: &str) -> Result<Option<String>, String> {
+    match c.info.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+            Ok(Some(s.trim().to_string()))
+        }
+        Some(_) => Err(format!(
+            "channel `{}`.info.{key}: must be a non-empty string",
+            c.id
+        )),
+    }
+}
+
 /// Every configured channel's typed settings, parsed once at start: a bad channel stops the
 /// service before it serves anything.
 #[derive(Debug, Clone, Default)]

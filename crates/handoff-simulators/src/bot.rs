@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 /// A scripted bot speaking the webhook-bot protocol:
 /// - "agent" or "human" → asks for a handoff (`groupName: support`);
 /// - "bye" → says goodbye and closes;
+/// - "menu" → offers quick replies (Tea → `TEA`, Coffee → `COFFEE`);
 /// - any other text → `You said: <text>`; a postback → `You chose: <payload>`;
 /// - a message that could not be relayed → tells the customer so;
 /// - a failed handoff → tells the customer no agent is available;
@@ -151,6 +152,13 @@ async fn answer(State(state): State<Arc<BotState>>, Json(request): Json<Value>) 
                                 "label": "demo", "meta": {"source": "demo-bot"}}
                 })
             }
+            _ if said.eq_ignore_ascii_case("menu") => json!({"responses": [{
+                "type": "TEXT", "text": "Tea or coffee?",
+                "quickReplies": [
+                    {"content_type": "text", "title": "Tea", "payload": "TEA"},
+                    {"content_type": "text", "title": "Coffee", "payload": "COFFEE"},
+                ],
+            }]}),
             _ if said.eq_ignore_ascii_case("bye") => json!({
                 "responses": [text("Goodbye!")], "close": true
             }),

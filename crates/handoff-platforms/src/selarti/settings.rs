@@ -26,18 +26,7 @@ pub struct SelartiSettings {
 impl SelartiSettings {
     /// Reads the channel's settings; the error names the field.
     pub fn from_channel(c: &Channel) -> Result<Self, String> {
-        let field = |key: &str| -> Result<Option<String>, String> {
-            match c.info.get(key) {
-                None => Ok(None),
-                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
-                    Ok(Some(s.trim().to_string()))
-                }
-                Some(_) => Err(format!(
-                    "channel `{}`.info.{key}: must be a non-empty string",
-                    c.id
-                )),
-            }
-        };
+        let field = |key: &str| crate::platform::info_text(c, key);
         let api_base = field("apiBase")?.unwrap_or_else(|| DEFAULT_API_BASE.into());
         if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
             return Err(format!(

@@ -21,22 +21,8 @@ pub struct ZendeskSettings {
 impl ZendeskSettings {
     /// Reads the channel's settings; the error names the field.
     pub fn from_channel(c: &Channel) -> Result<Self, String> {
-        let text = |key: &str| -> Result<Option<String>, String> {
-            match c.info.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
-                    Ok(Some(s.trim().to_string()))
-                }
-                Some(serde_json::Value::Number(n)) if key == "department" => {
-                    Ok(Some(n.to_string()))
-                }
-                Some(_) => Err(format!(
-                    "channel `{}`.info.{key}: must be a non-empty string",
-                    c.id
-                )),
-            }
-        };
-        let endpoint = text("endpoint")?.unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        let endpoint =
+            crate::platform::info_text(c, "endpoint")?.unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
             return Err(format!(
                 "channel `{}`.info.endpoint: `{endpoint}` is not an http(s) URL",
@@ -53,7 +39,11 @@ impl ZendeskSettings {
             channel_id: c.id.clone(),
             endpoint,
             access_token,
-            department: text("department")?,
+            // A department id is a number in Zendesk's API; a name is text.
+            department: match c.info.get("department") {
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => crate::platform::info_text(c, "department")?,
+            },
         })
     }
 }

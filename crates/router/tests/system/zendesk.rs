@@ -85,3 +85,26 @@ async fn a_dropped_socket_and_an_end_of_session_are_survived_with_nothing_lost_o
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn quick_replies_reach_the_visitor_with_a_fallback_and_a_pick_returns_as_its_payload() {
+    // Arrange
+    let hub = TestHub::start().await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 3");
+    hub.zendesk.visitor_says(&chat, "menu");
+    let offered = hub.zendesk.wait_for_sent(&chat, 1, WAIT).await;
+    assert_eq!(offered[0]["mutation"], "sendQuickReplies", "{offered:?}");
+    assert_eq!(
+        offered[0]["fallback"]["options"],
+        serde_json::json!(["Tea", "Coffee"])
+    );
+
+    // Act: the visitor taps "Coffee"; the widget sends its text
+    hub.zendesk.visitor_picks(&chat, "Coffee").unwrap();
+
+    // Assert: the bot got the payload, not the words
+    let sent = hub.zendesk.wait_for_sent(&chat, 2, WAIT).await;
+    assert_eq!(sent[1]["msg"], "You chose: COFFEE", "{sent:?}");
+    hub.shutdown().await;
+}
