@@ -20,6 +20,7 @@ impl Envelope {
             Some(Body::BotFailed(_)) => "bot_failed",
             Some(Body::ConversationTimeout(_)) => "conversation_timeout",
             Some(Body::Parked(_)) => "parked",
+            Some(Body::CustomerLeft(_)) => "customer_left",
             Some(Body::AgentMessage(_)) => "agent_message",
             Some(Body::AgentCommand(_)) => "agent_command",
             Some(Body::HandoffAccepted(_)) => "handoff_accepted",

@@ -478,6 +478,7 @@ impl Engine {
                 detail: json!({"reason": storable(&f.reason), "status": f.status}),
             },
             Body::BotFailed(f) => Event::BotFailed { reason: &f.reason },
+            Body::CustomerLeft(_) => Event::CustomerLeft,
             _ => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
                 return Ok(true);

@@ -66,6 +66,8 @@ pub(crate) enum Event<'a> {
     BotFailed {
         reason: &'a str,
     },
+    /// The customer closed the chat on their side.
+    CustomerLeft,
 }
 
 /// A transcript line.
@@ -211,6 +213,7 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
         Event::BotFailed { reason } => {
             d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
         }
+        Event::CustomerLeft => d.customer_left(),
     }
     d.steps
 }
@@ -371,6 +374,25 @@ impl<'a> Decision<'_, 'a> {
         }
     }
 
+    /// The chat is over on the customer's side: a live chat's agent is told, an open
+    /// conversation closes, and nothing is sent to the customer any more.
+    fn customer_left(&mut self) {
+        let reason = "customer_left";
+        let Some(c) = self.facts.conversation else {
+            self.system("CUSTOMER_LEFT", json!({}), None);
+            return;
+        };
+        if c.state == ConvState::Live {
+            self.send(Command::Relay {
+                outlet: c.outlet_channel_id.clone(),
+                conversation: c.id,
+                live: false,
+                content: event_content("LIVE_CHAT_ENDED", json!({"reason": reason})),
+            });
+        }
+        self.end(c, reason, false);
+    }
+
     fn handoff_accepted(&mut self, external_id: &str) {
         let Some(c) = self.named(ConvState::Pending) else {
             self.steps.push(Step::Ignore("late livechat acceptance"));
@@ -465,6 +487,11 @@ impl<'a> Decision<'_, 'a> {
     /// LIVE (or PENDING) → BOT: the customer is told (the outlet's end text), the bot gets
     /// what was still held and is told.
     fn close(&mut self, c: &ConversationRow, reason: &str) {
+        self.end(c, reason, true);
+    }
+
+    /// Closes `c`; the customer hears the end text only if they are still there to hear.
+    fn end(&mut self, c: &ConversationRow, reason: &str, customer_there: bool) {
         self.steps.push(Step::Close {
             conversation: c.id,
             from: c.state.clone(),
@@ -473,15 +500,19 @@ impl<'a> Decision<'_, 'a> {
         let ended = json!({"reason": reason});
         self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
         let end_text = self.rules().end_text;
-        if c.state == ConvState::Live && !end_text.is_empty() {
+        if customer_there && c.state == ConvState::Live && !end_text.is_empty() {
             self.send(Command::ToMember {
                 live: false,
                 content: text_content(&end_text),
             });
         }
+        // Held messages go to the bot, unless nobody is left to answer them.
+        let to = customer_there
+            .then(|| self.facts.inlet.bot.clone())
+            .flatten();
         self.steps.push(Step::ReleaseHeld {
             conversation: c.id,
-            to: Release::Bot(self.facts.inlet.bot.clone()),
+            to: Release::Bot(to),
         });
         self.tell_bot(SendToBot {
             content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
@@ -859,6 +890,29 @@ mod tests {
         assert!(matches!(sent[0], Command::Relay { live: false, .. }));
         assert!(matches!(sent[1], Command::ToMember { .. }));
         assert_eq!(system_events(&steps), ["LIVE_CHAT_ENDED"]);
+    }
+
+    #[test]
+    fn a_customer_leaving_a_live_chat_tells_the_agent_and_sends_the_customer_nothing() {
+        let steps = world(Some(ConvState::Live)).decide("web", Event::CustomerLeft);
+        let sent = sends(&steps);
+        assert!(matches!(sent[0], Command::Relay { live: false, .. }));
+        assert!(
+            !sent.iter().any(|c| matches!(c, Command::ToMember { .. })),
+            "{sent:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "customer_left"))
+        );
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::ReleaseHeld {
+                to: Release::Bot(None),
+                ..
+            }
+        )));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One Zendesk account's agent session: `startAgentSession` over HTTP, then the WebSocket:
-//! ONLINE, the `message` subscription, PINGs, visitor messages published as events, and
-//! the requests of the deliverer answered by id. A session that ends (EOS, a dropped
+//! ONLINE, the `message` and `chatActivity` subscriptions, PINGs, visitors' messages and
+//! departures published as events, and the deliverer's requests answered by id. A session that ends (EOS, a dropped
 //! socket, a missing PONG) is replaced by a new one, after a backoff.
 
 use std::collections::HashMap;
@@ -12,10 +12,10 @@ use futures::{SinkExt as _, StreamExt as _};
 use handoff_bus::{Bus, message_keys, now_ms};
 use handoff_config::Channel;
 use handoff_platforms::zendesk::{
-    ErrorKind, Frame, FrameError, ZendeskSettings, graphql_string, parse_frame, request_frame,
-    visitor_content, visitor_message,
+    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, ZendeskSettings,
+    graphql_string, parse_frame, request_frame, visitor_content, visitor_left, visitor_message,
 };
-use handoff_proto::{Body, Choice, Envelope, InboundMessage};
+use handoff_proto::{Body, Choice, CustomerLeft, Envelope, InboundMessage};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -199,19 +199,33 @@ async fn session(
     });
     let setup = setup(account);
     tokio::pin!(setup);
-    let mut subscription: Option<String> = None;
+    // The `message` and `chatActivity` subscriptions, once both are started.
+    let mut subscriptions: Option<(String, String)> = None;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ponged = true;
+    // Events that arrive before both subscriptions are acknowledged (a visitor can write
+    // the moment `message` starts), handled in order once they are.
+    let mut early: Vec<(String, Result<Value, FrameError>)> = Vec::new();
     let what = format!("zendesk account `{}`", account.channel.id);
     let ended = loop {
         tokio::select! {
             () = stop.cancelled() => break Ended::Stopped,
-            result = &mut setup, if subscription.is_none() => match result {
-                Ok(id) => {
+            result = &mut setup, if subscriptions.is_none() => match result {
+                Ok(ids) => {
                     tracing::info!(account = %account.channel.id, "Zendesk session online");
                     bus.report(&what, None);
-                    subscription = Some(id);
+                    let mut ended = None;
+                    for (s, result) in early.drain(..) {
+                        ended = on_event(account, bus, stop, &ids, &s, result).await;
+                        if ended.is_some() {
+                            break;
+                        }
+                    }
+                    subscriptions = Some(ids);
+                    if let Some(ended) = ended {
+                        break ended;
+                    }
                 }
                 Err(ended) => break ended,
             },
@@ -240,17 +254,12 @@ async fn session(
                         break Ended::Again(format!("end of session: {reason}"));
                     }
                     Ok(Frame::Event { subscription: s, result }) => {
-                        if subscription.as_deref() != Some(s.as_str()) {
+                        let Some(ids) = &subscriptions else {
+                            early.push((s, result));
                             continue;
-                        }
-                        match result {
-                            Ok(data) => {
-                                if let Err(why) = on_message(account, bus, &data, stop).await {
-                                    break Ended::Again(why);
-                                }
-                            }
-                            Err(e) if e.kind == ErrorKind::Fatal => break Ended::Refused(e),
-                            Err(e) => break Ended::Again(format!("the subscription failed: {e}")),
+                        };
+                        if let Some(ended) = on_event(account, bus, stop, ids, &s, result).await {
+                            break ended;
                         }
                     }
                     Err(why) => tracing::warn!(%why, "a frame was not understood; ignored"),
@@ -258,12 +267,14 @@ async fn session(
             }
         }
     };
-    if let Some(id) = &subscription
+    if let Some((messages, activity)) = &subscriptions
         && matches!(ended, Ended::Stopped)
     {
-        let stop =
-            json!({"payload": {"subscription_id": id}, "type": "stop_subscription", "id": 0});
-        let _ = tx.send(Message::text(stop.to_string()));
+        for id in [messages, activity] {
+            let stop =
+                json!({"payload": {"subscription_id": id}, "type": "stop_subscription", "id": 0});
+            let _ = tx.send(Message::text(stop.to_string()));
+        }
     }
     account.link.detach();
     drop(tx);
@@ -308,24 +319,50 @@ async fn start_session(
     }
 }
 
-/// ONLINE, then the `message` subscription (retried as seed 002 allows); its id.
-async fn setup(account: &Account) -> Result<String, Ended> {
-    let refused = |e: RequestError| match e {
-        RequestError::Refused(e) if e.kind == ErrorKind::Fatal => Ended::Refused(e),
-        other => Ended::Again(format!("going online: {other}")),
+/// An event of one of the session's subscriptions; `Some` when it ends the session.
+async fn on_event(
+    account: &Account,
+    bus: &Bus,
+    stop: &CancellationToken,
+    (messages, activity): &(String, String),
+    subscription: &str,
+    result: Result<Value, FrameError>,
+) -> Option<Ended> {
+    let handled = match result {
+        Ok(data) if subscription == messages => on_message(account, bus, &data, stop).await,
+        Ok(data) if subscription == activity => on_activity(account, bus, &data, stop).await,
+        // Another session's subscription, or one this service never started.
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ErrorKind::Fatal => return Some(Ended::Refused(e)),
+        Err(e) => Err(format!("the subscription failed: {e}")),
     };
+    handled.err().map(Ended::Again)
+}
+
+/// ONLINE, then the `message` and `chatActivity` subscriptions; their ids.
+async fn setup(account: &Account) -> Result<(String, String), Ended> {
     account
         .link
         .request("mutation { updateAgentStatus(status: ONLINE) { node { id } } }")
         .await
-        .map_err(refused)?;
+        .map_err(|e| refused("going online", e))?;
+    let messages = subscribe(account, MESSAGE_SUBSCRIPTION).await?;
+    let activity = subscribe(account, ACTIVITY_SUBSCRIPTION).await?;
+    Ok((messages, activity))
+}
+
+fn refused(doing: &str, e: RequestError) -> Ended {
+    match e {
+        RequestError::Refused(e) if e.kind == ErrorKind::Fatal => Ended::Refused(e),
+        other => Ended::Again(format!("{doing}: {other}")),
+    }
+}
+
+/// Starts a subscription, retrying a failed start as seed 002 allows (3–5 times in 30 s).
+async fn subscribe(account: &Account, query: &str) -> Result<String, Ended> {
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=SUBSCRIPTION_ATTEMPTS {
-        match account
-            .link
-            .request("subscription { message { node { id content timestamp channel { id } from { __typename display_name id } } } }")
-            .await
-        {
+        match account.link.request(query).await {
             Ok(data) => {
                 return data["subscription_id"]
                     .as_str()
@@ -333,19 +370,56 @@ async fn setup(account: &Account) -> Result<String, Ended> {
                     .ok_or_else(|| Ended::Again("a subscription without an id".into()));
             }
             Err(RequestError::Refused(e))
-                if matches!(e.kind, ErrorKind::SubscriptionStart | ErrorKind::RateLimited)
-                    && attempt < SUBSCRIPTION_ATTEMPTS =>
+                if matches!(
+                    e.kind,
+                    ErrorKind::SubscriptionStart | ErrorKind::RateLimited
+                ) && attempt < SUBSCRIPTION_ATTEMPTS =>
             {
-                tracing::warn!(uuid = %e.uuid, attempt, "the message subscription did not start; retrying");
+                tracing::warn!(uuid = %e.uuid, attempt, "a subscription did not start; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(refused(e)),
+            Err(e) => return Err(refused("subscribing", e)),
         }
     }
-    Err(Ended::Again(
-        "the message subscription never started".into(),
-    ))
+    Err(Ended::Again("a subscription never started".into()))
+}
+
+/// A visitor who closed their chat: the conversation closes (`CustomerLeft`).
+async fn on_activity(
+    account: &Account,
+    bus: &Bus,
+    data: &Value,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let (chat, log_id) = match visitor_left(data) {
+        Ok(Some(left)) => left,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            tracing::warn!(%why, "a chatActivity event was not understood; ignored");
+            return Ok(());
+        }
+    };
+    let channel = &account.channel;
+    let member_id = channel.member_id(&chat).to_string();
+    let keys = message_keys(
+        &channel.id,
+        &member_id,
+        "left",
+        Some(log_id),
+        data.to_string().as_bytes(),
+    );
+    let envelope = Envelope {
+        event_id: keys.event_id,
+        org: channel.org.clone(),
+        channel: channel.id.clone(),
+        member_id,
+        occurred_at_ms: now_ms(),
+        accepted_at_ms: now_ms(),
+        body: Some(Body::CustomerLeft(CustomerLeft {})),
+        ..Default::default()
+    };
+    publish(bus, &envelope, &keys.dedup_id, stop).await
 }
 
 /// A visitor's message, stored in JetStream before the next frame is read: a message is
@@ -393,16 +467,27 @@ async fn on_message(
         })),
         ..Default::default()
     };
-    // Until it is stored the session reads nothing more: Zendesk will not send it again,
-    // so a bus outage is waited out here rather than losing the message.
+    publish(bus, &envelope, &keys.dedup_id, stop).await
+}
+
+/// Stores an event before the session reads on: Zendesk will not send it again, so a bus
+/// outage is waited out here rather than losing it.
+async fn publish(
+    bus: &Bus,
+    envelope: &Envelope,
+    dedup_id: &str,
+    stop: &CancellationToken,
+) -> Result<(), String> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match bus.publish_event_once(&envelope, &keys.dedup_id).await {
+        match bus.publish_event_once(envelope, dedup_id).await {
             Ok(_) => return Ok(()),
-            Err(e) => tracing::warn!(error = %e, "a visitor message is not stored yet; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "an event from Zendesk is not stored yet; retrying")
+            }
         }
         tokio::select! {
-            () = stop.cancelled() => return Err("stopped before a visitor message was stored".into()),
+            () = stop.cancelled() => return Err("stopped before an event from Zendesk was stored".into()),
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));

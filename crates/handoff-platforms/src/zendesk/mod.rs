@@ -17,6 +17,7 @@ mod wire;
 
 pub use settings::ZendeskSettings;
 pub use transform::{
-    ErrorKind, Frame, FrameError, OutgoingRequest, VisitorMessage, graphql_string, parse_frame,
-    request_frame, send_request, visitor_content, visitor_message,
+    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, OutgoingRequest,
+    VisitorMessage, graphql_string, parse_frame, request_frame, send_request, visitor_content,
+    visitor_left, visitor_message,
 };

@@ -9,7 +9,7 @@ use handoff_proto::v1::{button, content};
 use handoff_proto::{Choice, Content, Postback, Text};
 use serde_json::{Value, json};
 
-use super::wire::{GraphqlError, MessageData, ServerFrame};
+use super::wire::{ActivityData, GraphqlError, MessageData, ServerFrame};
 
 /// How seed 002 says an error may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +164,24 @@ pub fn visitor_message(data: &Value) -> Result<Option<VisitorMessage>, String> {
         visitor_id: node.from.id.unwrap_or_default(),
         timestamp_ms: node.timestamp.map(|t| t as i64),
     }))
+}
+
+/// The subscription selections the agent needs: a message's text and sender, and a
+/// member leaving (with its chat, which a leave log needs to be of any use).
+pub const MESSAGE_SUBSCRIPTION: &str = "subscription { message { node { id content timestamp channel { id } from { __typename display_name id } } } }";
+pub const ACTIVITY_SUBSCRIPTION: &str = "subscription { chatActivity(filter: {chat_activity_types: [MEMBER_LEAVE]}) { node { __typename ... on MemberLeaveLog { id channel { id } user { __typename id display_name } } } } }";
+
+/// A visitor closing their chat, from a `chatActivity` event: `(chat id, log id)`; `None`
+/// for anything else (agents leaving, joins).
+pub fn visitor_left(data: &Value) -> Result<Option<(String, String)>, String> {
+    let data: ActivityData =
+        serde_json::from_value(data.clone()).map_err(|e| format!("chatActivity event: {e}"))?;
+    let log = data.chat_activity.node;
+    let by_visitor = log.user.as_ref().is_some_and(|u| u.typename == "Visitor");
+    match (log.typename.as_str(), log.channel) {
+        ("MemberLeaveLog", Some(channel)) if by_visitor => Ok(Some((channel.id, log.id))),
+        _ => Ok(None),
+    }
 }
 
 /// A visitor's text as content: the payload of a quick reply it matches (the widget sends
@@ -439,6 +457,20 @@ mod tests {
         assert_eq!(m.timestamp_ms, Some(1_675_666_127_859));
         assert_eq!(visitor_message(&event("Agent")).unwrap(), None);
         assert!(visitor_message(&json!({"message": {}})).is_err());
+    }
+
+    #[test]
+    fn a_visitor_leaving_is_told_apart_from_an_agent_leaving() {
+        let event = |typename: &str| {
+            json!({"chatActivity": {"node": {
+            "__typename": "MemberLeaveLog", "id": "l1", "channel": {"id": "c1"},
+            "user": {"__typename": typename, "id": "u", "display_name": "x"}}}})
+        };
+        assert_eq!(
+            visitor_left(&event("Visitor")).unwrap(),
+            Some(("c1".into(), "l1".into()))
+        );
+        assert_eq!(visitor_left(&event("Agent")).unwrap(), None);
     }
 
     #[test]

@@ -69,3 +69,27 @@ pub(super) struct User {
     #[serde(default)]
     pub id: Option<String>,
 }
+
+/// `data` of a `chatActivity` event: `{"chatActivity": {"node": {…}}}`.
+#[derive(Deserialize)]
+pub(super) struct ActivityData {
+    #[serde(rename = "chatActivity")]
+    pub chat_activity: ActivityEdge,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ActivityEdge {
+    pub node: ChatLog,
+}
+
+/// A `MemberJoinLog` or `MemberLeaveLog` (their `channel` is inferred from `Message`'s).
+#[derive(Deserialize)]
+pub(super) struct ChatLog {
+    #[serde(rename = "__typename")]
+    pub typename: String,
+    pub id: String,
+    #[serde(default)]
+    pub channel: Option<Node>,
+    #[serde(default)]
+    pub user: Option<User>,
+}

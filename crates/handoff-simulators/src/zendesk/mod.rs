@@ -249,6 +249,11 @@ impl ZendeskSim {
     }
 
     /// How many `startAgentSession` calls succeeded.
+    /// How many requests were answered `RATE_LIMITED`.
+    pub fn rate_limited(&self) -> usize {
+        self.shared.lock().log.rate_limited
+    }
+
     pub fn sessions_started(&self) -> usize {
         self.shared.lock().log.sessions_started
     }

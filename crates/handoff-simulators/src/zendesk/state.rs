@@ -129,6 +129,8 @@ pub(super) struct Log {
     pub statuses: Vec<String>,
     pub mutations: Vec<(String, Value)>,
     pub sessions_started: usize,
+    /// Requests answered `RATE_LIMITED`.
+    pub rate_limited: usize,
 }
 
 pub(super) struct State {
@@ -327,6 +329,7 @@ impl State {
         }
         let sid = self.sockets.get(&socket)?.session.clone();
         if !self.allow(&sid) {
+            self.log.rate_limited += 1;
             let failure = Failure::new(
                 ErrorName::RateLimited,
                 429,
