@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use handoff_proto::{Envelope, Message as _};
+use handoff_proto::{Body, Envelope, Message as _};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
@@ -198,6 +198,39 @@ impl Bus {
             return Err(PublishError::NoMember);
         }
         Ok(self.partition_of(&envelope.member_id))
+    }
+
+    /// Publishes the event a command resulted in (a bot's answer, a delivery that failed
+    /// for good), then settles the command as `then`. The event's id derives from the
+    /// command's and `purpose`, so a redelivered command publishes the same event, which
+    /// JetStream and the router's inbox drop; a failed publish retries the command.
+    pub async fn publish_then(
+        &self,
+        cause: &Envelope,
+        purpose: &str,
+        channel: &str,
+        body: Body,
+        then: Handled,
+    ) -> Handled {
+        let envelope = Envelope {
+            event_id: derived_id(&cause.event_id, purpose, 0),
+            org: cause.org.clone(),
+            channel: channel.to_string(),
+            member_id: cause.member_id.clone(),
+            conversation_id: cause.conversation_id.clone(),
+            causation_id: cause.event_id.clone(),
+            occurred_at_ms: cause.occurred_at_ms,
+            accepted_at_ms: now_ms(),
+            body: Some(body),
+            ..Default::default()
+        };
+        match self.publish_event(&envelope).await {
+            Ok(()) => then,
+            Err(e) => Handled::Retry {
+                after: Duration::from_secs(1),
+                reason: e.to_string(),
+            },
+        }
     }
 
     /// Publishes an event for the router and waits until JetStream has stored it.

@@ -1,9 +1,8 @@
 //! `deliver.inlet-gateway` commands: responses for a customer, sent to the inlet's Send API.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use handoff_bus::{Bus, Handled, Handler, derived_id, now_ms};
+use handoff_bus::{Bus, Handled, Handler};
 use handoff_config::Channels;
 use handoff_platforms::custom::send_body;
 use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
@@ -58,30 +57,17 @@ impl Handler for Deliverer {
                     return retry;
                 }
                 tracing::warn!(error = %e, "delivery to the customer failed for good");
-                let failed = Envelope {
-                    event_id: derived_id(&envelope.event_id, "delivery_failed", 0),
-                    org: envelope.org.clone(),
-                    channel: envelope.channel.clone(),
-                    member_id: envelope.member_id.clone(),
-                    conversation_id: envelope.conversation_id.clone(),
-                    causation_id: envelope.event_id.clone(),
-                    accepted_at_ms: now_ms(),
-                    body: Some(Body::DeliveryFailed(DeliveryFailed {
-                        content: Some(content.clone()),
-                        reason: e.to_string(),
-                        status: e.status().unwrap_or_default().into(),
-                    })),
-                    ..Default::default()
+                let failed = Body::DeliveryFailed(DeliveryFailed {
+                    content: Some(content.clone()),
+                    reason: e.to_string(),
+                    status: e.status().unwrap_or_default().into(),
+                });
+                let park = Handled::Park {
+                    reason: format!("delivery to `{}` failed: {e}", channel.id),
                 };
-                match self.bus.publish_event(&failed).await {
-                    Ok(()) => Handled::Park {
-                        reason: format!("delivery to `{}` failed: {e}", channel.id),
-                    },
-                    Err(e) => Handled::Retry {
-                        after: Duration::from_secs(1),
-                        reason: e.to_string(),
-                    },
-                }
+                self.bus
+                    .publish_then(&envelope, "delivery_failed", &channel.id, failed, park)
+                    .await
             }
         }
     }

@@ -16,8 +16,6 @@ use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
 
-use crate::publish_then;
-
 /// Room for the envelope around a bot answer in a bus message.
 const ENVELOPE_ROOM: usize = 4 * 1024;
 
@@ -119,37 +117,20 @@ impl BotCaller {
         });
         match reply {
             Ok(reply) => {
-                publish_then(
-                    &self.bus,
-                    envelope,
-                    "bot_result",
-                    &bot.id,
-                    Body::BotReply(reply),
-                    Handled::Done,
-                )
-                .await
+                self.bus
+                    .publish_then(
+                        envelope,
+                        "bot_result",
+                        &bot.id,
+                        Body::BotReply(reply),
+                        Handled::Done,
+                    )
+                    .await
             }
             Err(reason) => self.give_up(envelope, &bot.id, reason).await,
         }
     }
-}
 
-/// Why a `SendToBot` command calls the bot, and the failure it reports, if any.
-fn bot_event(cmd: &SendToBot) -> (BotEvent, Option<&str>) {
-    if !cmd.relay_message_error_json.is_empty() {
-        (BotEvent::RelayFailed, Some(&cmd.relay_message_error_json))
-    } else if !cmd.handoff_error_json.is_empty() {
-        (BotEvent::HandoffFailed, Some(&cmd.handoff_error_json))
-    } else if !cmd.live_chat_ended_json.is_empty() {
-        (BotEvent::LiveChatEnded, Some(&cmd.live_chat_ended_json))
-    } else if !cmd.agent_conversation_id.is_empty() {
-        (BotEvent::AgentCommand, None)
-    } else {
-        (BotEvent::Message, None)
-    }
-}
-
-impl BotCaller {
     /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
     /// customer messages go: Selarti has no notion of Handoff's relay, handoff or live-chat
     /// events, and cannot answer an agent command in its reply.
@@ -190,14 +171,29 @@ impl BotCaller {
         let park = Handled::Park {
             reason: format!("bot `{bot}`: {reason}"),
         };
-        publish_then(
-            &self.bus,
-            envelope,
-            "bot_result",
-            bot,
-            Body::BotFailed(BotFailed { reason }),
-            park,
-        )
-        .await
+        self.bus
+            .publish_then(
+                envelope,
+                "bot_result",
+                bot,
+                Body::BotFailed(BotFailed { reason }),
+                park,
+            )
+            .await
+    }
+}
+
+/// Why a `SendToBot` command calls the bot, and the failure it reports, if any.
+fn bot_event(cmd: &SendToBot) -> (BotEvent, Option<&str>) {
+    if !cmd.relay_message_error_json.is_empty() {
+        (BotEvent::RelayFailed, Some(&cmd.relay_message_error_json))
+    } else if !cmd.handoff_error_json.is_empty() {
+        (BotEvent::HandoffFailed, Some(&cmd.handoff_error_json))
+    } else if !cmd.live_chat_ended_json.is_empty() {
+        (BotEvent::LiveChatEnded, Some(&cmd.live_chat_ended_json))
+    } else if !cmd.agent_conversation_id.is_empty() {
+        (BotEvent::AgentCommand, None)
+    } else {
+        (BotEvent::Message, None)
     }
 }

@@ -10,8 +10,6 @@ use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Sig
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
-use crate::{publish_result, publish_then};
-
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
     pub channels: Arc<Channels>,
@@ -72,7 +70,15 @@ impl Handler for LiveChatDeliverer {
                         })
                     }
                 };
-                publish_result(&self.bus, &envelope, "livechat_result", &outlet.id, result).await
+                self.bus
+                    .publish_then(
+                        &envelope,
+                        "livechat_result",
+                        &outlet.id,
+                        result,
+                        Handled::Done,
+                    )
+                    .await
             }
             Some(Body::RelayToOutlet(cmd)) => {
                 let url = settings.relay_response_api.as_str();
@@ -93,15 +99,9 @@ impl Handler for LiveChatDeliverer {
                         let park = Handled::Park {
                             reason: format!("relay to `{}` failed: {e}", outlet.id),
                         };
-                        publish_then(
-                            &self.bus,
-                            &envelope,
-                            "relay_failed",
-                            &outlet.id,
-                            failed,
-                            park,
-                        )
-                        .await
+                        self.bus
+                            .publish_then(&envelope, "relay_failed", &outlet.id, failed, park)
+                            .await
                     }
                 }
             }
@@ -131,15 +131,9 @@ impl Handler for LiveChatDeliverer {
                         let park = Handled::Park {
                             reason: format!("delivery to `{}` failed: {e}", outlet.id),
                         };
-                        publish_then(
-                            &self.bus,
-                            &envelope,
-                            "delivery_failed",
-                            &outlet.id,
-                            failed,
-                            park,
-                        )
-                        .await
+                        self.bus
+                            .publish_then(&envelope, "delivery_failed", &outlet.id, failed, park)
+                            .await
                     }
                 }
             }

@@ -622,6 +622,14 @@ impl Engine {
         Ok(true)
     }
 
+    /// The service that serves `channel`'s platform. A channel no longer configured parks
+    /// the event, replayable once it is back.
+    fn service_of(&self, channel: &str) -> anyhow::Result<Service> {
+        self.platforms
+            .service_of(channel)
+            .ok_or_else(|| permanent(format!("channel `{channel}` is not configured")))
+    }
+
     /// Queues a command for the service that serves its channel's platform.
     fn send(
         &self,
@@ -675,12 +683,7 @@ impl Engine {
                 }),
             ),
         };
-        // A channel no longer configured: the event is parked, replayable once it is back.
-        let service = self
-            .platforms
-            .service_of(&channel)
-            .ok_or_else(|| permanent(format!("channel `{channel}` is not configured")))?;
-        work.command(service, &channel, conversation, body);
+        work.command(self.service_of(&channel)?, &channel, conversation, body);
         Ok(())
     }
 
@@ -738,12 +741,8 @@ impl Engine {
             false,
         )
         .await?;
-        let service = self
-            .platforms
-            .service_of(outlet)
-            .ok_or_else(|| permanent(format!("channel `{outlet}` is not configured")))?;
         work.command(
-            service,
+            self.service_of(outlet)?,
             outlet,
             Some(conv_id),
             Body::RequestLivechat(RequestLivechat {

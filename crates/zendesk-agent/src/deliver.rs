@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handoff_bus::{Bus, Handled, Handler, derived_id, now_ms};
+use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::zendesk::{ErrorKind, send_request};
 use handoff_proto::{Body, DeliveryFailed, Envelope};
 
@@ -81,30 +81,23 @@ impl Handler for Deliverer {
             },
             Err(RequestError::Refused(e)) => {
                 tracing::warn!(uuid = %e.uuid, name = %e.name, "Zendesk refused an answer for good");
-                let failed = Envelope {
-                    event_id: derived_id(&envelope.event_id, "delivery_failed", 0),
-                    org: envelope.org.clone(),
-                    channel: envelope.channel.clone(),
-                    member_id: envelope.member_id.clone(),
-                    causation_id: envelope.event_id.clone(),
-                    occurred_at_ms: envelope.occurred_at_ms,
-                    accepted_at_ms: now_ms(),
-                    body: Some(Body::DeliveryFailed(DeliveryFailed {
-                        content: Some(content.clone()),
-                        reason: e.to_string(),
-                        status: 0,
-                    })),
-                    ..Default::default()
+                let failed = Body::DeliveryFailed(DeliveryFailed {
+                    content: Some(content.clone()),
+                    reason: e.to_string(),
+                    status: 0,
+                });
+                let park = Handled::Park {
+                    reason: format!("Zendesk refused it: {e}"),
                 };
-                match self.bus.publish_event(&failed).await {
-                    Ok(()) => Handled::Park {
-                        reason: format!("Zendesk refused it: {e}"),
-                    },
-                    Err(e) => Handled::Retry {
-                        after: Duration::from_secs(1),
-                        reason: e.to_string(),
-                    },
-                }
+                self.bus
+                    .publish_then(
+                        &envelope,
+                        "delivery_failed",
+                        &envelope.channel,
+                        failed,
+                        park,
+                    )
+                    .await
             }
         }
     }

@@ -400,26 +400,14 @@ async fn on_activity(
             return Ok(());
         }
     };
-    let channel = &account.channel;
-    let member_id = channel.member_id(&chat).to_string();
-    let keys = message_keys(
-        &channel.id,
-        &member_id,
-        "left",
-        Some(log_id),
-        data.to_string().as_bytes(),
-    );
-    let envelope = Envelope {
-        event_id: keys.event_id,
-        org: channel.org.clone(),
-        channel: channel.id.clone(),
-        member_id,
+    let event = FromZendesk {
+        chat: &chat,
+        purpose: "left",
+        zendesk_id: log_id,
         occurred_at_ms: now_ms(),
-        accepted_at_ms: now_ms(),
-        body: Some(Body::CustomerLeft(CustomerLeft {})),
-        ..Default::default()
+        body: Body::CustomerLeft(CustomerLeft {}),
     };
-    publish(bus, &envelope, &keys.dedup_id, stop).await
+    store(account, bus, data, event, stop).await
 }
 
 /// A visitor's message, stored in JetStream before the next frame is read: a message is
@@ -438,14 +426,52 @@ async fn on_message(
             return Ok(());
         }
     };
-    let channel = &account.channel;
-    let member_id = channel.member_id(&message.channel_id).to_string();
     let content = visitor_content(&message.text, &account.link.offered(&message.channel_id));
+    let event = FromZendesk {
+        chat: &message.channel_id,
+        purpose: "inbound",
+        zendesk_id: message.message_id.clone(),
+        occurred_at_ms: message.timestamp_ms.unwrap_or_else(now_ms),
+        body: Body::InboundMessage(InboundMessage {
+            external_id: message.channel_id.clone(),
+            profile_json: json!({
+                "firstName": message.visitor_name,
+                "zendeskVisitorId": message.visitor_id,
+            })
+            .to_string(),
+            content: Some(content),
+        }),
+    };
+    store(account, bus, data, event, stop).await
+}
+
+/// Something that happened in a Zendesk chat, to be stored as an event of its member.
+struct FromZendesk<'a> {
+    /// The Zendesk chat (channel) id: the member's external id.
+    chat: &'a str,
+    purpose: &'static str,
+    /// Zendesk's id of the message or chat log: repeats of it have one effect.
+    zendesk_id: String,
+    occurred_at_ms: i64,
+    body: Body,
+}
+
+/// Stores an event before the session reads on: Zendesk will not send it again, so a bus
+/// outage is waited out here rather than losing it.
+async fn store(
+    account: &Account,
+    bus: &Bus,
+    data: &Value,
+    event: FromZendesk<'_>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let channel = &account.channel;
+    let member_id = channel.member_id(event.chat).to_string();
     let keys = message_keys(
         &channel.id,
         &member_id,
-        "inbound",
-        Some(message.message_id.clone()),
+        event.purpose,
+        Some(event.zendesk_id),
         data.to_string().as_bytes(),
     );
     let envelope = Envelope {
@@ -454,33 +480,14 @@ async fn on_message(
         channel: channel.id.clone(),
         member_id,
         source_message_id: keys.source_message_id,
-        occurred_at_ms: message.timestamp_ms.unwrap_or_else(now_ms),
+        occurred_at_ms: event.occurred_at_ms,
         accepted_at_ms: now_ms(),
-        body: Some(Body::InboundMessage(InboundMessage {
-            external_id: message.channel_id.clone(),
-            profile_json: json!({
-                "firstName": message.visitor_name,
-                "zendeskVisitorId": message.visitor_id,
-            })
-            .to_string(),
-            content: Some(content),
-        })),
+        body: Some(event.body),
         ..Default::default()
     };
-    publish(bus, &envelope, &keys.dedup_id, stop).await
-}
-
-/// Stores an event before the session reads on: Zendesk will not send it again, so a bus
-/// outage is waited out here rather than losing it.
-async fn publish(
-    bus: &Bus,
-    envelope: &Envelope,
-    dedup_id: &str,
-    stop: &CancellationToken,
-) -> Result<(), String> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match bus.publish_event_once(envelope, dedup_id).await {
+        match bus.publish_event_once(&envelope, &keys.dedup_id).await {
             Ok(_) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "an event from Zendesk is not stored yet; retrying")
