@@ -17,6 +17,7 @@ use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream;
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::Bus;
 
@@ -47,25 +48,7 @@ impl Drop for Leases {
 impl Leases {
     pub(crate) async fn open(bus: &Bus, service: &str) -> anyhow::Result<Self> {
         let ttl = bus.settings().lease_ttl;
-        let js = bus.jetstream();
-        let bucket = bus.lease_bucket();
-        // The bucket's stream is declared directly: the client's `create_key_value` first
-        // asks for account details in a shape NATS 2.9 does not send.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            storage: stream::StorageType::Memory,
-            num_replicas: bus.settings().replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await?;
-        let kv = js.get_key_value(&bucket).await?;
+        let kv = open_bucket(bus).await?;
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let watcher = tokio::spawn(watch_heartbeats(
             kv.clone(),
@@ -157,6 +140,162 @@ impl Leases {
 
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
+    }
+}
+
+/// The lease bucket: entries live one lease TTL unless rewritten.
+async fn open_bucket(bus: &Bus) -> anyhow::Result<kv::Store> {
+    let js = bus.jetstream();
+    let bucket = bus.lease_bucket();
+    // The bucket's stream is declared directly: the client's `create_key_value` first
+    // asks for account details in a shape NATS 2.9 does not send.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: bus.settings().lease_ttl,
+        storage: stream::StorageType::Memory,
+        num_replicas: bus.settings().replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js.get_key_value(&bucket).await?)
+}
+
+/// A lease on something only one replica may do at a time (a Zendesk account allows one
+/// live agent session), in the same bucket as the partition leases and with the same
+/// rules: created when absent, renewed by compare-and-set every third of the TTL, given
+/// up when a renewal cannot be proven in time, and gone by itself one TTL after a killed
+/// holder's last renewal.
+pub struct NamedLease {
+    kv: kv::Store,
+    key: String,
+    instance: String,
+    ttl: Duration,
+}
+
+impl NamedLease {
+    /// `name` may hold any characters; those a KV key cannot are replaced.
+    pub async fn open(bus: &Bus, name: &str) -> anyhow::Result<Self> {
+        let key = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_=/.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok(Self {
+            kv: open_bucket(bus).await?,
+            key,
+            instance: uuid::Uuid::now_v7().simple().to_string(),
+            ttl: bus.settings().lease_ttl,
+        })
+    }
+
+    /// Runs `work` each time this replica holds the lease, until `stop`. `work` is handed a
+    /// token that is cancelled the moment the lease is lost (or `stop` comes) and must end
+    /// promptly then: the next holder may start one TTL after the last renewal.
+    pub async fn run_while_held<W, F>(&self, stop: CancellationToken, mut work: W)
+    where
+        W: FnMut(CancellationToken) -> F,
+        F: Future<Output = ()>,
+    {
+        let period = self.ttl / 3;
+        // Waiting replicas poll: a lease released on shutdown is taken within this, one
+        // left by a killed holder within a TTL and this.
+        let poll = period.min(Duration::from_millis(500));
+        loop {
+            let revision = loop {
+                match self
+                    .kv
+                    .create(&self.key, self.instance.clone().into())
+                    .await
+                {
+                    Ok(revision) => break revision,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        tracing::warn!(lease = %self.key, error = %e, "cannot ask for a lease")
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(poll) => {}
+                }
+            };
+            tracing::info!(lease = %self.key, instance = %self.instance, "lease taken");
+            let held = stop.child_token();
+            let renewing = self.renew_until_lost(revision, held.clone());
+            tokio::pin!(renewing);
+            let job = work(held.clone());
+            tokio::pin!(job);
+            let revision = tokio::select! {
+                () = &mut job => {
+                    held.cancel();
+                    renewing.await
+                }
+                revision = &mut renewing => {
+                    job.await;
+                    revision
+                }
+            };
+            if let Some(revision) = revision {
+                let _ = self
+                    .kv
+                    .delete_expect_revision(&self.key, Some(revision))
+                    .await;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            // Lost, or the work ended by itself: let another replica have a go first.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
+    /// Renews until `held` is cancelled (then returns the revision to release) or the lease
+    /// is lost (then cancels `held` and returns `None`).
+    async fn renew_until_lost(&self, mut revision: u64, held: CancellationToken) -> Option<u64> {
+        let period = self.ttl / 3;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                () = held.cancelled() => return Some(revision),
+                () = tokio::time::sleep(period) => {}
+            }
+            match self
+                .kv
+                .update(&self.key, self.instance.clone().into(), revision)
+                .await
+            {
+                Ok(next) => {
+                    revision = next;
+                    renewed = Instant::now();
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(lease = %self.key, "lease taken by another replica; stopping");
+                    held.cancel();
+                    return None;
+                }
+                Err(e) if renewed.elapsed() + period >= self.ttl => {
+                    tracing::warn!(lease = %self.key, error = %e, "lease cannot be renewed; stopping");
+                    held.cancel();
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.key, error = %e, "lease renewal failed; retrying")
+                }
+            }
+        }
     }
 }
 

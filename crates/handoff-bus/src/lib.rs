@@ -26,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 pub use consume::{Handled, Handler, Parking, run_consumers};
+pub use lease::NamedLease;
 
 /// The service a command is for: the one serving the destination channel's platform
 /// (`handoff_platforms` decides which). Each service consumes `deliver.<service>.>` and

@@ -59,6 +59,15 @@ impl ChannelSettings {
             Self::Zendesk(_) => Service::ZendeskAgent,
         }
     }
+
+    /// Where a member of inlet `c` goes when handed to a human: the inlet's own platform
+    /// when it has humans of its own (a Zendesk department), else the inlet's outlet.
+    pub fn handoff_target(&self, c: &Channel) -> Option<String> {
+        match self {
+            Self::Zendesk(z) if z.department.is_some() => Some(c.id.clone()),
+            _ => c.outlet.clone(),
+        }
+    }
 }
 
 /// A text setting of `info`, trimmed: absent or `null` is `None`; anything but a
@@ -99,6 +108,14 @@ impl Platforms {
     /// Where commands for `channel` go; `None` for a channel not configured.
     pub fn service_of(&self, channel: &str) -> Option<Service> {
         self.get(channel).map(|s| s.service())
+    }
+
+    /// See [`ChannelSettings::handoff_target`].
+    pub fn handoff_target(&self, inlet: &Channel) -> Option<String> {
+        match self.get(&inlet.id) {
+            Some(s) => s.handoff_target(inlet),
+            None => inlet.outlet.clone(),
+        }
     }
 }
 

@@ -67,6 +67,7 @@ impl Handler for LiveChatDeliverer {
                         Body::HandoffFailed(HandoffFailed {
                             reason: e.to_string(),
                             status: e.status().unwrap_or_default().into(),
+                            code: String::new(),
                         })
                     }
                 };

@@ -436,10 +436,12 @@ impl Engine {
             .as_ref()
             .and_then(|c| self.channels.get(&c.outlet_channel_id))
             .cloned();
+        let handoff_to = self.platforms.handoff_target(&inlet);
         let facts = Facts {
             inlet: &inlet,
             conversation: conversation.as_ref(),
             outlet: outlet.as_deref(),
+            handoff_to: handoff_to.as_deref(),
             source: &envelope.channel,
             named_conversation: &envelope.conversation_id,
         };
@@ -463,7 +465,11 @@ impl Engine {
                 external_id: &a.external_conversation_id,
             },
             Body::HandoffFailed(f) => Event::HandoffFailed {
-                error: json!({"reason": "livechat_failed", "status": f.status, "message": storable(&f.reason)}),
+                error: json!({
+                    "reason": if f.code.is_empty() { "livechat_failed" } else { f.code.as_str() },
+                    "status": f.status,
+                    "message": storable(&f.reason),
+                }),
             },
             Body::ConversationTimeout(t) => Event::Timeout {
                 state: &t.state,

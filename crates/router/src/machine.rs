@@ -29,6 +29,9 @@ pub(crate) struct Facts<'a> {
     pub conversation: Option<&'a ConversationRow>,
     /// That conversation's outlet channel, when it is still configured.
     pub outlet: Option<&'a Channel>,
+    /// Where a handoff goes: the inlet's outlet, or the inlet itself when its platform has
+    /// humans of its own (a Zendesk department).
+    pub handoff_to: Option<&'a str>,
     /// The channel the event came from.
     pub source: &'a str,
     /// The conversation the event names (results of a Livechat request, timeouts).
@@ -326,8 +329,11 @@ impl<'a> Decision<'_, 'a> {
                 .push(Step::Ignore("handoff asked while one is open"));
             return;
         }
-        match self.facts.inlet.outlet.clone() {
-            Some(outlet) => self.steps.push(Step::OpenHandoff { outlet, details }),
+        match self.facts.handoff_to {
+            Some(outlet) => self.steps.push(Step::OpenHandoff {
+                outlet: outlet.to_string(),
+                details,
+            }),
             None => {
                 let error = json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
                 self.system("HANDOFF_FAILED", error.clone(), None);
@@ -666,10 +672,12 @@ mod tests {
 
     impl World {
         fn decide(&self, inlet: &str, event: Event<'_>) -> Vec<Step> {
+            let inlet = self.channels.get(inlet).unwrap();
             let facts = Facts {
-                inlet: self.channels.get(inlet).unwrap(),
+                inlet,
                 conversation: self.conversation.as_ref(),
                 outlet: self.channels.get("desk").map(|c| &**c),
+                handoff_to: inlet.outlet.as_deref(),
                 source: &self.source,
                 named_conversation: &self.named,
             };

@@ -3,9 +3,11 @@
 //! (`session`), publishes visitors' messages as `InboundMessage` events, and consumes
 //! `deliver.zendesk-agent` to send the hub's answers into the visitors' chats (`deliver`).
 //!
-//! One session per account and process for now: running two replicas would log the
-//! account in twice, which Zendesk answers by ending the first session (EOS).
+//! Zendesk allows one live session per account (a second login ends the first with EOS),
+//! so any number of replicas may run: each account's session is kept by the replica
+//! holding its lease, and the others forward their requests to it (`account`).
 
+mod account;
 mod deliver;
 mod session;
 
@@ -13,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use handoff_bus::{Bus, BusSettings, Service};
+use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{ChannelSettings, Platforms};
 use handoff_service::{Readiness, health_router, http_part, http_trace_layer};
@@ -34,7 +36,7 @@ impl Readiness for Ready {
 pub struct Application {
     listener: TcpListener,
     bus: Bus,
-    accounts: HashMap<String, Arc<session::Account>>,
+    accounts: HashMap<String, Arc<account::Account>>,
 }
 
 impl Application {
@@ -48,7 +50,7 @@ impl Application {
             {
                 accounts.insert(
                     channel.id.clone(),
-                    Arc::new(session::Account {
+                    Arc::new(account::Account {
                         channel: channel.clone(),
                         settings: zendesk.clone(),
                         link: Arc::default(),
@@ -86,12 +88,8 @@ impl Application {
         handoff_service::run_parts(shutdown, move |stop| {
             let mut parts = vec![http_part(listener, app, stop.clone())];
             for account in accounts.values() {
-                let session =
-                    session::run(account.clone(), bus.clone(), http.clone(), stop.clone());
-                parts.push((
-                    "a Zendesk session",
-                    Box::pin(session) as handoff_service::Part,
-                ));
+                let held = hold_account(account.clone(), bus.clone(), http.clone(), stop.clone());
+                parts.push(("a Zendesk account", Box::pin(held) as handoff_service::Part));
             }
             let consumers = handoff_bus::run_consumers(
                 bus.clone(),
@@ -105,4 +103,33 @@ impl Application {
         })
         .await
     }
+}
+
+/// Keeps the account's session up whenever this replica holds the account's lease, and
+/// meanwhile answers the requests other replicas forward to the session.
+async fn hold_account(
+    account: Arc<account::Account>,
+    bus: Bus,
+    http: reqwest::Client,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let lease = NamedLease::open(
+        &bus,
+        &format!("zendesk-agent.account.{}", account.channel.id),
+    )
+    .await?;
+    lease
+        .run_while_held(stop, |held| {
+            let (account, bus, http) = (account.clone(), bus.clone(), http.clone());
+            async move {
+                let serving = account.clone().serve_forwarded(bus.clone(), held.clone());
+                let session = session::run(account, bus, http, held);
+                let ((), result) = tokio::join!(serving, session);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "the Zendesk session stopped");
+                }
+            }
+        })
+        .await;
+    Ok(())
 }

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, StreamExt as _};
 use handoff_bus::{Bus, message_keys, now_ms};
-use handoff_config::Channel;
 use handoff_platforms::zendesk::{
-    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, ZendeskSettings,
-    graphql_string, parse_frame, request_frame, visitor_content, visitor_left, visitor_message,
+    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, graphql_string,
+    parse_frame, request_frame, visitor_content, visitor_left, visitor_message,
 };
 use handoff_proto::{Body, Choice, CustomerLeft, Envelope, InboundMessage};
 use secrecy::ExposeSecret as _;
@@ -22,10 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::Account;
+
 /// How often the socket is pinged; a PING unanswered by the next one means a dead socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a request's answer may take before it counts as lost.
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// The subscription-start retries seed 002 allows: 3 to 5 within 30 s.
 const SUBSCRIPTION_ATTEMPTS: u32 = 4;
 
@@ -102,6 +103,11 @@ impl Link {
         }
     }
 
+    /// Whether this replica's session is connected now.
+    pub fn is_attached(&self) -> bool {
+        self.outgoing.lock().expect("link lock").is_some()
+    }
+
     fn attach(&self, sender: mpsc::UnboundedSender<Message>) {
         *self.outgoing.lock().expect("link lock") = Some(sender);
     }
@@ -111,13 +117,6 @@ impl Link {
         *self.outgoing.lock().expect("link lock") = None;
         self.pending.lock().expect("link lock").clear();
     }
-}
-
-/// One configured Zendesk inlet.
-pub(crate) struct Account {
-    pub channel: Arc<Channel>,
-    pub settings: ZendeskSettings,
-    pub link: Arc<Link>,
 }
 
 /// Why a session ended.

@@ -17,7 +17,8 @@ mod wire;
 
 pub use settings::ZendeskSettings;
 pub use transform::{
-    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, OutgoingRequest,
-    VisitorMessage, graphql_string, parse_frame, request_frame, send_request, visitor_content,
-    visitor_left, visitor_message,
+    ACTIVITY_SUBSCRIPTION, DEPARTMENTS_QUERY, DepartmentError, ErrorKind, Frame, FrameError,
+    MESSAGE_SUBSCRIPTION, OutgoingRequest, VisitorMessage, graphql_string, online_department,
+    parse_frame, request_frame, send_request, transfer_request, visitor_content, visitor_left,
+    visitor_message,
 };

@@ -35,15 +35,22 @@ impl ZendeskSettings {
                 c.id
             )
         })?;
+        // A department id is a number in Zendesk's API; a name is text.
+        let department = match c.info.get("department") {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => crate::platform::info_text(c, "department")?,
+        };
+        if let (Some(department), Some(outlet)) = (&department, &c.outlet) {
+            return Err(format!(
+                "channel `{}`: hand off either to Zendesk department `{department}` (info.department) or to outlet `{outlet}` (outlet), not both",
+                c.id
+            ));
+        }
         Ok(Self {
             channel_id: c.id.clone(),
             endpoint,
             access_token,
-            // A department id is a number in Zendesk's API; a name is text.
-            department: match c.info.get("department") {
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                _ => crate::platform::info_text(c, "department")?,
-            },
+            department,
         })
     }
 }
@@ -71,6 +78,14 @@ mod tests {
     fn a_missing_token_is_named() {
         let err = ZendeskSettings::from_channel(&channel("")).unwrap_err();
         assert!(err.contains("`zd`.apiKey"), "{err}");
+    }
+
+    #[test]
+    fn a_department_and_an_outlet_together_are_refused() {
+        let mut c = channel("    apiKey: t\n    info: { department: Support }\n");
+        c.outlet = Some("desk".into());
+        let err = ZendeskSettings::from_channel(&c).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

@@ -9,10 +9,10 @@ use handoff_proto::v1::{button, content};
 use handoff_proto::{Choice, Content, Postback, Text};
 use serde_json::{Value, json};
 
-use super::wire::{ActivityData, GraphqlError, MessageData, ServerFrame};
+use super::wire::{ActivityData, DepartmentsData, GraphqlError, MessageData, ServerFrame};
 
 /// How seed 002 says an error may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     /// `RATE_LIMITED`: retry, with exponential backoff.
     RateLimited,
@@ -24,7 +24,7 @@ pub enum ErrorKind {
     Unavailable,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FrameError {
     pub kind: ErrorKind,
     /// Zendesk's error name (`RATE_LIMITED`, …), or empty.
@@ -307,6 +307,65 @@ fn quick_replies(channel_id: &str, text: &str, options: &[Choice]) -> OutgoingRe
     }
 }
 
+/// Every department with its status (spec §4.4: compared to `"ONLINE"`).
+pub const DEPARTMENTS_QUERY: &str = "query { departments { edges { node { id name status } } } }";
+
+/// Why a handoff to a Zendesk department cannot happen now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DepartmentError {
+    #[error("no department `{0}` in this Zendesk account")]
+    Unknown(String),
+    #[error("department `{name}` is {status}, not ONLINE")]
+    NotOnline { name: String, status: String },
+    #[error("the departments answer was not understood: {0}")]
+    Unreadable(String),
+}
+
+impl DepartmentError {
+    /// The reason as one word, for the bot (`handoffError.reason`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unknown(_) => "no_such_department",
+            Self::NotOnline { .. } => "no_department_online",
+            Self::Unreadable(_) => "departments_unreadable",
+        }
+    }
+}
+
+/// The id of department `wanted` (its id, or its name in any case) from a `departments`
+/// answer, if it is ONLINE: a transfer to a department nobody staffs would leave the
+/// visitor waiting for no one (SAMPLE checks the status first, spec §5.3).
+pub fn online_department(data: &Value, wanted: &str) -> Result<String, DepartmentError> {
+    let data: DepartmentsData = serde_json::from_value(data.clone())
+        .map_err(|e| DepartmentError::Unreadable(e.to_string()))?;
+    let wanted = wanted.trim();
+    let department = data
+        .departments
+        .edges
+        .into_iter()
+        .map(|e| e.node)
+        .find(|d| d.id == wanted || d.name.trim().eq_ignore_ascii_case(wanted))
+        .ok_or_else(|| DepartmentError::Unknown(wanted.to_string()))?;
+    if department.status.eq_ignore_ascii_case("ONLINE") {
+        Ok(department.id)
+    } else {
+        Err(DepartmentError::NotOnline {
+            name: department.name,
+            status: department.status,
+        })
+    }
+}
+
+/// Hands chat `channel_id` to a department. The agent stays in the chat (no `leave`), so
+/// the visitor's leaving still arrives and closes the conversation; it sends nothing more.
+pub fn transfer_request(channel_id: &str, department_id: &str) -> String {
+    format!(
+        "mutation {{ transferToDepartment(channel_id: {}, department_id: {}) {{ success }} }}",
+        graphql_string(channel_id),
+        graphql_string(department_id)
+    )
+}
+
 /// A request frame: `{"payload": {"query"}, "type": "request", "id"}`.
 pub fn request_frame(id: u64, query: &str) -> String {
     json!({"payload": {"query": query}, "type": "request", "id": id}).to_string()
@@ -476,5 +535,21 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_as_unicode() {
         assert_eq!(graphql_string("a\u{1}b\u{8}"), r#""a\u0001b\b""#);
+    }
+
+    #[test]
+    fn a_department_is_found_by_id_or_name_and_must_be_online() {
+        let data = json!({"departments": {"edges": [
+            {"node": {"id": "D1", "name": "Support", "status": "ONLINE"}},
+            {"node": {"id": "D2", "name": "Billing", "status": "OFFLINE"}},
+        ]}});
+        assert_eq!(online_department(&data, "support").unwrap(), "D1");
+        assert_eq!(online_department(&data, "D1").unwrap(), "D1");
+        let offline = online_department(&data, "Billing").unwrap_err();
+        assert_eq!(offline.code(), "no_department_online");
+        assert_eq!(
+            online_department(&data, "Sales").unwrap_err().code(),
+            "no_such_department"
+        );
     }
 }

@@ -93,3 +93,29 @@ pub(super) struct ChatLog {
     #[serde(default)]
     pub user: Option<User>,
 }
+
+/// `data` of the `departments` query: `{"departments": {"edges": [{"node": {…}}]}}`.
+#[derive(Deserialize)]
+pub(super) struct DepartmentsData {
+    pub departments: Connection<Department>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Connection<T> {
+    #[serde(default = "Vec::new")]
+    pub edges: Vec<Edge<T>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Edge<T> {
+    pub node: T,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Department {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+}

@@ -248,12 +248,12 @@ impl ZendeskSim {
         self.shared.lock().log.mutations.clone()
     }
 
-    /// How many `startAgentSession` calls succeeded.
     /// How many requests were answered `RATE_LIMITED`.
     pub fn rate_limited(&self) -> usize {
         self.shared.lock().log.rate_limited
     }
 
+    /// How many `startAgentSession` calls succeeded.
     pub fn sessions_started(&self) -> usize {
         self.shared.lock().log.sessions_started
     }

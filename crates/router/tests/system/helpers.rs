@@ -2,6 +2,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
 use handoff_config::{Channels, Settings};
 use handoff_simulators::{
     Api, CustomPlatform, DemoBot, Recorded, SelartiSim, WebhookClient, ZendeskSim,
@@ -56,6 +58,10 @@ pub struct HubOptions {
     pub handoff_horizon_secs: u64,
     /// JetStream's duplicate window: how long a body without an id is recognised.
     pub duplicate_window_secs: u64,
+    /// Run a zendesk-agent in this process (a test may start its own processes instead).
+    pub zendesk_agent: bool,
+    /// Hand the Zendesk inlet's members to this Zendesk department instead of the desk.
+    pub zendesk_department: Option<&'static str>,
 }
 
 impl Default for HubOptions {
@@ -71,6 +77,8 @@ impl Default for HubOptions {
             retry_horizon_secs: 2,
             handoff_horizon_secs: 2,
             duplicate_window_secs: 120,
+            zendesk_agent: true,
+            zendesk_department: None,
         }
     }
 }
@@ -167,8 +175,8 @@ channels:
     apiKey: {ZENDESK_TOKEN}
     info:
       endpoint: {zendesk_endpoint}
+{zendesk_handoff}
     bot: demo-bot
-    outlet: {OUTLET}
   - id: {OUTLET}
     org: {ORG}
     platform: custom
@@ -186,6 +194,10 @@ channels:
         bot = bot.url(),
         selarti_base = selarti.api_base(),
         zendesk_endpoint = zendesk.graphql_url(),
+        zendesk_handoff = match o.zendesk_department {
+            Some(department) => format!("      department: {department}"),
+            None => format!("    outlet: {OUTLET}"),
+        },
         livechat = desk.url("/livechat"),
         relay = desk.url("/relay"),
         desk_send = desk.url("/send"),
@@ -276,10 +288,12 @@ impl TestHub {
             .expect("inlet-gateway starts");
         let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
         tokio::spawn(inlet.run_until_stopped(gateways.clone()));
-        let agent = zendesk_agent::Application::build(&settings, channels.clone())
-            .await
-            .expect("zendesk-agent starts");
-        tokio::spawn(agent.run_until_stopped(gateways.clone()));
+        if options.zendesk_agent {
+            let agent = zendesk_agent::Application::build(&settings, channels.clone())
+                .await
+                .expect("zendesk-agent starts");
+            tokio::spawn(agent.run_until_stopped(gateways.clone()));
+        }
         let outlet = outlet_gateway::Application::build(&settings, channels)
             .await
             .expect("outlet-gateway starts");
@@ -411,6 +425,49 @@ impl TestHub {
         }
     }
 
+    /// Starts a zendesk-agent process (the binary `scripts/test` builds beside the router's)
+    /// and returns once it has connected and is about to take its accounts.
+    pub async fn spawn_zendesk_agent(&self) -> tokio::process::Child {
+        let binary =
+            std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name("zendesk-agent");
+        assert!(
+            binary.exists(),
+            "{} is missing: run scripts/test, or `cargo build -p zendesk-agent` first",
+            binary.display()
+        );
+        let mut child = tokio::process::Command::new(binary)
+            .env("HANDOFF_CHANNELS", &self.channels_path)
+            .env("HANDOFF_HTTP__HOST", "127.0.0.1")
+            .env("HANDOFF_HTTP__PORT", "0")
+            .envs(self.service_env())
+            .env("RUST_LOG", "warn,zendesk_agent=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the zendesk-agent binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (up, started) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut up = Some(up);
+            // Read on to the end: a full pipe would stall the process.
+            while let Ok(Some(line)) = lines.next_line().await {
+                // Shown with a failing test's output.
+                println!("[zendesk-agent] {line}");
+                if line.contains("zendesk-agent listening")
+                    && let Some(up) = up.take()
+                {
+                    let _ = up.send(());
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, started)
+            .await
+            .expect("zendesk-agent came up")
+            .expect("zendesk-agent came up");
+        child
+    }
+
     /// The settings a service process (or handoffctl) needs to join this hub.
     fn service_env(&self) -> Vec<(&'static str, String)> {
         let nats = &self.settings.nats;
@@ -469,6 +526,30 @@ impl TestHub {
                 "expected {n} dead letters, have {letters:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the member has a conversation in `state`; returns its external id.
+    pub async fn wait_conversation_state(&self, member: Uuid, state: &str) -> Option<String> {
+        let mut db = self.db().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT external_id FROM conversations WHERE member_id = $1 AND state = $2",
+            )
+            .bind(member)
+            .bind(state)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+            if let Some(external_id) = found {
+                return external_id;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {state} conversation for member {member}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

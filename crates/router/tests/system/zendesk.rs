@@ -174,12 +174,12 @@ async fn a_subscription_that_fails_to_start_is_retried_and_the_visitor_is_answer
 }
 
 #[tokio::test]
-async fn a_rate_limited_burst_is_backed_off_and_every_visitor_is_answered_in_order_once() {
-    // Arrange: Zendesk allows 10 requests at once, then 20 a second
+async fn two_hundred_visitors_writing_at_once_under_a_rate_limit_are_all_answered_in_order_once() {
+    // Arrange: Zendesk allows 20 requests at once, then 50 a second
     let hub = TestHub::start().await;
     assert!(hub.zendesk.wait_until_listening(WAIT).await);
-    hub.zendesk.rate_limit(10, 20.0);
-    let chats: Vec<String> = (0..30)
+    hub.zendesk.rate_limit(20, 50.0);
+    let chats: Vec<String> = (0..200)
         .map(|i| hub.zendesk.visitor_join(&format!("Visitor {i}")))
         .collect();
 
@@ -189,9 +189,9 @@ async fn a_rate_limited_burst_is_backed_off_and_every_visitor_is_answered_in_ord
         hub.zendesk.visitor_says(chat, "second");
     }
 
-    // Assert
+    // Assert: 400 answers at 50 a second take 8 s or more
     for chat in &chats {
-        hub.zendesk.wait_for_sent(chat, 2, WAIT).await;
+        hub.zendesk.wait_for_sent(chat, 2, 4 * WAIT).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(hub.zendesk.rate_limited() > 0, "the burst was limited");
@@ -203,4 +203,167 @@ async fn a_rate_limited_burst_is_backed_off_and_every_visitor_is_answered_in_ord
         );
     }
     hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_whose_request_zendesk_never_answered_is_sent_again_and_shown_once() {
+    // Arrange: the next request is swallowed without being run or answered
+    let hub = TestHub::start().await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 6");
+    hub.zendesk.ignore_next_requests(1);
+
+    // Act
+    hub.zendesk.visitor_says(&chat, "one");
+    hub.zendesk.visitor_says(&chat, "two");
+
+    // Assert: after the answer's timeout the first is sent again, and the second waits
+    let sent = hub.zendesk.wait_for_sent(&chat, 2, 2 * WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        texts(&hub.zendesk.sent_to(&chat)),
+        ["You said: one", "You said: two"],
+        "{sent:?}"
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handoff_transfers_the_chat_to_the_configured_zendesk_department_and_the_bot_stops_answering()
+ {
+    // Arrange: the inlet hands off inside Zendesk, to "Support" (ONLINE, besides an
+    // offline "Billing")
+    let hub = TestHub::start_with(HubOptions {
+        zendesk_department: Some("Support"),
+        ..Default::default()
+    })
+    .await;
+    hub.zendesk
+        .set_departments(&[("D-2", "Billing", "OFFLINE"), ("D-1", "Support", "ONLINE")]);
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 7");
+
+    // Act
+    hub.zendesk.visitor_says(&chat, "human");
+    let member = handoff_config::member_id(ZENDESK, &chat);
+    let live = hub.wait_conversation_state(member, "live").await;
+    hub.zendesk.visitor_says(&chat, "hello? anyone?");
+    hub.zendesk.visitor_leaves(&chat);
+
+    // Assert: transferred to Support; the bot said nothing after its "connecting" line
+    assert_eq!(hub.zendesk.transfers(), [(chat.clone(), "D-1".to_string())]);
+    assert_eq!(live.as_deref(), Some("D-1"), "the department is the ticket");
+    let closed = hub.wait_conversation_state(member, "closed").await;
+    assert!(closed.is_some());
+    assert_eq!(
+        texts(&hub.zendesk.sent_to(&chat)),
+        ["Connecting you to a human agent…"]
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handoff_with_no_department_online_leaves_the_visitor_with_the_bot_which_says_so() {
+    // Arrange
+    let hub = TestHub::start_with(HubOptions {
+        zendesk_department: Some("Support"),
+        ..Default::default()
+    })
+    .await;
+    hub.zendesk.set_departments(&[("D-1", "Support", "AWAY")]);
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 8");
+
+    // Act
+    hub.zendesk.visitor_says(&chat, "human");
+
+    // Assert
+    let sent = hub.zendesk.wait_for_sent(&chat, 2, WAIT).await;
+    assert_eq!(
+        texts(&sent),
+        [
+            "Connecting you to a human agent…",
+            "No agent is available right now (no_department_online). I'm still here to help."
+        ]
+    );
+    assert!(hub.zendesk.transfers().is_empty());
+    hub.zendesk.visitor_says(&chat, "ok then");
+    let sent = hub.zendesk.wait_for_sent(&chat, 3, WAIT).await;
+    assert_eq!(sent[2]["msg"], "You said: ok then", "the bot answers again");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_agent_processes_keep_one_session_and_a_killed_holder_hands_the_account_over() {
+    // Arrange: two zendesk-agent processes for one account, the first holding it
+    let hub = TestHub::start_with(HubOptions {
+        zendesk_agent: false,
+        ..Default::default()
+    })
+    .await;
+    let mut holder = hub.spawn_zendesk_agent().await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let _standby = hub.spawn_zendesk_agent().await;
+    // Two lease lifetimes with both running: a second login would have ended the first,
+    // and the partitions are shared out between the two by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(hub.zendesk.sessions_started(), 1, "one session at a time");
+    // Visitors spread over all partitions, so some answers are sent by the replica without
+    // the session, through the one with it.
+    let others: Vec<String> = (0..8)
+        .map(|i| hub.zendesk.visitor_join(&format!("Visitor 10{i}")))
+        .collect();
+    let chat = hub.zendesk.visitor_join("Visitor 9");
+    for visitor in others.iter().chain([&chat]) {
+        hub.zendesk.visitor_says(visitor, "before");
+    }
+    for visitor in others.iter().chain([&chat]) {
+        let sent = hub.zendesk.wait_for_sent(visitor, 1, WAIT).await;
+        assert_eq!(texts(&sent), ["You said: before"], "chat {visitor}");
+    }
+    assert_eq!(hub.zendesk.sessions_started(), 1);
+    assert_eq!(hub.zendesk.live_sessions(), 1);
+
+    // Act: the bot thinks for 1.5 s about the next message (the hub's calls time out at
+    // 2 s); the holder is killed meanwhile, so the answer comes while nobody holds it
+    hub.bot
+        .set_think_time_for(&chat, Duration::from_millis(1500));
+    hub.zendesk.visitor_says(&chat, "during");
+    wait_for(|| {
+        hub.bot
+            .calls()
+            .iter()
+            .any(|c| c["message"]["text"] == "during")
+    })
+    .await;
+    holder.start_kill().unwrap();
+    holder.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    wait_for(|| hub.zendesk.sessions_started() == 2 && hub.zendesk.open_sockets() == 1).await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let handed_over = killed.elapsed();
+    hub.zendesk.visitor_says(&chat, "after");
+
+    // Assert: the answer made during the hand-over arrives, nothing is lost or doubled
+    let sent = hub.zendesk.wait_for_sent(&chat, 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        texts(&hub.zendesk.sent_to(&chat)),
+        ["You said: before", "You said: during", "You said: after"],
+        "{sent:?}"
+    );
+    assert!(
+        handed_over < Duration::from_secs(10),
+        "the account moved in {handed_over:?}"
+    );
+    hub.shutdown().await;
+}
+
+/// Polls `done` until it holds, for at most `WAIT`.
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
