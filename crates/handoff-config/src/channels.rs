@@ -93,7 +93,9 @@ pub struct Channel {
     pub org: String,
     pub platform: Platform,
     pub role: Role,
-    /// What callers must present to this channel's inbound endpoint.
+    /// What callers must present to this channel's inbound endpoint. Only a platform that
+    /// never calls Handoff (Zendesk Chat, reached over its own WebSocket) goes without.
+    #[serde(default = "no_token")]
     pub access_token: SecretString,
     /// When set, outbound calls for this channel carry a Standard Webhooks signature.
     #[serde(default)]
@@ -125,10 +127,8 @@ impl Channel {
     /// Constant-time comparison of a presented token with this channel's.
     pub fn token_matches(&self, presented: &str) -> bool {
         use subtle::ConstantTimeEq;
-        presented
-            .as_bytes()
-            .ct_eq(self.access_token.expose_secret().as_bytes())
-            .into()
+        let expected = self.access_token.expose_secret();
+        !expected.is_empty() && presented.as_bytes().ct_eq(expected.as_bytes()).into()
     }
 
     pub fn member_id(&self, external_id: &str) -> Uuid {
@@ -249,7 +249,8 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             c.id, c.org
         ));
     }
-    if c.access_token.expose_secret().len() < 8 {
+    let calls_handoff = c.platform != Platform::Zendesk;
+    if calls_handoff && c.access_token.expose_secret().len() < 8 {
         return Err(format!(
             "channel `{}`.accessToken: must be at least 8 characters",
             c.id
@@ -270,6 +271,10 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn no_token() -> SecretString {
+    SecretString::from("")
 }
 
 /// Replaces `${NAME}` in every string with the environment variable NAME.
@@ -355,6 +360,19 @@ channels:
         assert!(web.token_matches("s3cret-token"));
         assert!(!web.token_matches("s3cret-tokeN"));
         assert_eq!(web.live_chat.end_command, "done");
+    }
+
+    #[test]
+    fn only_a_channel_that_never_calls_handoff_goes_without_an_access_token() {
+        let yaml = |platform: &str| {
+            format!(
+                "channels:\n  - {{id: in, org: o, platform: {platform}, role: inlet, bot: b}}\n  - {{id: b, org: o, platform: webhook-bot, role: bot, accessToken: bot-token-123}}\n"
+            )
+        };
+        let zendesk = Channels::parse(&yaml("zendesk")).unwrap();
+        assert!(!zendesk.get("in").unwrap().token_matches(""));
+        let err = Channels::parse(&yaml("custom")).unwrap_err();
+        assert!(err.contains("`in`.accessToken"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,18 @@
-//! Runs the simulated custom platform, the demo bot and Selarti's API with its scripted AI
-//! for the demo (`scripts/run`; `scripts/run --bot selarti` makes Selarti the bot).
+//! Runs the simulated custom platform, the demo bot, Selarti's API with its scripted AI and
+//! Zendesk Chat's Conversations API for the demo (`scripts/run`; `scripts/run --bot
+//! selarti` makes Selarti the bot). Zendesk visitors are played with curl:
+//! `POST :9301/visitors/<name>` with the text as the body; `DELETE` makes them leave.
 //!
-//! `handoff-sim zendesk` instead runs the Zendesk Chat Conversations API simulator with one
-//! visitor typing in this terminal.
+//! `handoff-sim zendesk` instead runs only the Zendesk Chat simulator, with one visitor
+//! typing in this terminal.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
 use handoff_simulators::{CustomPlatform, DemoBot, SelartiSim, ZendeskSim};
 
 #[tokio::main]
@@ -38,8 +45,111 @@ async fn main() -> anyhow::Result<()> {
         "[sim] Selarti API on {} (its AI answers on {webhook})",
         selarti.api_base()
     );
+    let zendesk_addr =
+        std::env::var("SIM_ZENDESK_ADDR").unwrap_or_else(|_| "127.0.0.1:9300".into());
+    let zendesk_token =
+        std::env::var("SIM_ZENDESK_TOKEN").unwrap_or_else(|_| "demo-zendesk-token".into());
+    let zendesk = ZendeskSim::start(&zendesk_addr, &zendesk_token).await?;
+    let visitors_addr =
+        std::env::var("SIM_VISITORS_ADDR").unwrap_or_else(|_| "127.0.0.1:9301".into());
+    let visitors = tokio::net::TcpListener::bind(&visitors_addr).await?;
+    println!(
+        "[sim] Zendesk Chat API on {} (visitors: POST http://{visitors_addr}/visitors/<name>)",
+        zendesk.graphql_url()
+    );
+    let app = axum::Router::new()
+        .route(
+            "/visitors/{name}",
+            post(visitor_says).delete(visitor_leaves),
+        )
+        .with_state(Visitors {
+            sim: zendesk,
+            chats: Arc::default(),
+        });
+    tokio::spawn(async move { axum::serve(visitors, app).await });
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// The demo's Zendesk visitors by name, each with their open chat.
+#[derive(Clone)]
+struct Visitors {
+    sim: ZendeskSim,
+    chats: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// A visitor writes (joining first if they have no open chat); what the agent sends into
+/// their chat is printed.
+async fn visitor_says(
+    State(v): State<Visitors>,
+    Path(name): Path<String>,
+    text: String,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let text = text.trim();
+    if text.is_empty() {
+        let error = serde_json::json!({"error": "the body is the visitor's text, and it is empty"});
+        return (StatusCode::BAD_REQUEST, axum::Json(error));
+    }
+    let chat = {
+        let mut chats = v.chats.lock().expect("visitors lock");
+        chats
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let chat = v.sim.visitor_join(&name);
+                tokio::spawn(print_agent_to(v.sim.clone(), chat.clone(), name.clone()));
+                chat
+            })
+            .clone()
+    };
+    println!("[zendesk {name}] -> {text}");
+    v.sim.visitor_says(&chat, text);
+    let said = serde_json::json!({"visitor": name, "chat": chat});
+    (StatusCode::ACCEPTED, axum::Json(said))
+}
+
+async fn visitor_leaves(State(v): State<Visitors>, Path(name): Path<String>) -> StatusCode {
+    let chat = v.chats.lock().expect("visitors lock").remove(&name);
+    match chat {
+        Some(chat) => {
+            v.sim.visitor_leaves(&chat);
+            println!("[zendesk {name}] left");
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn print_agent_to(sim: ZendeskSim, chat: String, name: String) {
+    let (mut shown, mut transferred) = (0, false);
+    loop {
+        let sent = sim.sent_to(&chat);
+        for message in &sent[shown..] {
+            println!("[zendesk {name}] <- {}", describe(message));
+        }
+        shown = sent.len();
+        if !transferred
+            && let Some((_, department)) = sim.transfers().into_iter().find(|(c, _)| *c == chat)
+        {
+            println!("[zendesk {name}] transferred to department {department}");
+            transferred = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the visitor sees of a message the agent sent: its text, and its choices if any.
+fn describe(message: &serde_json::Value) -> String {
+    let text = message["msg"].as_str().unwrap_or_default();
+    let choices: Vec<&str> = ["quick_replies", "buttons", "options"]
+        .iter()
+        .flat_map(|key| message[key].as_array().into_iter().flatten())
+        .filter_map(|c| c["text"].as_str().or_else(|| c.as_str()))
+        .collect();
+    if choices.is_empty() {
+        text.to_string()
+    } else {
+        format!("{text}  [{}]", choices.join(" | "))
+    }
 }
 
 /// Stdin lines are the visitor's messages (`/pick <choice>` taps an offered choice,
@@ -97,17 +207,7 @@ async fn print_agent(sim: ZendeskSim, channel: String) {
             .wait_for_sent(&channel, shown + 1, Duration::from_secs(3600))
             .await;
         for message in &sent[shown..] {
-            let text = message["msg"].as_str().unwrap_or_default();
-            let choices: Vec<&str> = ["quick_replies", "buttons", "options"]
-                .iter()
-                .flat_map(|key| message[key].as_array().into_iter().flatten())
-                .filter_map(|c| c["text"].as_str().or_else(|| c.as_str()))
-                .collect();
-            if choices.is_empty() {
-                println!("[agent] {text}");
-            } else {
-                println!("[agent] {text}  [{}]", choices.join(" | "));
-            }
+            println!("[agent] {}", describe(message));
         }
         shown = sent.len();
     }

@@ -171,7 +171,6 @@ channels:
     org: {ORG}
     platform: zendesk
     role: inlet
-    accessToken: unused-for-zendesk
     apiKey: {ZENDESK_TOKEN}
     info:
       endpoint: {zendesk_endpoint}
