@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 pub use consume::{Handled, Handler, Parking, run_consumers};
 pub use lease::NamedLease;
+pub use propagation::trace_headers;
 
 /// The service a command is for: the one serving the destination channel's platform
 /// (`handoff_platforms` decides which). Each service consumes `deliver.<service>.>` and

@@ -44,3 +44,24 @@ pub(crate) fn extract_into(span: &tracing::Span, headers: Option<&HeaderMap>) {
         let _ = span.set_parent(cx);
     }
 }
+
+struct PairInjector<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for PairInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+/// The current span's W3C trace context (`traceparent`, and `tracestate` when set) as HTTP
+/// headers, so a platform that traces too continues the customer message's trace.
+pub fn trace_headers() -> Vec<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let mut headers = Vec::new();
+    if cx.span().span_context().is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut PairInjector(&mut headers))
+        });
+    }
+    headers
+}

@@ -249,6 +249,9 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// OTLP/HTTP endpoint; traces are exported only when set.
     pub otlp_endpoint: Option<String>,
+    /// Which spans are traced (`RUST_LOG` syntax), apart from which lines are logged:
+    /// quieter logs must not cut the traces.
+    pub trace_filter: String,
 }
 
 impl Default for TelemetrySettings {
@@ -256,6 +259,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: "pretty".into(),
             otlp_endpoint: None,
+            trace_filter: "info,sqlx=warn,async_nats=warn".into(),
         }
     }
 }

@@ -462,6 +462,9 @@ impl OutboundClient {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string());
+        for (name, value) in handoff_bus::trace_headers() {
+            req = req.header(name, value);
+        }
         match auth {
             Auth::None => {}
             Auth::Signed(signer) => {

@@ -19,11 +19,13 @@ impl Drop for TelemetryGuard {
 }
 
 /// Structured logs (`RUST_LOG` filters, default `info`) and, when `otlp_endpoint` is set,
-/// OpenTelemetry traces over OTLP/HTTP. W3C trace context is always propagated.
+/// OpenTelemetry traces over OTLP/HTTP of the spans `trace_filter` lets through. W3C trace
+/// context is always propagated.
 pub fn init_telemetry(
     service: &'static str,
     log_format: &str,
     otlp_endpoint: Option<&str>,
+    trace_filter: &str,
 ) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -65,7 +67,7 @@ pub fn init_telemetry(
 
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter()))
-        .with(otel.with_filter(filter()))
+        .with(otel.with_filter(EnvFilter::try_new(trace_filter)?))
         .try_init()
         .ok();
     Ok(TelemetryGuard {

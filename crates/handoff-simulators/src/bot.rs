@@ -29,6 +29,8 @@ pub struct DemoBot {
 #[derive(Default)]
 struct BotState {
     calls: Mutex<Vec<Value>>,
+    /// The `traceparent` header of every recorded call (empty when absent).
+    traceparents: Mutex<Vec<String>>,
     verbose: bool,
     /// Whether to keep every request (tests) or only count them (load runs).
     record: AtomicBool,
@@ -98,19 +100,33 @@ impl DemoBot {
     pub fn calls(&self) -> Vec<Value> {
         self.state.calls.lock().unwrap().clone()
     }
+
+    /// The W3C `traceparent` each recorded call carried, in call order (empty if none).
+    pub fn traceparents(&self) -> Vec<String> {
+        self.state.traceparents.lock().unwrap().clone()
+    }
 }
 
 fn text(t: impl Into<String>) -> Value {
     json!({"type": "TEXT", "text": t.into()})
 }
 
-async fn answer(State(state): State<Arc<BotState>>, Json(request): Json<Value>) -> Json<Value> {
+async fn answer(
+    State(state): State<Arc<BotState>>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<Value>,
+) -> Json<Value> {
     if state.verbose {
         println!("[bot] <- {request}");
     }
     state.count.fetch_add(1, Ordering::Relaxed);
     if state.record.load(Ordering::Relaxed) {
         state.calls.lock().unwrap().push(request.clone());
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        state.traceparents.lock().unwrap().push(traceparent.into());
     }
     let think = request["member"]["externalId"]
         .as_str()

@@ -7,6 +7,7 @@ async fn main() -> anyhow::Result<()> {
         "outlet-gateway",
         &settings.telemetry.log_format,
         settings.telemetry.otlp_endpoint.as_deref(),
+        &settings.telemetry.trace_filter,
     )?;
     let channels = Channels::load(&settings.channels)?;
     let app = outlet_gateway::Application::build(&settings, channels).await?;

@@ -62,6 +62,9 @@ pub struct HubOptions {
     pub zendesk_agent: bool,
     /// Hand the Zendesk inlet's members to this Zendesk department instead of the desk.
     pub zendesk_department: Option<&'static str>,
+    /// Run router, inlet-gateway and outlet-gateway as OS processes exporting their traces
+    /// over OTLP/HTTP to this endpoint (each process has its own tracer and service name).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for HubOptions {
@@ -79,6 +82,7 @@ impl Default for HubOptions {
             duplicate_window_secs: 120,
             zendesk_agent: true,
             zendesk_department: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct TestHub {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
+    /// Services run as OS processes (killed when the hub is dropped).
+    processes: Vec<tokio::process::Child>,
     options: HubOptions,
 }
 
@@ -282,22 +288,39 @@ impl TestHub {
 
         let gateways = CancellationToken::new();
         let channels = Channels::parse(&yaml).unwrap();
-        let inlet = inlet_gateway::Application::build(&settings, channels.clone())
-            .await
-            .expect("inlet-gateway starts");
-        let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
-        tokio::spawn(inlet.run_until_stopped(gateways.clone()));
+        let mut options = options;
+        let mut processes = Vec::new();
+        if options.otlp_endpoint.is_some() {
+            options.router_process = true;
+            options.zendesk_agent = false;
+        }
+        let (inlet_url, outlet_url) = if options.otlp_endpoint.is_some() {
+            let (inlet, inlet_port) = spawn_service(&settings, &options, "inlet-gateway").await;
+            let (outlet, outlet_port) = spawn_service(&settings, &options, "outlet-gateway").await;
+            processes.extend([inlet, outlet]);
+            (
+                format!("http://127.0.0.1:{inlet_port}"),
+                format!("http://127.0.0.1:{outlet_port}"),
+            )
+        } else {
+            let inlet = inlet_gateway::Application::build(&settings, channels.clone())
+                .await
+                .expect("inlet-gateway starts");
+            let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
+            tokio::spawn(inlet.run_until_stopped(gateways.clone()));
+            let outlet = outlet_gateway::Application::build(&settings, channels.clone())
+                .await
+                .expect("outlet-gateway starts");
+            let outlet_url = format!("http://127.0.0.1:{}", outlet.port());
+            tokio::spawn(outlet.run_until_stopped(gateways.clone()));
+            (inlet_url, outlet_url)
+        };
         if options.zendesk_agent {
             let agent = zendesk_agent::Application::build(&settings, channels.clone())
                 .await
                 .expect("zendesk-agent starts");
             tokio::spawn(agent.run_until_stopped(gateways.clone()));
         }
-        let outlet = outlet_gateway::Application::build(&settings, channels)
-            .await
-            .expect("outlet-gateway starts");
-        let outlet_url = format!("http://127.0.0.1:{}", outlet.port());
-        tokio::spawn(outlet.run_until_stopped(gateways.clone()));
         selarti.set_webhook_url(&format!("{outlet_url}/selarti/{SELARTI}/{SELARTI_SECRET}"));
 
         let mut hub = Self {
@@ -315,6 +338,7 @@ impl TestHub {
             gateways,
             router: None,
             replicas: Vec::new(),
+            processes,
             options: options.clone(),
         };
         if options.router {
@@ -424,73 +448,17 @@ impl TestHub {
         }
     }
 
-    /// Starts a zendesk-agent process (the binary `scripts/test` builds beside the router's)
-    /// and returns once it has connected and is about to take its accounts.
+    /// Starts a zendesk-agent process and returns once it has connected and is about to
+    /// take its accounts.
     pub async fn spawn_zendesk_agent(&self) -> tokio::process::Child {
-        let binary =
-            std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name("zendesk-agent");
-        assert!(
-            binary.exists(),
-            "{} is missing: run scripts/test, or `cargo build -p zendesk-agent` first",
-            binary.display()
-        );
-        let mut child = tokio::process::Command::new(binary)
-            .env("HANDOFF_CHANNELS", &self.channels_path)
-            .env("HANDOFF_HTTP__HOST", "127.0.0.1")
-            .env("HANDOFF_HTTP__PORT", "0")
-            .envs(self.service_env())
-            .env("RUST_LOG", "warn,zendesk_agent=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the zendesk-agent binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (up, started) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let mut up = Some(up);
-            // Read on to the end: a full pipe would stall the process.
-            while let Ok(Some(line)) = lines.next_line().await {
-                // Shown with a failing test's output.
-                println!("[zendesk-agent] {line}");
-                if line.contains("zendesk-agent listening")
-                    && let Some(up) = up.take()
-                {
-                    let _ = up.send(());
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, started)
+        spawn_service(&self.settings, &self.options, "zendesk-agent")
             .await
-            .expect("zendesk-agent came up")
-            .expect("zendesk-agent came up");
-        child
+            .0
     }
 
     /// The settings a service process (or handoffctl) needs to join this hub.
     fn service_env(&self) -> Vec<(&'static str, String)> {
-        let nats = &self.settings.nats;
-        vec![
-            ("HANDOFF_NATS__URL", nats.url.clone()),
-            ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
-            ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
-            (
-                "HANDOFF_NATS__ACK_WAIT_SECS",
-                nats.ack_wait_secs.to_string(),
-            ),
-            (
-                "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
-                nats.duplicate_window_secs.to_string(),
-            ),
-            (
-                "HANDOFF_NATS__STREAM_MAX_BYTES",
-                nats.stream_max_bytes.to_string(),
-            ),
-            (
-                "HANDOFF_DATABASE__URL",
-                secrecy::ExposeSecret::expose_secret(&self.settings.database.url).to_string(),
-            ),
-        ]
+        service_env(&self.settings, &self.options)
     }
 
     /// Runs `handoffctl` against this hub; returns its exit status and standard output.
@@ -625,6 +593,10 @@ impl TestHub {
 
     pub async fn shutdown(mut self) {
         self.kill_router().await;
+        for mut process in self.processes.drain(..) {
+            let _ = process.start_kill();
+            let _ = process.wait().await;
+        }
         for (token, _) in &self.replicas {
             token.cancel();
         }
@@ -644,6 +616,121 @@ impl TestHub {
         }
         let _ = std::fs::remove_file(&self.channels_path);
     }
+}
+
+/// The settings a service process (or handoffctl) needs to join the hub with `settings`.
+fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, String)> {
+    let nats = &settings.nats;
+    let mut env = vec![
+        ("HANDOFF_NATS__URL", nats.url.clone()),
+        ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
+        ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
+        (
+            "HANDOFF_NATS__ACK_WAIT_SECS",
+            nats.ack_wait_secs.to_string(),
+        ),
+        (
+            "HANDOFF_NATS__DUPLICATE_WINDOW_SECS",
+            nats.duplicate_window_secs.to_string(),
+        ),
+        (
+            "HANDOFF_NATS__STREAM_MAX_BYTES",
+            nats.stream_max_bytes.to_string(),
+        ),
+        (
+            "HANDOFF_DATABASE__URL",
+            secrecy::ExposeSecret::expose_secret(&settings.database.url).to_string(),
+        ),
+    ];
+    let delivery = &settings.delivery;
+    env.extend([
+        (
+            "HANDOFF_DELIVERY__ALLOW_PRIVATE_TARGETS",
+            delivery.allow_private_targets.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__MAX_ATTEMPTS",
+            delivery.max_attempts.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__INITIAL_BACKOFF_MS",
+            delivery.initial_backoff_ms.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__MAX_BACKOFF_MS",
+            delivery.max_backoff_ms.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__TIMEOUT_MS",
+            delivery.timeout_ms.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__RETRY_HORIZON_SECS",
+            delivery.retry_horizon_secs.to_string(),
+        ),
+        (
+            "HANDOFF_DELIVERY__HANDOFF_HORIZON_SECS",
+            delivery.handoff_horizon_secs.to_string(),
+        ),
+    ]);
+    if let Some(endpoint) = &options.otlp_endpoint {
+        env.push(("HANDOFF_TELEMETRY__OTLP_ENDPOINT", endpoint.clone()));
+        // Export spans within a tenth of a second rather than the default five.
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
+    }
+    env
+}
+
+/// Starts service `name` (its binary, which `scripts/test` builds beside the router's) as
+/// a process; returns it once it listens, with its port.
+async fn spawn_service(
+    settings: &Settings,
+    options: &HubOptions,
+    name: &str,
+) -> (tokio::process::Child, u16) {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: run scripts/test, or `cargo build --bins` first",
+        binary.display()
+    );
+    let mut child = tokio::process::Command::new(binary)
+        .env("HANDOFF_CHANNELS", &settings.channels)
+        .env("HANDOFF_HTTP__HOST", "127.0.0.1")
+        .env("HANDOFF_HTTP__PORT", "0")
+        .envs(service_env(settings, options))
+        .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
+        .env("RUST_LOG", format!("warn,{}=info", name.replace('-', "_")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("the {name} binary starts: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (up, started) = tokio::sync::oneshot::channel();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut up = Some(up);
+        // Read on to the end: a full pipe would stall the process.
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Shown with a failing test's output.
+            println!("[{name}] {line}");
+            let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let fields = &log["fields"];
+            if fields["message"] == format!("{name} listening")
+                && let (Some(port), Some(up)) = (fields["port"].as_u64(), up.take())
+            {
+                let _ = up.send(port as u16);
+            }
+        }
+    });
+    let port = tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the service came up")
+        .expect("the service came up");
+    (child, port)
 }
 
 fn url_without_db(url: &str) -> String {

@@ -11,4 +11,5 @@ mod independence;
 mod live_chat;
 mod poison;
 mod selarti;
+mod traces;
 mod zendesk;
