@@ -103,34 +103,24 @@ impl Leases {
 
     /// Takes the partition if nobody holds it; the revision is the lease's epoch.
     pub(crate) async fn acquire(&self, partition: u16) -> Option<u64> {
-        self.kv
-            .create(self.lease_key(partition), self.instance.clone().into())
+        create(&self.kv, &self.lease_key(partition), &self.instance)
             .await
             .ok()
     }
 
     pub(crate) async fn renew(&self, partition: u16, revision: u64) -> Renewal {
-        match self
-            .kv
-            .update(
-                self.lease_key(partition),
-                self.instance.clone().into(),
-                revision,
-            )
-            .await
-        {
-            Ok(revision) => Renewal::Renewed(revision),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Renewal::Lost,
-            Err(e) => Renewal::Failed(e.to_string()),
-        }
+        renew(
+            &self.kv,
+            &self.lease_key(partition),
+            &self.instance,
+            revision,
+        )
+        .await
     }
 
     /// Gives the partition back so the next owner need not wait for the lease to expire.
     pub(crate) async fn release(&self, partition: u16, revision: u64) {
-        let _ = self
-            .kv
-            .delete_expect_revision(self.lease_key(partition), Some(revision))
-            .await;
+        release(&self.kv, &self.lease_key(partition), revision).await;
     }
 
     /// This replica is going away: the others stop counting it at once.
@@ -141,6 +131,25 @@ impl Leases {
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// Creates lease `key` for `instance` if nobody holds it; its revision is the epoch.
+async fn create(kv: &kv::Store, key: &str, instance: &str) -> Result<u64, kv::CreateError> {
+    kv.create(key, instance.to_string().into()).await
+}
+
+/// Renews lease `key` if it is still at `revision`, that is, still this instance's.
+async fn renew(kv: &kv::Store, key: &str, instance: &str, revision: u64) -> Renewal {
+    match kv.update(key, instance.to_string().into(), revision).await {
+        Ok(revision) => Renewal::Renewed(revision),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Renewal::Lost,
+        Err(e) => Renewal::Failed(e.to_string()),
+    }
+}
+
+/// Deletes lease `key` if it is still at `revision`.
+async fn release(kv: &kv::Store, key: &str, revision: u64) {
+    let _ = kv.delete_expect_revision(key, Some(revision)).await;
 }
 
 /// The lease bucket: entries live one lease TTL unless rewritten.
@@ -213,11 +222,7 @@ impl NamedLease {
         let poll = period.min(Duration::from_millis(500));
         loop {
             let revision = loop {
-                match self
-                    .kv
-                    .create(&self.key, self.instance.clone().into())
-                    .await
-                {
+                match create(&self.kv, &self.key, &self.instance).await {
                     Ok(revision) => break revision,
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                     Err(e) => {
@@ -246,10 +251,7 @@ impl NamedLease {
                 }
             };
             if let Some(revision) = revision {
-                let _ = self
-                    .kv
-                    .delete_expect_revision(&self.key, Some(revision))
-                    .await;
+                release(&self.kv, &self.key, revision).await;
             }
             if stop.is_cancelled() {
                 return;
@@ -272,26 +274,23 @@ impl NamedLease {
                 () = held.cancelled() => return Some(revision),
                 () = tokio::time::sleep(period) => {}
             }
-            match self
-                .kv
-                .update(&self.key, self.instance.clone().into(), revision)
-                .await
-            {
-                Ok(next) => {
+            match renew(&self.kv, &self.key, &self.instance, revision).await {
+                Renewal::Renewed(next) => {
                     revision = next;
                     renewed = Instant::now();
                 }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                Renewal::Lost => {
                     tracing::warn!(lease = %self.key, "lease taken by another replica; stopping");
                     held.cancel();
                     return None;
                 }
-                Err(e) if renewed.elapsed() + period >= self.ttl => {
+                // Past this point another replica may already hold it: stop before then.
+                Renewal::Failed(e) if renewed.elapsed() + period >= self.ttl => {
                     tracing::warn!(lease = %self.key, error = %e, "lease cannot be renewed; stopping");
                     held.cancel();
                     return None;
                 }
-                Err(e) => {
+                Renewal::Failed(e) => {
                     tracing::warn!(lease = %self.key, error = %e, "lease renewal failed; retrying")
                 }
             }

@@ -62,10 +62,10 @@ impl ChannelSettings {
 
     /// Where a member of inlet `c` goes when handed to a human: the inlet's own platform
     /// when it has humans of its own (a Zendesk department), else the inlet's outlet.
-    pub fn handoff_target(&self, c: &Channel) -> Option<String> {
+    pub fn handoff_target<'c>(&self, c: &'c Channel) -> Option<&'c str> {
         match self {
-            Self::Zendesk(z) if z.department.is_some() => Some(c.id.clone()),
-            _ => c.outlet.clone(),
+            Self::Zendesk(z) if z.department.is_some() => Some(&c.id),
+            _ => c.outlet.as_deref(),
         }
     }
 }
@@ -111,10 +111,10 @@ impl Platforms {
     }
 
     /// See [`ChannelSettings::handoff_target`].
-    pub fn handoff_target(&self, inlet: &Channel) -> Option<String> {
+    pub fn handoff_target<'c>(&self, inlet: &'c Channel) -> Option<&'c str> {
         match self.get(&inlet.id) {
             Some(s) => s.handoff_target(inlet),
-            None => inlet.outlet.clone(),
+            None => inlet.outlet.as_deref(),
         }
     }
 }

@@ -441,7 +441,7 @@ impl Engine {
             inlet: &inlet,
             conversation: conversation.as_ref(),
             outlet: outlet.as_deref(),
-            handoff_to: handoff_to.as_deref(),
+            handoff_to,
             source: &envelope.channel,
             named_conversation: &envelope.conversation_id,
         };

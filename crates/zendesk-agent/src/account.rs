@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use handoff_bus::Bus;
 use handoff_config::Channel;
-use handoff_platforms::zendesk::{FrameError, ZendeskSettings};
+use handoff_platforms::zendesk::ZendeskSettings;
 use handoff_proto::Choice;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,33 +64,11 @@ struct Forwarded {
     offer: Option<Offer>,
 }
 
-/// A request's result as it travels back from the holder.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Outcome {
-    Data(Value),
-    Refused(FrameError),
-    NotConnected,
-    NoAnswer,
-    SessionEnded,
-}
-
 impl Account {
     /// The NATS subject the session's holder answers forwarded requests on.
     pub fn rpc_subject(&self, bus: &Bus) -> String {
-        let channel: String = self
-            .channel
-            .id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{}_rpc.zendesk.{channel}", bus.settings().prefix)
+        // Channel ids are tokens (`A-Z a-z 0-9 - _`), valid in a subject as they are.
+        format!("{}_rpc.zendesk.{}", bus.settings().prefix, self.channel.id)
     }
 
     /// Runs `query` on the account's session, here if this replica holds it, else on the
@@ -122,14 +100,8 @@ impl Account {
                 // Nobody holds the account yet (a hand-over in progress).
                 _ => RequestError::NotConnected,
             })?;
-        match serde_json::from_slice(&reply.payload) {
-            Ok(Outcome::Data(data)) => Ok(data),
-            Ok(Outcome::Refused(e)) => Err(RequestError::Refused(e)),
-            Ok(Outcome::NotConnected) => Err(RequestError::NotConnected),
-            Ok(Outcome::NoAnswer) => Err(RequestError::NoAnswer(ANSWER_WITHIN)),
-            Ok(Outcome::SessionEnded) => Err(RequestError::SessionEnded),
-            Err(_) => Err(RequestError::NotConnected),
-        }
+        serde_json::from_slice::<Result<Value, RequestError>>(&reply.payload)
+            .unwrap_or(Err(RequestError::NotConnected))
     }
 
     async fn request_here(&self, query: &str, offer: Option<Offer>) -> Result<Value, RequestError> {
@@ -170,16 +142,9 @@ impl Account {
             let client = bus.client().clone();
             // Each request on its own: the callers' member lanes already keep their order.
             tokio::spawn(async move {
-                let answer = match account
+                let answer = account
                     .request_here(&forwarded.query, forwarded.offer)
-                    .await
-                {
-                    Ok(data) => Outcome::Data(data),
-                    Err(RequestError::Refused(e)) => Outcome::Refused(e),
-                    Err(RequestError::NotConnected) => Outcome::NotConnected,
-                    Err(RequestError::NoAnswer(_)) => Outcome::NoAnswer,
-                    Err(RequestError::SessionEnded) => Outcome::SessionEnded,
-                };
+                    .await;
                 let body = serde_json::to_vec(&answer).expect("an answer serializes");
                 let _ = client.publish(reply, body.into()).await;
             });

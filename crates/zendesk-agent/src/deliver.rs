@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::zendesk::{
-    DEPARTMENTS_QUERY, ErrorKind, online_department, send_request, transfer_request,
+    DEPARTMENTS_QUERY, DepartmentError, ErrorKind, online_department, send_request,
+    transfer_request,
 };
 use handoff_proto::{
     Body, DeliverToMember, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed,
@@ -105,7 +106,6 @@ impl Deliverer {
                 ),
             };
         };
-        let chat = member.external_id.as_str();
         let refused = |code: &str, reason: String| {
             Body::HandoffFailed(HandoffFailed {
                 reason,
@@ -113,23 +113,15 @@ impl Deliverer {
                 code: code.into(),
             })
         };
-        let result = match self.request(account, DEPARTMENTS_QUERY, None).await {
-            Ok(data) => match online_department(&data, department) {
-                Ok(id) => match self
-                    .request(account, &transfer_request(chat, &id), None)
-                    .await
-                {
-                    Ok(_) => Body::HandoffAccepted(HandoffAccepted {
-                        external_conversation_id: id,
-                    }),
-                    Err(e) => match later(&e) {
-                        Some(later) => return later,
-                        None => refused("zendesk_refused", e.to_string()),
-                    },
-                },
-                Err(e) => refused(e.code(), e.to_string()),
-            },
-            Err(e) => match later(&e) {
+        let result = match self
+            .transfer_chat(account, &member.external_id, department)
+            .await
+        {
+            Ok(id) => Body::HandoffAccepted(HandoffAccepted {
+                external_conversation_id: id,
+            }),
+            Err(Transfer::NotNow(e)) => refused(e.code(), e.to_string()),
+            Err(Transfer::Failed(e)) => match later(&e) {
                 Some(later) => return later,
                 None => refused("zendesk_refused", e.to_string()),
             },
@@ -143,6 +135,20 @@ impl Deliverer {
                 Handled::Done,
             )
             .await
+    }
+
+    /// Transfers `chat` to `department` if it is ONLINE; the department's id.
+    async fn transfer_chat(
+        &self,
+        account: &Account,
+        chat: &str,
+        department: &str,
+    ) -> Result<String, Transfer> {
+        let departments = self.request(account, DEPARTMENTS_QUERY, None).await?;
+        let id = online_department(&departments, department).map_err(Transfer::NotNow)?;
+        self.request(account, &transfer_request(chat, &id), None)
+            .await?;
+        Ok(id)
     }
 
     /// Runs a request on the account's session; rate limits are waited out here, with
@@ -166,6 +172,20 @@ impl Deliverer {
                 other => return other,
             }
         }
+    }
+}
+
+/// Why a chat was not transferred.
+enum Transfer {
+    /// The department is not there to take it (the bot is told).
+    NotNow(DepartmentError),
+    /// Zendesk could not be asked, or refused.
+    Failed(RequestError),
+}
+
+impl From<RequestError> for Transfer {
+    fn from(e: RequestError) -> Self {
+        Self::Failed(e)
     }
 }
 

@@ -30,8 +30,9 @@ pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// The subscription-start retries seed 002 allows: 3 to 5 within 30 s.
 const SUBSCRIPTION_ATTEMPTS: u32 = 4;
 
-/// Why a request got no result.
-#[derive(Debug, thiserror::Error)]
+/// Why a request got no result. Serializable: a replica without the session receives it
+/// from the holder's.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub(crate) enum RequestError {
     #[error("no session is connected")]
     NotConnected,

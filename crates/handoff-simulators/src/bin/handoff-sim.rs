@@ -96,7 +96,8 @@ async fn visitor_says(
             .entry(name.clone())
             .or_insert_with(|| {
                 let chat = v.sim.visitor_join(&name);
-                tokio::spawn(print_agent_to(v.sim.clone(), chat.clone(), name.clone()));
+                let label = format!("[zendesk {name}]");
+                tokio::spawn(print_agent_to(v.sim.clone(), chat.clone(), label));
                 chat
             })
             .clone()
@@ -119,18 +120,19 @@ async fn visitor_leaves(State(v): State<Visitors>, Path(name): Path<String>) -> 
     }
 }
 
-async fn print_agent_to(sim: ZendeskSim, chat: String, name: String) {
+/// Prints what the agent sends into `chat`, and its transfer, each line after `label`.
+async fn print_agent_to(sim: ZendeskSim, chat: String, label: String) {
     let (mut shown, mut transferred) = (0, false);
     loop {
         let sent = sim.sent_to(&chat);
         for message in &sent[shown..] {
-            println!("[zendesk {name}] <- {}", describe(message));
+            println!("{label} <- {}", describe(message));
         }
         shown = sent.len();
         if !transferred
             && let Some((_, department)) = sim.transfers().into_iter().find(|(c, _)| *c == chat)
         {
-            println!("[zendesk {name}] transferred to department {department}");
+            println!("{label} transferred to department {department}");
             transferred = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -177,7 +179,11 @@ async fn zendesk() -> anyhow::Result<()> {
     loop {
         let channel = sim.visitor_join("");
         println!("[visitor] joined; type a message, /pick <choice>, /leave, or Ctrl-D");
-        let printer = tokio::spawn(print_agent(sim.clone(), channel.clone()));
+        let printer = tokio::spawn(print_agent_to(
+            sim.clone(),
+            channel.clone(),
+            "[agent]".into(),
+        ));
         let left = loop {
             let Some(line) = lines.recv().await else {
                 break false;
@@ -197,18 +203,5 @@ async fn zendesk() -> anyhow::Result<()> {
         if !left {
             return Ok(());
         }
-    }
-}
-
-async fn print_agent(sim: ZendeskSim, channel: String) {
-    let mut shown = 0;
-    loop {
-        let sent = sim
-            .wait_for_sent(&channel, shown + 1, Duration::from_secs(3600))
-            .await;
-        for message in &sent[shown..] {
-            println!("[agent] {}", describe(message));
-        }
-        shown = sent.len();
     }
 }
