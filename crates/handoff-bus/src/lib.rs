@@ -14,6 +14,7 @@
 
 mod consume;
 mod lease;
+pub mod metrics;
 mod propagation;
 
 use std::time::Duration;
@@ -117,6 +118,29 @@ impl Bus {
 
     pub fn stream_name(&self) -> String {
         self.settings.prefix.to_uppercase()
+    }
+
+    /// Messages stored and not yet acknowledged, by area (`events`, `deliver.<target>`):
+    /// the stream is a work queue, so this is how far its consumers are behind.
+    pub async fn pending_by_area(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        use futures::TryStreamExt as _;
+        let stream = self.js.get_stream_no_info(self.stream_name()).await?;
+        let mut by_area = std::collections::BTreeMap::new();
+        for area in ["events", "deliver"] {
+            by_area.entry(area.to_string()).or_insert(0);
+        }
+        let prefix = format!("{}.", self.settings.prefix);
+        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await?;
+        while let Some((subject, count)) = subjects.try_next().await? {
+            let mut parts = subject.strip_prefix(&prefix).unwrap_or(&subject).split('.');
+            let area = match (parts.next(), parts.next()) {
+                (Some("deliver"), Some(target)) => format!("deliver.{target}"),
+                (Some(area), _) => area.to_string(),
+                _ => continue,
+            };
+            *by_area.entry(area).or_insert(0) += count as u64;
+        }
+        Ok(by_area)
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -223,6 +247,7 @@ impl Bus {
             causation_id: cause.event_id.clone(),
             occurred_at_ms: cause.occurred_at_ms,
             accepted_at_ms: now_ms(),
+            origin_accepted_at_ms: origin_of(cause),
             body: Some(body),
             ..Default::default()
         };
@@ -413,6 +438,15 @@ pub fn message_keys(
 /// `text` as Postgres can store it: NUL is the one character text and JSON columns refuse.
 pub fn storable(text: &str) -> String {
     text.replace('\0', "\u{fffd}")
+}
+
+/// When the platform message `envelope` derives from was accepted (see the proto field).
+pub fn origin_of(envelope: &Envelope) -> i64 {
+    if envelope.origin_accepted_at_ms > 0 {
+        envelope.origin_accepted_at_ms
+    } else {
+        envelope.accepted_at_ms
+    }
 }
 
 pub fn now_ms() -> i64 {

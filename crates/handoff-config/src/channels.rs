@@ -30,6 +30,18 @@ pub enum Platform {
     Zendesk,
 }
 
+impl Platform {
+    /// The name the channels file uses, also the `platform` label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Custom => "custom",
+            Platform::WebhookBot => "webhook-bot",
+            Platform::Selarti => "selarti",
+            Platform::Zendesk => "zendesk",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {

@@ -81,6 +81,26 @@ impl DeliveryError {
     pub fn is_transient(&self) -> bool {
         matches!(self, DeliveryError::Unavailable { .. })
     }
+
+    /// A fixed word for metrics: why the call failed, without its variable details.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DeliveryError::Rejected { .. } => "http_4xx",
+            DeliveryError::Refused(_) => "refused",
+            DeliveryError::TooLarge { .. } => "too_large",
+            DeliveryError::Unavailable {
+                status: Some(429), ..
+            } => "http_429",
+            DeliveryError::Unavailable {
+                status: Some(_), ..
+            } => "http_5xx",
+            DeliveryError::Unavailable {
+                retry_after: Some(_),
+                ..
+            } => "circuit_open",
+            DeliveryError::Unavailable { .. } => "network",
+        }
+    }
 }
 
 /// Which horizon a delivery is retried within.
@@ -435,13 +455,23 @@ impl OutboundClient {
 
     /// `retry_later` as a consumer's decision for command `envelope`: `Some(Retry)` within
     /// its horizon, `None` when the failure is for good.
+    /// Every failed delivery comes through here, so it is also where failures and retries
+    /// are counted, by `target`'s channel and platform.
     pub fn later(
         &self,
         error: &DeliveryError,
         envelope: &handoff_proto::Envelope,
+        target: &handoff_config::Channel,
         horizon: Horizon,
     ) -> Option<handoff_bus::Handled> {
-        let after = self.retry_later(error, envelope.accepted_at_ms, horizon)?;
+        let after = self.retry_later(error, envelope.accepted_at_ms, horizon);
+        handoff_bus::metrics::delivery_failed(
+            &target.id,
+            target.platform.as_str(),
+            error.reason(),
+            after.is_some(),
+        );
+        let after = after?;
         Some(handoff_bus::Handled::Retry {
             after,
             reason: error.to_string(),

@@ -15,7 +15,7 @@ use tracing::Span;
 
 mod telemetry;
 
-pub use telemetry::{TelemetryGuard, init_telemetry};
+pub use telemetry::{TelemetryGuard, init_telemetry, metrics_text};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -102,14 +102,34 @@ pub fn http_part(
 /// Something that can say whether the service may take traffic.
 pub trait Readiness: Clone + Send + Sync + 'static {
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// State read at scrape time (open conversations, backlog), in Prometheus text: it is
+    /// the database's or the stream's to count, not this process's.
+    fn gauges(&self) -> impl Future<Output = String> + Send {
+        async { String::new() }
+    }
 }
 
-/// `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
+/// `/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`
+/// (Prometheus text: this process's metrics, then what `Readiness::gauges` reads at scrape).
 pub fn health_router<R: Readiness>(readiness: R) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<R>))
+        .route("/metrics", get(metrics::<R>))
         .with_state(readiness)
+}
+
+async fn metrics<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
+    let mut text = metrics_text();
+    text.push_str(&r.gauges().await);
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn readyz<R: Readiness>(State(r): State<R>) -> impl IntoResponse {

@@ -1,13 +1,17 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use std::sync::OnceLock;
+
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Flushes pending spans when dropped (at the end of `main`).
+/// Flushes pending spans and metrics when dropped (at the end of `main`).
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -15,12 +19,56 @@ impl Drop for TelemetryGuard {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
         }
+        if let Some(meters) = self.meters.take() {
+            let _ = meters.shutdown();
+        }
     }
 }
 
-/// Structured logs (`RUST_LOG` filters, default `info`) and, when `otlp_endpoint` is set,
-/// OpenTelemetry traces over OTLP/HTTP of the spans `trace_filter` lets through. W3C trace
-/// context is always propagated.
+/// The registry the Prometheus exporter fills; `/metrics` renders it.
+fn registry() -> &'static prometheus::Registry {
+    static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
+    REGISTRY.get_or_init(prometheus::Registry::new)
+}
+
+/// This process's OpenTelemetry metrics in Prometheus' text format (empty before
+/// `init_telemetry`).
+pub fn metrics_text() -> String {
+    use prometheus::Encoder as _;
+    let mut out = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&registry().gather(), &mut out) {
+        tracing::warn!(error = %e, "metrics not encoded");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Metrics are read two ways: Prometheus scrapes `/metrics` (no collector needed), and,
+/// when an OTLP endpoint is configured, they are pushed there with the traces.
+fn meter_provider(
+    resource: opentelemetry_sdk::Resource,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<SdkMeterProvider> {
+    let prometheus = opentelemetry_prometheus::exporter()
+        .with_registry(registry().clone())
+        .scope_info_enabled(false)
+        .build()?;
+    let mut builder = SdkMeterProvider::builder()
+        .with_reader(prometheus)
+        .with_resource(resource);
+    if let Some(endpoint) = otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/metrics", endpoint.trim_end_matches('/')))
+            .build()?;
+        builder = builder.with_periodic_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Structured logs (`RUST_LOG` filters, default `info`), metrics (see `meter_provider`)
+/// and, when `otlp_endpoint` is set, OpenTelemetry traces over OTLP/HTTP of the spans
+/// `trace_filter` lets through. W3C trace context is always propagated.
 pub fn init_telemetry(
     service: &'static str,
     log_format: &str,
@@ -38,6 +86,12 @@ pub fn init_telemetry(
         tracing_subscriber::fmt::layer().boxed()
     };
 
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let meters = meter_provider(resource.clone(), otlp_endpoint)?;
+    opentelemetry::global::set_meter_provider(meters.clone());
+
     let provider = match otlp_endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig as _;
@@ -45,9 +99,6 @@ pub fn init_telemetry(
                 .with_http()
                 .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
                 .build()?;
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(service)
-                .build();
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -72,5 +123,6 @@ pub fn init_telemetry(
         .ok();
     Ok(TelemetryGuard {
         provider: Some(provider),
+        meters: Some(meters),
     })
 }

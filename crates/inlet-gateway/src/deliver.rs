@@ -51,9 +51,12 @@ impl Handler for Deliverer {
             .post_json(url, &envelope.event_id, &body, signer.as_ref())
             .await
         {
-            Ok(_) => Handled::Done,
+            Ok(_) => {
+                handoff_bus::metrics::delivered(&envelope, channel.platform.as_str());
+                Handled::Done
+            }
             Err(e) => {
-                if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
+                if let Some(retry) = self.client.later(&e, &envelope, channel, Horizon::Delivery) {
                     return retry;
                 }
                 tracing::warn!(error = %e, "delivery to the customer failed for good");

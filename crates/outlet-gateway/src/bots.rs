@@ -45,7 +45,9 @@ impl Handler for BotCaller {
         };
         let settings = match &**settings {
             ChannelSettings::WebhookBot(s) => s,
-            ChannelSettings::Selarti(s) => return self.send_to_selarti(&envelope, cmd, s).await,
+            ChannelSettings::Selarti(s) => {
+                return self.send_to_selarti(&envelope, cmd, bot, s).await;
+            }
             _ => {
                 return Handled::Park {
                     reason: format!("channel `{}` is not a bot", bot.id),
@@ -88,10 +90,13 @@ impl BotCaller {
             .post_json(url, &envelope.event_id, &body, signer.as_ref())
             .await
         {
-            Ok(delivered) => parse_answer(&delivered.body)
-                .map_err(|why| format!("the bot's answer is not valid: {why}")),
+            Ok(delivered) => {
+                handoff_bus::metrics::delivered(envelope, bot.platform.as_str());
+                parse_answer(&delivered.body)
+                    .map_err(|why| format!("the bot's answer is not valid: {why}"))
+            }
             Err(e) => {
-                if let Some(retry) = self.client.later(&e, envelope, Horizon::Delivery) {
+                if let Some(retry) = self.client.later(&e, envelope, bot, Horizon::Delivery) {
                     return retry;
                 }
                 Err(e.to_string())
@@ -138,6 +143,7 @@ impl BotCaller {
         &self,
         envelope: &Envelope,
         cmd: &SendToBot,
+        bot: &handoff_config::Channel,
         settings: &SelartiSettings,
     ) -> Handled {
         let body = cmd
@@ -153,9 +159,12 @@ impl BotCaller {
             .send(&self.client, settings, &envelope.event_id, &body)
             .await
         {
-            Ok(()) => Handled::Done,
+            Ok(()) => {
+                handoff_bus::metrics::delivered(envelope, bot.platform.as_str());
+                Handled::Done
+            }
             Err(e) => {
-                if let Some(retry) = self.client.later(&e, envelope, Horizon::Delivery) {
+                if let Some(retry) = self.client.later(&e, envelope, bot, Horizon::Delivery) {
                     return retry;
                 }
                 self.give_up(envelope, &settings.channel_id, e.to_string())

@@ -56,11 +56,16 @@ impl Handler for LiveChatDeliverer {
                 let details = cmd.details.clone().unwrap_or_default();
                 let body = livechat_body(&member, &details, &cmd.chat_history_url, conversation);
                 let result = match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(ok) => Body::HandoffAccepted(HandoffAccepted {
-                        external_conversation_id: ticket_id(&ok.body),
-                    }),
+                    Ok(ok) => {
+                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
+                        Body::HandoffAccepted(HandoffAccepted {
+                            external_conversation_id: ticket_id(&ok.body),
+                        })
+                    }
                     Err(e) => {
-                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Handoff) {
+                        if let Some(retry) =
+                            self.client.later(&e, &envelope, outlet, Horizon::Handoff)
+                        {
                             return retry;
                         }
                         // No park: the bot takes the customer back, which is the answer.
@@ -87,9 +92,14 @@ impl Handler for LiveChatDeliverer {
                 let content = cmd.content.clone().unwrap_or_default();
                 let body = relay_body(&content, &member, &outlet.info, conversation);
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(_) => Handled::Done,
+                    Ok(_) => {
+                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
+                        Handled::Done
+                    }
                     Err(e) => {
-                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) =
+                            self.client.later(&e, &envelope, outlet, Horizon::Delivery)
+                        {
                             return retry;
                         }
                         let failed = Body::RelayFailed(RelayFailed {
@@ -119,9 +129,14 @@ impl Handler for LiveChatDeliverer {
                 let content = cmd.content.clone().unwrap_or_default();
                 let body = send_body(&content, &member, &outlet.info, Some(&cmd.conversation_ref));
                 match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(_) => Handled::Done,
+                    Ok(_) => {
+                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
+                        Handled::Done
+                    }
                     Err(e) => {
-                        if let Some(retry) = self.client.later(&e, &envelope, Horizon::Delivery) {
+                        if let Some(retry) =
+                            self.client.later(&e, &envelope, outlet, Horizon::Delivery)
+                        {
                             return retry;
                         }
                         let failed = Body::DeliveryFailed(DeliveryFailed {

@@ -111,6 +111,9 @@ struct Work<'a> {
     cause: &'a Envelope,
     commands: Vec<(Service, Envelope)>,
     messages: usize,
+    /// Handoffs this event settled: outcome and seconds since the request, recorded once
+    /// the transaction commits.
+    settled: Vec<(&'static str, f64)>,
 }
 
 impl Work<'_> {
@@ -126,6 +129,7 @@ impl Work<'_> {
             causation_id: self.cause.event_id.clone(),
             occurred_at_ms: self.cause.occurred_at_ms,
             accepted_at_ms: now_ms(),
+            origin_accepted_at_ms: handoff_bus::origin_of(self.cause),
             body: Some(body),
             ..Default::default()
         };
@@ -305,9 +309,14 @@ impl Engine {
             }
             Err(_) => {
                 // One event spoiled the batch: apply each alone, so only its member waits.
-                for job in batch {
-                    Box::pin(self.run_batch(vec![job])).await;
-                }
+                // All at once (they are different members): one by one, a batch of fifty
+                // would make the last wait fifty transactions.
+                futures::future::join_all(
+                    batch
+                        .into_iter()
+                        .map(|job| Box::pin(self.run_batch(vec![job]))),
+                )
+                .await;
             }
         }
     }
@@ -357,6 +366,7 @@ impl Engine {
         .into_iter()
         .collect();
         let mut commands: Vec<(usize, Service, Envelope)> = Vec::new();
+        let mut settled = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for (i, envelope) in batch.iter().enumerate() {
             if !fresh.contains(&ids[i]) {
@@ -368,12 +378,14 @@ impl Engine {
                 cause: envelope,
                 commands: Vec::new(),
                 messages: 0,
+                settled: Vec::new(),
             };
             // `false`: a duplicate by another key (the same platform message id under a new
             // event id); it was detected before any effect, so nothing is published.
             if self.dispatch(&mut work).await? {
                 commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
             }
+            settled.append(&mut work.settled);
             outcomes.push(Applied::New(Vec::new()));
         }
         for (i, row) in self.write_outbox(&mut tx, commands).await? {
@@ -382,6 +394,14 @@ impl Engine {
             }
         }
         tx.commit().await?;
+        for (envelope, outcome) in batch.iter().zip(&outcomes) {
+            if matches!(outcome, Applied::New(_)) {
+                handoff_bus::metrics::routed(envelope);
+            }
+        }
+        for (outcome, seconds) in settled {
+            handoff_bus::metrics::handoff_settled(outcome, seconds);
+        }
         Ok(outcomes)
     }
 
@@ -541,42 +561,47 @@ impl Engine {
                     conversation,
                     external_id,
                 } => {
-                    let became_live = sqlx::query(
+                    let waited: Option<f64> = sqlx::query_scalar(
                         "UPDATE conversations SET state = 'live',
                            external_id = COALESCE(NULLIF($2, ''), external_id),
                            state_changed_at = now(), last_activity_at = now()
-                         WHERE id = $1 AND state = 'pending'",
+                         WHERE id = $1 AND state = 'pending'
+                         RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8",
                     )
                     .bind(conversation)
                     .bind(&external_id)
-                    .execute(&mut **work.tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if !became_live {
+                    .fetch_optional(&mut **work.tx)
+                    .await?;
+                    let Some(waited) = waited else {
                         return Ok(true);
-                    }
+                    };
+                    work.settled.push(("accepted", waited));
                 }
                 Step::Close {
                     conversation,
                     from,
                     reason,
                 } => {
-                    let closed = sqlx::query(
+                    let lasted: Option<f64> = sqlx::query_scalar(
                         "UPDATE conversations SET state = 'closed', closed_at = now(),
                            state_changed_at = now(), close_reason = $3
-                         WHERE id = $1 AND state = $2",
+                         WHERE id = $1 AND state = $2
+                         RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8",
                     )
                     .bind(conversation)
                     .bind(from.as_str())
                     .bind(&reason)
-                    .execute(&mut **work.tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if !closed {
+                    .fetch_optional(&mut **work.tx)
+                    .await?;
+                    let Some(lasted) = lasted else {
                         return Ok(true);
-                    }
+                    };
+                    // A handoff closed before anyone took it went back to the bot.
+                    let outcome = match from.as_str() {
+                        "pending" => "returned_to_bot",
+                        _ => "closed",
+                    };
+                    work.settled.push((outcome, lasted));
                 }
                 Step::IfOverdue {
                     conversation,

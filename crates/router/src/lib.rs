@@ -47,6 +47,43 @@ impl Readiness for Ready {
             .map(|_| ())
             .map_err(|e| format!("Postgres: {e}"))
     }
+
+    /// Every router replica reports the same numbers; dashboards take their `max`.
+    async fn gauges(&self) -> String {
+        let mut out = String::new();
+        match store::open_conversations_by_state(&self.pool).await {
+            Ok(counts) => {
+                out.push_str(
+                    "# HELP handoff_conversations Open conversations, by state.\n\
+                     # TYPE handoff_conversations gauge\n",
+                );
+                for (state, n) in counts {
+                    out.push_str(&format!("handoff_conversations{{state=\"{state}\"}} {n}\n"));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "conversation counts not read"),
+        }
+        match dead_letters::metrics(&self.pool).await {
+            Ok(text) => out.push_str(&text),
+            Err(e) => tracing::warn!(error = %e, "dead letters not counted"),
+        }
+        match self.bus.pending_by_area().await {
+            Ok(pending) => {
+                out.push_str(
+                    "# HELP handoff_jetstream_pending_messages Messages stored and not yet \
+                     handled (consumer lag), by stream area.\n\
+                     # TYPE handoff_jetstream_pending_messages gauge\n",
+                );
+                for (area, n) in pending {
+                    out.push_str(&format!(
+                        "handoff_jetstream_pending_messages{{stream=\"{area}\"}} {n}\n"
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "stream backlog not read"),
+        }
+        out
+    }
 }
 
 pub struct Application {
@@ -106,17 +143,6 @@ impl Application {
         };
         let app = Router::new()
             .merge(history::router(engine.pool.clone()))
-            .route(
-                "/metrics",
-                axum::routing::get({
-                    let pool = engine.pool.clone();
-                    move || async move {
-                        dead_letters::metrics(&pool).await.map_err(|e| {
-                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                        })
-                    }
-                }),
-            )
             .merge(health_router(ready))
             .layer(http_trace_layer());
         let listener = self.listener;

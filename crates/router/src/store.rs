@@ -209,3 +209,19 @@ pub async fn open_conversation(
         outlet_channel_id: r.get("outlet_channel_id"),
     }))
 }
+
+/// Open conversations per state, every state present (a zero is a reading too).
+pub async fn open_conversations_by_state(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, i64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM conversations WHERE state <> 'closed' GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(["pending", "live"]
+        .into_iter()
+        .map(|state| {
+            let n = rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            (state, n)
+        })
+        .collect())
+}

@@ -69,9 +69,19 @@ impl Deliverer {
         };
         let offer = Offer::new(chat, &request.offered);
         match self.request(account, &request.query, offer).await {
-            Ok(_) => Handled::Done,
+            Ok(_) => {
+                handoff_bus::metrics::delivered(envelope, "zendesk");
+                Handled::Done
+            }
             Err(e) => {
-                if let Some(later) = later(&e) {
+                let later = later(&e);
+                handoff_bus::metrics::delivery_failed(
+                    &envelope.channel,
+                    "zendesk",
+                    "zendesk",
+                    later.is_some(),
+                );
+                if let Some(later) = later {
                     return later;
                 }
                 tracing::warn!(error = %e, "Zendesk refused an answer for good");

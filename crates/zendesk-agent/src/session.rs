@@ -488,7 +488,12 @@ async fn store(
     let mut delay = Duration::from_millis(100);
     loop {
         match bus.publish_event_once(&envelope, &keys.dedup_id).await {
-            Ok(_) => return Ok(()),
+            Ok(duplicate) => {
+                if !duplicate {
+                    handoff_bus::metrics::message_in(&channel.id, channel.platform.as_str());
+                }
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "an event from Zendesk is not stored yet; retrying")
             }

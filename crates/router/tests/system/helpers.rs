@@ -350,18 +350,8 @@ impl TestHub {
     pub async fn start_router(&mut self) {
         assert!(self.router.is_none(), "router already running");
         if self.options.router_process {
-            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_router"))
-                .env("HANDOFF_CHANNELS", &self.channels_path)
-                .env("HANDOFF_HTTP__HOST", "127.0.0.1")
-                .env("HANDOFF_HTTP__PORT", "0")
-                .envs(self.service_env())
-                .env("HANDOFF_SWEEP_INTERVAL_MS", "200")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("router binary starts");
+            let (mut child, port) = spawn_service(&self.settings, &self.options, "router").await;
+            self.router_url = Some(format!("http://127.0.0.1:{port}"));
             // Ready once it has migrated and subscribed: its look-up service answers.
             let client = async_nats::connect(&self.settings.nats.url).await.unwrap();
             let subject = router::lookup_subject(&self.settings.nats.prefix);
@@ -623,6 +613,7 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
     let nats = &settings.nats;
     let mut env = vec![
         ("HANDOFF_NATS__URL", nats.url.clone()),
+        ("HANDOFF_SWEEP_INTERVAL_MS", "200".into()),
         ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
         ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
         (
@@ -677,6 +668,7 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
         env.push(("HANDOFF_TELEMETRY__OTLP_ENDPOINT", endpoint.clone()));
         // Export spans within a tenth of a second rather than the default five.
         env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
+        env.push(("OTEL_METRIC_EXPORT_INTERVAL", "300".into()));
     }
     env
 }

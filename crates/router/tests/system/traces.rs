@@ -80,6 +80,8 @@ struct Received {
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
+    /// Raw OTLP metric exports (their instrument names are plain bytes in the protobuf).
+    metrics: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl Receiver {
@@ -88,6 +90,13 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let app = axum::Router::new()
             .route("/v1/traces", post(receive))
+            .route(
+                "/v1/metrics",
+                post(|State(r): State<Receiver>, body: Bytes| async move {
+                    r.metrics.lock().unwrap().push(body);
+                    ""
+                }),
+            )
             .with_state(self.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://127.0.0.1:{port}")
@@ -183,5 +192,122 @@ async fn one_customer_message_is_one_trace_through_every_service_it_crosses() {
             .any(|s| s.attributes.get("member_id") == Some(&member)),
         "spans name the member: {in_trace:#?}"
     );
+    hub.shutdown().await;
+}
+
+/// The value of the first sample of `name` carrying every label in `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())?
+        })
+        .next()
+}
+
+async fn scrape(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `base`'s `/metrics` until `name{labels}` is at least `min`.
+async fn wait_for_sample(base: &str, name: &str, labels: &[(&str, &str)], min: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(base).await;
+        match sample(&text, name, labels) {
+            Some(v) if v >= min => return v,
+            _ if tokio::time::Instant::now() > deadline => {
+                panic!("{base}: no {name}{labels:?} >= {min} in\n{text}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_service_counts_its_messages_and_times_each_hop_for_prometheus_and_otlp() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let hub = TestHub::start_with(HubOptions {
+        otlp_endpoint: Some(endpoint),
+        ..Default::default()
+    })
+    .await;
+    let (status, _) = hub.say("metrics-1", "hello").await;
+    assert_eq!(status, 200);
+    hub.wait_received("metrics-1", 1).await;
+
+    let inlet = hub.inlet.base_url();
+    let outlet = hub.outlet.base_url();
+    let router = hub.router_url.clone().unwrap();
+    let customer = [("channel", INLET), ("platform", "custom")];
+    assert_eq!(
+        wait_for_sample(inlet, "handoff_messages_in_total", &customer, 1.0).await,
+        1.0
+    );
+    // The bot was called once, and its answer reached the customer.
+    let bot = [("channel", "demo-bot"), ("platform", "webhook-bot")];
+    assert_eq!(
+        wait_for_sample(outlet, "handoff_messages_out_total", &bot, 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        wait_for_sample(inlet, "handoff_messages_out_total", &customer, 1.0).await,
+        1.0
+    );
+    let end_to_end = [("hop", "end_to_end"), ("platform", "custom")];
+    wait_for_sample(inlet, "handoff_latency_seconds_count", &end_to_end, 1.0).await;
+    let whole = wait_for_sample(inlet, "handoff_latency_seconds_sum", &end_to_end, 0.0).await;
+    assert!(whole > 0.0 && whole < WAIT.as_secs_f64(), "{whole}");
+    // The customer's message and the bot's answer were both routed.
+    let routed = [("hop", "accepted_to_routed")];
+    wait_for_sample(&router, "handoff_latency_seconds_count", &routed, 2.0).await;
+    let hop = [("hop", "routed_to_delivered"), ("platform", "webhook-bot")];
+    wait_for_sample(outlet, "handoff_latency_seconds_count", &hop, 1.0).await;
+
+    // Read at scrape time from Postgres and the stream.
+    let text = scrape(&router).await;
+    assert_eq!(
+        sample(&text, "handoff_conversations", &[("state", "pending")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "handoff_conversations", &[("state", "live")]),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "handoff_jetstream_pending_messages",
+            &[("stream", "events")]
+        )
+        .is_some(),
+        "{text}"
+    );
+
+    // The same instruments are pushed over OTLP when a collector is configured.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !receiver.metrics.lock().unwrap().iter().any(|export| {
+        export
+            .windows(b"handoff_messages_in".len())
+            .any(|w| w == b"handoff_messages_in")
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no OTLP metric export"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     hub.shutdown().await;
 }
