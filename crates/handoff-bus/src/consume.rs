@@ -517,8 +517,12 @@ async fn handle_until_done<H: Handler>(
         let outcome = work.await;
         drop(permit);
         let (after, reason) = match outcome {
-            Ok(Handled::Done) => return,
+            Ok(Handled::Done) => {
+                receipt(ctx, &envelope, attempt, "done", "");
+                return;
+            }
             Ok(Handled::Park { reason }) => {
+                receipt(ctx, &envelope, attempt, "parked", &reason);
                 park(ctx, message, Some(&envelope), reason)
                     .instrument(span.clone())
                     .await;
@@ -527,11 +531,37 @@ async fn handle_until_done<H: Handler>(
             Ok(Handled::Retry { after, reason }) => (after, reason),
             Err(_) => (Duration::from_secs(5), "handler panicked".to_string()),
         };
+        receipt(ctx, &envelope, attempt, "retry", &reason);
         span.in_scope(|| {
             tracing::warn!(%reason, attempt, delay_ms = after.as_millis() as u64, "will retry");
         });
         tokio::time::sleep(after).await;
     }
+}
+
+/// Tells the router what became of one attempt at `envelope` (see `Receipt`): batched on
+/// core NATS, not JetStream, so it costs the lane nothing, and losing one loses no message.
+fn receipt<H: Handler>(
+    ctx: &Ctx<H>,
+    envelope: &Envelope,
+    attempt: u32,
+    outcome: &str,
+    detail: &str,
+) {
+    let receipt = handoff_proto::Receipt {
+        event_id: envelope.event_id.clone(),
+        causation_id: envelope.causation_id.clone(),
+        member_id: envelope.member_id.clone(),
+        kind: envelope.kind().to_string(),
+        service: ctx.name.clone(),
+        channel: envelope.channel.clone(),
+        outcome: outcome.to_string(),
+        detail: storable(detail).chars().take(500).collect(),
+        attempt,
+        accepted_at_ms: envelope.accepted_at_ms,
+        at_ms: now_ms(),
+    };
+    ctx.bus.receipt(receipt);
 }
 
 /// Keeps `message` as a dead letter, retrying until it is stored: parking is how a lane

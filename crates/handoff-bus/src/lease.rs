@@ -154,16 +154,32 @@ async fn release(kv: &kv::Store, key: &str, revision: u64) {
 
 /// The lease bucket: entries live one lease TTL unless rewritten.
 async fn open_bucket(bus: &Bus) -> anyhow::Result<kv::Store> {
+    open_kv(
+        bus,
+        &bus.lease_bucket(),
+        bus.settings().lease_ttl,
+        stream::StorageType::Memory,
+    )
+    .await
+}
+
+/// A KV bucket keeping the last value of each key, entries living `max_age` (zero: for
+/// good), created if missing.
+pub(crate) async fn open_kv(
+    bus: &Bus,
+    bucket: &str,
+    max_age: Duration,
+    storage: stream::StorageType,
+) -> anyhow::Result<kv::Store> {
     let js = bus.jetstream();
-    let bucket = bus.lease_bucket();
     // The bucket's stream is declared directly: the client's `create_key_value` first
     // asks for account details in a shape NATS 2.9 does not send.
     js.get_or_create_stream(stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_age: bus.settings().lease_ttl,
-        storage: stream::StorageType::Memory,
+        max_age,
+        storage,
         num_replicas: bus.settings().replicas,
         allow_rollup: true,
         deny_delete: true,
@@ -172,7 +188,7 @@ async fn open_bucket(bus: &Bus) -> anyhow::Result<kv::Store> {
         ..Default::default()
     })
     .await?;
-    Ok(js.get_key_value(&bucket).await?)
+    Ok(js.get_key_value(bucket).await?)
 }
 
 /// A lease on something only one replica may do at a time (a Zendesk account allows one

@@ -50,6 +50,16 @@ pub enum Role {
     Bot,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Inlet => "inlet",
+            Role::Outlet => "outlet",
+            Role::Bot => "bot",
+        }
+    }
+}
+
 /// How members of an inlet are handed to humans, and how long each state may last.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -161,10 +171,11 @@ struct ChannelsFile {
     channels: Vec<Channel>,
 }
 
-/// All configured channels, by id.
+/// All configured channels, by id, and which of them an operator disabled.
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     by_id: HashMap<String, Arc<Channel>>,
+    disabled: std::collections::BTreeSet<String>,
 }
 
 impl Channels {
@@ -196,13 +207,26 @@ impl Channels {
                 return Err(format!("channels[{i}].id: `{id}` is used twice"));
             }
         }
-        let channels = Self { by_id };
+        let channels = Self {
+            by_id,
+            disabled: Default::default(),
+        };
         channels.validate_links()?;
         Ok(channels)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Channel>> {
         self.by_id.get(id)
+    }
+
+    /// These channels refuse new messages (what they already accepted is still delivered).
+    pub fn with_disabled(mut self, disabled: impl IntoIterator<Item = String>) -> Self {
+        self.disabled = disabled.into_iter().collect();
+        self
+    }
+
+    pub fn is_enabled(&self, id: &str) -> bool {
+        !self.disabled.contains(id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {

@@ -12,6 +12,6 @@ pub use channels::{
     Channel, ChannelError, Channels, HandoffRules, LiveChatRules, Platform, Role, member_id,
 };
 pub use settings::{
-    DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings, RetentionSettings, Settings,
-    SettingsError, TelemetrySettings,
+    AdminSettings, DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings,
+    RetentionSettings, Settings, SettingsError, TelemetrySettings,
 };

@@ -20,6 +20,11 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub telemetry: TelemetrySettings,
     pub retention: RetentionSettings,
+    pub admin: AdminSettings,
+    /// Seals the shared channels catalog (it carries channel credentials through NATS).
+    /// The same on every service; without it channels come from the channels file only
+    /// and cannot be changed at runtime.
+    pub catalog_key: Option<SecretString>,
     /// How often the router looks for conversations past their state's timeout.
     pub sweep_interval_ms: u64,
     /// Base URL under which the router's transcript pages are reachable by agents
@@ -37,6 +42,8 @@ impl Default for Settings {
             delivery: DeliverySettings::default(),
             telemetry: TelemetrySettings::default(),
             retention: RetentionSettings::default(),
+            admin: AdminSettings::default(),
+            catalog_key: None,
             sweep_interval_ms: 5_000,
             public_url: "http://127.0.0.1:8090".into(),
         }
@@ -260,6 +267,31 @@ impl Default for TelemetrySettings {
             log_format: "pretty".into(),
             otlp_endpoint: None,
             trace_filter: "info,sqlx=warn,async_nats=warn".into(),
+        }
+    }
+}
+
+/// The router's admin API (gRPC) and what `handoffctl` uses to reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminSettings {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// Every call must carry `authorization: Bearer <token>`. Without a token the admin
+    /// API is not served at all: an unauthenticated one is never an option.
+    pub token: Option<SecretString>,
+    /// Where `handoffctl` finds the admin API.
+    pub url: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8091,
+            token: None,
+            url: "http://127.0.0.1:8091".into(),
         }
     }
 }

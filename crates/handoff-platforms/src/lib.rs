@@ -16,6 +16,7 @@
 //! model) and, when it receives calls, `edge` (its endpoint's errors). Wire shapes stay
 //! inside each adapter; the rest of Handoff sees `handoff_proto` types.
 
+pub mod catalog;
 pub mod content;
 pub mod custom;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub mod selarti;
 pub mod webhook_bot;
 pub mod zendesk;
 
+pub use catalog::{Catalog, Snapshot};
 pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Signer};
 pub use platform::{ChannelSettings, Platforms};
 

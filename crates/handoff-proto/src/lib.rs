@@ -6,6 +6,17 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/handoff.v1.rs"));
 }
 
+/// The admin API (`proto/handoff/admin/v1`), served by the router.
+#[cfg(feature = "admin")]
+#[allow(clippy::all, clippy::pedantic)]
+pub mod admin {
+    include!(concat!(env!("OUT_DIR"), "/handoff.admin.v1.rs"));
+
+    /// The encoded descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+}
+
 pub use prost::Message;
 pub use v1::envelope::Body;
 pub use v1::*;
@@ -21,6 +32,7 @@ impl Envelope {
             Some(Body::ConversationTimeout(_)) => "conversation_timeout",
             Some(Body::Parked(_)) => "parked",
             Some(Body::CustomerLeft(_)) => "customer_left",
+            Some(Body::OperatorClose(_)) => "operator_close",
             Some(Body::AgentMessage(_)) => "agent_message",
             Some(Body::AgentCommand(_)) => "agent_command",
             Some(Body::HandoffAccepted(_)) => "handoff_accepted",

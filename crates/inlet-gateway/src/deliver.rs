@@ -1,17 +1,13 @@
 //! `deliver.inlet-gateway` commands: responses for a customer, sent to the inlet's Send API.
 
-use std::sync::Arc;
-
 use handoff_bus::{Bus, Handled, Handler};
-use handoff_config::Channels;
 use handoff_platforms::custom::send_body;
-use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
+use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope};
 
 pub(crate) struct Deliverer {
     pub bus: Bus,
-    pub channels: Arc<Channels>,
-    pub platforms: Arc<Platforms>,
+    pub catalog: Catalog,
     pub client: OutboundClient,
 }
 
@@ -25,8 +21,9 @@ impl Handler for Deliverer {
                 ),
             };
         };
+        let catalog = self.catalog.load();
         // A configuration fixed later (a rollout, a typo) makes these replayable.
-        let Some(channel) = self.channels.get(&envelope.channel) else {
+        let Some(channel) = catalog.channels.get(&envelope.channel) else {
             return Handled::Park {
                 reason: format!("channel `{}` is not configured", envelope.channel),
             };
@@ -37,7 +34,7 @@ impl Handler for Deliverer {
             };
         };
         let Some(ChannelSettings::CustomInlet(inlet)) =
-            self.platforms.get(&channel.id).map(|s| &**s)
+            catalog.platforms.get(&channel.id).map(|s| &**s)
         else {
             return Handled::Park {
                 reason: format!("channel `{}` is not a custom inlet", channel.id),

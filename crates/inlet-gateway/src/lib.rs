@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
-use handoff_platforms::{OutboundClient, OutboundSettings, Platforms};
+use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub bus: Bus,
-    pub channels: Arc<Channels>,
+    pub catalog: Catalog,
     pub body_limit: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: std::time::Duration,
@@ -39,22 +40,23 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     client: OutboundClient,
-    platforms: Arc<Platforms>,
+    store: Option<CatalogStore>,
 }
 
 impl Application {
     /// Connects to NATS and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
         // Each channel's settings are its platform's to read: a bad one stops the start.
-        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        let store = catalog.attach(&bus, settings.catalog_key.as_ref()).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
             listener,
-            platforms: Arc::new(platforms),
+            store,
             state: AppState {
                 bus,
-                channels: Arc::new(channels),
+                catalog,
                 body_limit: settings.http.body_limit,
                 max_concurrent_requests: settings.http.max_concurrent_requests,
                 request_timeout: settings.http.request_timeout(),
@@ -80,7 +82,7 @@ impl Application {
             .layer(http_trace_layer());
         let state = self.state;
         let client = self.client;
-        let platforms = self.platforms;
+        let store = self.store;
         let listener = self.listener;
         handoff_service::run_parts(shutdown, move |stop| {
             let consumers = handoff_bus::run_consumers(
@@ -89,15 +91,16 @@ impl Application {
                 "inlet-gateway".into(),
                 Arc::new(deliver::Deliverer {
                     bus: state.bus.clone(),
-                    channels: state.channels.clone(),
-                    platforms,
+                    catalog: state.catalog.clone(),
                     client,
                 }),
                 stop.clone(),
             );
+            let catalog = state.catalog.follow(store, stop.clone(), |_| async {});
             vec![
                 http_part(listener, app, stop.clone()),
                 ("the deliver.inlet-gateway consumers", Box::pin(consumers)),
+                ("the channels catalog", Box::pin(catalog)),
             ]
         })
         .await

@@ -29,7 +29,7 @@ async fn receive(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let channel = authorize(&state.channels, &query, Role::Inlet)?;
+    let channel = authorize(&state.catalog.load().channels, &query, Role::Inlet)?;
     let bytes = read_body(&headers, body, state.body_limit).await?;
     let (request, parsed) = parse_body(bytes, true)?;
     let WebhookRequest::SendToBot {

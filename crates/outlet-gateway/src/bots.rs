@@ -3,15 +3,12 @@
 //! answers later, on its webhook (`crate::selarti`): once the message is sent, the member's
 //! lane is free.
 
-use std::sync::Arc;
-
 use handoff_bus::{Bus, Handled, Handler};
-use handoff_config::Channels;
 use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
 use handoff_platforms::webhook_bot::{
     BotEvent, BotRequest, BotSettings, parse_answer, request_body,
 };
-use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
+use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
@@ -21,8 +18,7 @@ const ENVELOPE_ROOM: usize = 4 * 1024;
 
 pub(crate) struct BotCaller {
     pub bus: Bus,
-    pub channels: Arc<Channels>,
-    pub platforms: Arc<Platforms>,
+    pub catalog: Catalog,
     pub client: OutboundClient,
     /// Selarti's token cache, shared by every Selarti channel.
     pub selarti: SelartiClient,
@@ -35,9 +31,10 @@ impl Handler for BotCaller {
                 reason: format!("`{}` is not a command for a bot", envelope.kind()),
             };
         };
+        let catalog = self.catalog.load();
         let (Some(bot), Some(settings)) = (
-            self.channels.get(&envelope.channel),
-            self.platforms.get(&envelope.channel),
+            catalog.channels.get(&envelope.channel),
+            catalog.platforms.get(&envelope.channel),
         ) else {
             return Handled::Park {
                 reason: format!("bot channel `{}` is not configured", envelope.channel),

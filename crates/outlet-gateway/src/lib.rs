@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, Handled, Handler, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::selarti::SelartiClient;
-use handoff_platforms::{OutboundClient, OutboundSettings, Platforms};
+use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};
 use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
@@ -30,7 +31,7 @@ pub const DEFAULT_PORT: u16 = 8081;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub bus: Bus,
-    pub channels: Arc<Channels>,
+    pub catalog: Catalog,
     pub body_limit: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: std::time::Duration,
@@ -46,21 +47,22 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     client: OutboundClient,
-    platforms: Arc<Platforms>,
+    store: Option<CatalogStore>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
         // Each channel's settings are its platform's to read: a bad one stops the start.
-        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        let store = catalog.attach(&bus, settings.catalog_key.as_ref()).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
-            platforms: Arc::new(platforms),
+            store,
             listener,
             state: AppState {
                 bus,
-                channels: Arc::new(channels),
+                catalog,
                 body_limit: settings.http.body_limit,
                 max_concurrent_requests: settings.http.max_concurrent_requests,
                 request_timeout: settings.http.request_timeout(),
@@ -87,19 +89,19 @@ impl Application {
         let deliverer = Arc::new(Deliverer {
             livechat: livechat::LiveChatDeliverer {
                 bus: bus.clone(),
-                channels: self.state.channels.clone(),
-                platforms: self.platforms.clone(),
+                catalog: self.state.catalog.clone(),
                 client: self.client.clone(),
             },
             bots: bots::BotCaller {
                 bus: bus.clone(),
-                channels: self.state.channels.clone(),
-                platforms: self.platforms,
+                catalog: self.state.catalog.clone(),
                 client: self.client,
                 selarti: SelartiClient::default(),
             },
         });
         let listener = self.listener;
+        let catalog = self.state.catalog.clone();
+        let store = self.store;
         handoff_service::run_parts(shutdown, move |stop| {
             let consumers = handoff_bus::run_consumers(
                 bus,
@@ -108,9 +110,11 @@ impl Application {
                 deliverer,
                 stop.clone(),
             );
+            let catalog = catalog.follow(store, stop.clone(), |_| async {});
             vec![
                 http_part(listener, app, stop.clone()),
                 ("the deliver.outlet-gateway consumers", Box::pin(consumers)),
+                ("the channels catalog", Box::pin(catalog)),
             ]
         })
         .await

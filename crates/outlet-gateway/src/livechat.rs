@@ -1,19 +1,15 @@
 //! Live-chat commands: Livechat API (hand a member to humans), Relay API (a customer message
 //! while LIVE) and Send API with `conversationId` (a bot answer to an agent command).
 
-use std::sync::Arc;
-
 use handoff_bus::{Bus, Handled, Handler};
-use handoff_config::Channels;
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::{ChannelSettings, Horizon, OutboundClient, Platforms, Signer};
+use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
 pub(crate) struct LiveChatDeliverer {
     pub bus: Bus,
-    pub channels: Arc<Channels>,
-    pub platforms: Arc<Platforms>,
+    pub catalog: Catalog,
     pub client: OutboundClient,
 }
 
@@ -34,13 +30,14 @@ fn ticket_id(body: &[u8]) -> String {
 
 impl Handler for LiveChatDeliverer {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
-        let Some(outlet) = self.channels.get(&envelope.channel) else {
+        let catalog = self.catalog.load();
+        let Some(outlet) = catalog.channels.get(&envelope.channel) else {
             return Handled::Park {
                 reason: format!("outlet `{}` is not configured", envelope.channel),
             };
         };
         let Some(ChannelSettings::CustomOutlet(settings)) =
-            self.platforms.get(&outlet.id).map(|s| &**s)
+            catalog.platforms.get(&outlet.id).map(|s| &**s)
         else {
             return Handled::Park {
                 reason: format!("channel `{}` is not a custom outlet", outlet.id),

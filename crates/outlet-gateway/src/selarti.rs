@@ -25,7 +25,7 @@ async fn receive(
     Path((channel, secret)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, WebhookError> {
-    let bot = authorize(&state.channels, &channel, &secret)?;
+    let bot = authorize(&state.catalog.load().channels, &channel, &secret)?;
     let bytes = axum::body::to_bytes(body, state.body_limit)
         .await
         .map_err(|_| WebhookError::TooLarge(state.body_limit))?;

@@ -75,7 +75,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let outlet = authorize(&state.channels, &query, Role::Outlet)?;
+    let outlet = authorize(&state.catalog.load().channels, &query, Role::Outlet)?;
     let bytes = read_body(&headers, body, state.body_limit).await?;
     let (request, parsed) = parse_body(bytes, false)?;
     // A redelivery of the same agent message is recognised by the sender's stable id

@@ -48,9 +48,24 @@ pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<Dead
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
+    Ok(rows.iter().map(from_row).collect())
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetter>> {
+    let row = sqlx::query(
+        "SELECT id, parked_at, service, subject, member_id, event_id, kind, reason,
+                length(payload) AS size, truncated, state
+         FROM dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+fn from_row(r: &sqlx::postgres::PgRow) -> DeadLetter {
+    {
+        {
             let at: time::OffsetDateTime = r.get("parked_at");
             DeadLetter {
                 id: r.get("id"),
@@ -67,8 +82,8 @@ pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<Dead
                 truncated: r.get("truncated"),
                 state: r.get("state"),
             }
-        })
-        .collect())
+        }
+    }
 }
 
 /// Publishes a parked message again where it was consumed from, as it was. It goes to

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use handoff_bus::{Bus, Handled, Handler, Parking, Service, derived_id, now_ms, storable};
-use handoff_config::{Channel, Channels};
-use handoff_platforms::Platforms;
+use handoff_config::Channel;
+use handoff_platforms::Catalog;
 use handoff_platforms::content::{content_from_response, content_to_response};
 use handoff_proto::{
     Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, Message as _,
@@ -84,8 +84,7 @@ struct Job {
 pub(crate) struct Engine {
     pub pool: PgPool,
     pub bus: Bus,
-    pub channels: Arc<Channels>,
-    platforms: Platforms,
+    pub catalog: Catalog,
     public_url: String,
     jobs: mpsc::UnboundedSender<Job>,
     queue: Mutex<mpsc::UnboundedReceiver<Job>>,
@@ -183,19 +182,12 @@ impl Work<'_> {
 }
 
 impl Engine {
-    pub fn new(
-        pool: PgPool,
-        bus: Bus,
-        channels: Arc<Channels>,
-        platforms: Platforms,
-        public_url: String,
-    ) -> Self {
+    pub fn new(pool: PgPool, bus: Bus, catalog: Catalog, public_url: String) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         Self {
             pool,
             bus,
-            channels,
-            platforms,
+            catalog,
             public_url,
             jobs,
             queue: Mutex::new(queue),
@@ -321,9 +313,12 @@ impl Engine {
         }
     }
 
-    fn channel(&self, id: &str) -> anyhow::Result<&Arc<Channel>> {
-        self.channels
+    fn channel(&self, id: &str) -> anyhow::Result<Arc<Channel>> {
+        self.catalog
+            .load()
+            .channels
             .get(id)
+            .cloned()
             .ok_or_else(|| permanent(format!("channel `{id}` is not configured")))
     }
 
@@ -451,12 +446,13 @@ impl Engine {
             _ => self.member(work).await?,
         };
         let conversation = store::open_conversation(&mut **work.tx, member.id).await?;
-        let inlet = self.channel(&member.channel_id)?.clone();
+        let catalog = self.catalog.load();
+        let inlet = self.channel(&member.channel_id)?;
         let outlet = conversation
             .as_ref()
-            .and_then(|c| self.channels.get(&c.outlet_channel_id))
+            .and_then(|c| catalog.channels.get(&c.outlet_channel_id))
             .cloned();
-        let handoff_to = self.platforms.handoff_target(&inlet);
+        let handoff_to = catalog.platforms.handoff_target(&inlet);
         let facts = Facts {
             inlet: &inlet,
             conversation: conversation.as_ref(),
@@ -495,6 +491,7 @@ impl Engine {
                 state: &t.state,
                 reason: &t.reason,
             },
+            Body::OperatorClose(c) => Event::OperatorClose { reason: &c.reason },
             Body::RelayFailed(f) => Event::RelayFailed {
                 content: f.content.as_ref().unwrap_or(&default_content),
                 error: json!({"reason": storable(&f.reason), "status": f.status}),
@@ -656,7 +653,9 @@ impl Engine {
     /// The service that serves `channel`'s platform. A channel no longer configured parks
     /// the event, replayable once it is back.
     fn service_of(&self, channel: &str) -> anyhow::Result<Service> {
-        self.platforms
+        self.catalog
+            .load()
+            .platforms
             .service_of(channel)
             .ok_or_else(|| permanent(format!("channel `{channel}` is not configured")))
     }

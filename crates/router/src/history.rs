@@ -115,7 +115,7 @@ fn escape(s: &str) -> String {
 }
 
 /// What a person reads for one transcript line.
-fn line_text(content: &Value) -> String {
+pub(crate) fn line_text(content: &Value) -> String {
     let kind = content["type"].as_str().unwrap_or_default();
     let text = content["text"].as_str().unwrap_or_default();
     match kind {

@@ -6,11 +6,14 @@
 //! member look-ups, serves transcript pages behind `chatHistoryURL`, and times out
 //! conversations that overstay PENDING or LIVE.
 
+mod admin;
+mod catalog;
 pub mod dead_letters;
 mod engine;
 mod history;
 mod lookup;
 mod machine;
+mod receipts;
 pub mod retention;
 mod store;
 mod timeouts;
@@ -19,8 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
+use handoff_platforms::Catalog;
 use handoff_service::{Readiness, health_router, http_trace_layer};
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
@@ -88,6 +93,9 @@ impl Readiness for Ready {
 
 pub struct Application {
     listener: TcpListener,
+    /// The admin API's, when a token is configured.
+    admin: Option<(TcpListener, secrecy::SecretString)>,
+    store: Option<CatalogStore>,
     engine: Arc<engine::Engine>,
     sweep_interval: Duration,
     retention: handoff_config::RetentionSettings,
@@ -110,21 +118,38 @@ impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
         // Each channel's settings are its platform's to read: a bad one stops the start, and
         // they say which service each channel's commands go to.
-        let platforms =
-            handoff_platforms::Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
         let pool = connect_database(settings).await?;
-        store::sync_channels(&pool, &channels).await?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        // The channels file seeds the shared catalog (again when the file changed); what
+        // the catalog then holds is what every service runs with.
+        let key = settings.catalog_key.as_ref();
+        if let (Some(key), Ok(text)) = (key, std::fs::read_to_string(&settings.channels)) {
+            CatalogStore::open(&bus, key).await?.seed(&text).await?;
+        }
+        let store = catalog.attach(&bus, key).await?;
+        store::sync_channels(&pool, &catalog.load().channels).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let admin = match &settings.admin.token {
+            Some(token) if !token.expose_secret().is_empty() => {
+                let address = format!("{}:{}", settings.admin.host, settings.admin.port);
+                Some((TcpListener::bind(address).await?, token.clone()))
+            }
+            _ => {
+                tracing::warn!("no HANDOFF_ADMIN__TOKEN: the admin API is not served");
+                None
+            }
+        };
         let engine = Arc::new(engine::Engine::new(
             pool,
             bus,
-            Arc::new(channels),
-            platforms,
+            catalog,
             settings.public_url.trim_end_matches('/').to_string(),
         ));
         Ok(Self {
             listener,
+            admin,
+            store,
             engine,
             sweep_interval: Duration::from_millis(settings.sweep_interval_ms.max(50)),
             retention: settings.retention.clone(),
@@ -133,6 +158,14 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The admin API's port, when it is served.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -148,6 +181,8 @@ impl Application {
         let listener = self.listener;
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
+        let admin = self.admin;
+        let catalog_store = self.store;
         handoff_service::run_parts(shutdown, move |stop| {
             // Batches outlive the consumers: a consumer finishing its last messages at
             // shutdown still needs them applied.
@@ -173,7 +208,37 @@ impl Application {
             let lookups = lookup::serve(engine.clone(), stop.clone());
             let sweeper = timeouts::run(engine.clone(), sweep_interval, stop.clone());
             let pruner = retention::run(engine.pool.clone(), retention, stop.clone());
-            vec![
+            let pool = engine.pool.clone();
+            let catalog = engine.catalog.clone().follow(
+                catalog_store.clone(),
+                stop.clone(),
+                move |snapshot| {
+                    let pool = pool.clone();
+                    async move {
+                        if let Err(e) = store::sync_channels(&pool, &snapshot.channels).await {
+                            tracing::warn!(error = %e, "channels not mirrored into Postgres yet");
+                        }
+                    }
+                },
+            );
+            let receipts = receipts::collect(engine.pool.clone(), engine.bus.clone(), stop.clone());
+            let mut parts: Vec<(&'static str, handoff_service::Part)> = vec![
+                ("the channels catalog", Box::pin(catalog)),
+                ("the receipts collector", Box::pin(receipts)),
+            ];
+            if let Some((admin_listener, token)) = admin {
+                let service = admin::AdminService {
+                    pool: engine.pool.clone(),
+                    bus: engine.bus.clone(),
+                    catalog: engine.catalog.clone(),
+                    store: catalog_store,
+                };
+                parts.push((
+                    "the admin API",
+                    Box::pin(admin::serve(service, token, admin_listener, stop.clone())),
+                ));
+            }
+            parts.extend([
                 handoff_service::http_part(listener, app, stop.clone()),
                 ("the event consumers", Box::pin(consumers)),
                 ("the look-up service", Box::pin(lookups)),
@@ -191,7 +256,8 @@ impl Application {
                         Ok(())
                     }),
                 ),
-            ]
+            ]);
+            parts
         })
         .await
     }

@@ -71,6 +71,10 @@ pub(crate) enum Event<'a> {
     },
     /// The customer closed the chat on their side.
     CustomerLeft,
+    /// An operator ended the named conversation (admin API).
+    OperatorClose {
+        reason: &'a str,
+    },
 }
 
 /// A transcript line.
@@ -217,6 +221,7 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
             d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
         }
         Event::CustomerLeft => d.customer_left(),
+        Event::OperatorClose { reason } => d.end_named(None, reason),
     }
     d.steps
 }
@@ -528,26 +533,34 @@ impl<'a> Decision<'_, 'a> {
     }
 
     fn timeout(&mut self, state: &str, reason: &str) {
+        self.end_named(Some(state), reason);
+    }
+
+    /// Ends the conversation the event names: a timeout (only if it is still in `state`
+    /// and overdue), or an operator's close (`state` is `None`: whatever its state).
+    fn end_named(&mut self, state: Option<&str>, reason: &str) {
         let Some(c) = self
             .facts
             .conversation
             .filter(|c| c.id.to_string() == self.facts.named_conversation)
-            .filter(|c| c.state.as_str() == state)
+            .filter(|c| state.is_none_or(|s| c.state.as_str() == s))
         else {
             self.steps
-                .push(Step::Ignore("timeout for a conversation that moved on"));
+                .push(Step::Ignore("the conversation named has moved on"));
             return;
         };
-        let rules = &self.facts.inlet.handoff;
-        let limit_secs = match c.state {
-            ConvState::Pending => rules.pending_timeout_secs,
-            ConvState::Live => rules.live_idle_timeout_secs,
-        };
-        self.steps.push(Step::IfOverdue {
-            conversation: c.id,
-            state: c.state.clone(),
-            limit_secs,
-        });
+        if state.is_some() {
+            let rules = &self.facts.inlet.handoff;
+            let limit_secs = match c.state {
+                ConvState::Pending => rules.pending_timeout_secs,
+                ConvState::Live => rules.live_idle_timeout_secs,
+            };
+            self.steps.push(Step::IfOverdue {
+                conversation: c.id,
+                state: c.state.clone(),
+                limit_secs,
+            });
+        }
         match c.state {
             ConvState::Pending => {
                 let error = json!({"reason": reason, "message": "no agent accepted in time"});

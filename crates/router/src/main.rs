@@ -11,7 +11,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let channels = Channels::load(&settings.channels)?;
     let app = router::Application::build(&settings, channels).await?;
-    tracing::info!(port = app.port(), "router listening");
+    tracing::info!(
+        port = app.port(),
+        admin_port = app.admin_port(),
+        "router listening"
+    );
     app.run_until_stopped(handoff_service::shutdown_token())
         .await
 }

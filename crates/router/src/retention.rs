@@ -34,6 +34,7 @@ pub(crate) async fn run(pool: PgPool, settings: RetentionSettings, shutdown: Can
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub processed_events: u64,
+    pub message_steps: u64,
     pub messages: u64,
     pub conversations: u64,
     pub dead_letters: u64,
@@ -65,6 +66,15 @@ pub async fn prune(pool: &PgPool, settings: &RetentionSettings) -> sqlx::Result<
                 "DELETE FROM processed_events WHERE event_id IN (
                    SELECT event_id FROM processed_events
                    WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+                days(settings.processed_events_days),
+            )
+            .await?,
+            // A message's trace lives as long as the inbox remembers the message.
+            message_steps: chunked(
+                &mut conn,
+                "DELETE FROM message_steps WHERE id IN (
+                   SELECT id FROM message_steps
+                   WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
                 days(settings.processed_events_days),
             )
             .await?,

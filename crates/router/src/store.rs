@@ -6,14 +6,30 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Row as _};
 use uuid::Uuid;
 
-/// Applies the channels file: every channel is upserted (secrets are not stored).
+/// Mirrors the channels catalog: every channel is upserted (secrets are not stored), and
+/// its `updated_at` moves only when something about it changed.
 pub async fn sync_channels(pool: &PgPool, channels: &Channels) -> anyhow::Result<()> {
+    /// Mirrors run one at a time (an admin call and the catalog watcher, or two router
+    /// replicas, may mirror at once); concurrent upserts of the same rows would deadlock.
+    const SYNC_LOCK: i64 = 0x6368_616e_6e65_6c73;
     let mut tx = pool.begin().await?;
-    for c in channels.iter() {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SYNC_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let mut sorted: Vec<_> = channels.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    for c in sorted {
         let config = serde_json::json!({
             "info": c.info,
             "bot": c.bot,
             "outlet": c.outlet,
+            "handoff": {
+                "keywords": c.handoff.keywords,
+                "postbacks": c.handoff.postbacks,
+                "pendingTimeoutSecs": c.handoff.pending_timeout_secs,
+                "liveIdleTimeoutSecs": c.handoff.live_idle_timeout_secs,
+            },
         });
         let role = match c.role {
             Role::Inlet => "inlet",
@@ -21,15 +37,23 @@ pub async fn sync_channels(pool: &PgPool, channels: &Channels) -> anyhow::Result
             Role::Bot => "bot",
         };
         sqlx::query(
-            "INSERT INTO channels (id, org, platform, role, config) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO channels (id, org, platform, role, config, enabled)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (id) DO UPDATE SET org = excluded.org, platform = excluded.platform,
-               role = excluded.role, config = excluded.config, updated_at = now()",
+               role = excluded.role, config = excluded.config, enabled = excluded.enabled,
+               updated_at = now()
+             WHERE (channels.org, channels.platform, channels.role, channels.config,
+                    channels.enabled)
+                   IS DISTINCT FROM
+                   (excluded.org, excluded.platform, excluded.role, excluded.config,
+                    excluded.enabled)",
         )
         .bind(&c.id)
         .bind(&c.org)
-        .bind(format!("{:?}", c.platform).to_lowercase())
+        .bind(c.platform.as_str())
         .bind(role)
         .bind(config)
+        .bind(channels.is_enabled(&c.id))
         .execute(&mut *tx)
         .await?;
     }

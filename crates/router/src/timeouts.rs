@@ -42,7 +42,7 @@ async fn sweep(engine: &Engine) -> anyhow::Result<()> {
     .await?;
     for row in rows {
         let channel_id: String = row.get("channel_id");
-        let Some(inlet) = engine.channels.get(&channel_id) else {
+        let Some(inlet) = engine.catalog.load().channels.get(&channel_id).cloned() else {
             continue;
         };
         let state: String = row.get("state");

@@ -15,9 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
-use handoff_platforms::{ChannelSettings, Platforms};
+use handoff_platforms::{Catalog, ChannelSettings, Snapshot};
 use handoff_service::{Readiness, health_router, http_part, http_trace_layer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,16 +38,38 @@ pub struct Application {
     listener: TcpListener,
     bus: Bus,
     accounts: HashMap<String, Arc<account::Account>>,
+    catalog: Catalog,
+    store: Option<CatalogStore>,
+}
+
+/// What the Zendesk accounts of a catalog are, to notice when it changes.
+fn zendesk_fingerprint(snapshot: &Snapshot) -> Vec<String> {
+    let mut accounts: Vec<String> = snapshot
+        .channels
+        .iter()
+        .filter(|c| {
+            matches!(
+                snapshot.platforms.get(&c.id).map(|s| &**s),
+                Some(ChannelSettings::Zendesk(_))
+            )
+        })
+        .map(|c| format!("{c:?}"))
+        .collect();
+    accounts.sort();
+    accounts
 }
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
         // Each channel's settings are its platform's to read: a bad one stops the start.
-        let platforms = Platforms::from_channels(&channels).map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
+        let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
+        let store = catalog.attach(&bus, settings.catalog_key.as_ref()).await?;
+        let snapshot = catalog.load();
         let mut accounts = HashMap::new();
-        for channel in channels.iter() {
+        for channel in snapshot.channels.iter() {
             if let Some(ChannelSettings::Zendesk(zendesk)) =
-                platforms.get(&channel.id).map(|s| &**s)
+                snapshot.platforms.get(&channel.id).map(|s| &**s)
             {
                 accounts.insert(
                     channel.id.clone(),
@@ -58,12 +81,13 @@ impl Application {
                 );
             }
         }
-        let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
             listener,
             bus,
             accounts,
+            catalog,
+            store,
         })
     }
 
@@ -85,8 +109,35 @@ impl Application {
         let http = reqwest::Client::builder()
             .user_agent("handoff-zendesk-agent")
             .build()?;
+        let (catalog, store) = (self.catalog, self.store);
         handoff_service::run_parts(shutdown, move |stop| {
             let mut parts = vec![http_part(listener, app, stop.clone())];
+            // Sessions are long-lived and leased per account: when the catalog's Zendesk
+            // accounts change, the service stops (and is restarted by its supervisor)
+            // rather than reshuffle live sessions in place. Other channels' changes do
+            // not concern it.
+            let initial = zendesk_fingerprint(&catalog.load());
+            let accounts_changed = CancellationToken::new();
+            let follow = catalog.follow(store, stop.clone(), {
+                let accounts_changed = accounts_changed.clone();
+                move |snapshot| {
+                    if zendesk_fingerprint(&snapshot) != initial {
+                        accounts_changed.cancel();
+                    }
+                    async {}
+                }
+            });
+            parts.push((
+                "the channels catalog",
+                Box::pin(async move {
+                    tokio::select! {
+                        followed = follow => followed,
+                        () = accounts_changed.cancelled() => Err(anyhow::anyhow!(
+                            "the catalog's Zendesk accounts changed; restarting to serve them"
+                        )),
+                    }
+                }),
+            ));
             for account in accounts.values() {
                 let held = hold_account(account.clone(), bus.clone(), http.clone(), stop.clone());
                 parts.push(("a Zendesk account", Box::pin(held) as handoff_service::Part));

