@@ -58,7 +58,9 @@ pub struct CustomPlatform {
 }
 
 impl CustomPlatform {
-    /// Binds `addr` (use `127.0.0.1:0` in tests) and serves `/send`, `/livechat`, `/relay`.
+    /// Binds `addr` (use `127.0.0.1:0` in tests) and serves `/send`, `/livechat`, `/relay`,
+    /// and, for demos, `POST /sim/failing/{externalId}` (the body is the status every call
+    /// about that customer answers) and `DELETE` of it to heal.
     pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
@@ -71,10 +73,33 @@ impl CustomPlatform {
             .route("/livechat", post(|s, h, b| receive(Api::Livechat, s, h, b)))
             .route("/relay", post(|s, h, b| receive(Api::Relay, s, h, b)))
             .with_state(inner.clone());
+        let platform = Self { inner, port };
+        let control = platform.clone();
+        let app = app.route(
+            "/sim/failing/{external_id}",
+            post({
+                let control = control.clone();
+                move |axum::extract::Path(who): axum::extract::Path<String>, body: String| async move {
+                    match body.trim().parse::<u16>() {
+                        Ok(code) if (100..600).contains(&code) => {
+                            control.set_failing_for(&who, Some(code));
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                        _ => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            })
+            .delete(
+                move |axum::extract::Path(who): axum::extract::Path<String>| async move {
+                    control.set_failing_for(&who, None);
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { inner, port })
+        Ok(platform)
     }
 
     pub fn port(&self) -> u16 {

@@ -259,16 +259,24 @@ impl AdminService {
         }))
     }
 
-    /// The event a trace starts from: Handoff's event id, else a platform message id.
+    /// The event a trace starts from: Handoff's event id (a UUID, found by index), else a
+    /// platform's message id (searched in the transcript).
     async fn trace_root(&self, id: &str) -> Result<String, Status> {
-        let known: Option<String> = sqlx::query_scalar(
-            "SELECT event_id FROM message_steps WHERE event_id = $1
-             UNION ALL
-             SELECT event_id::text FROM messages
-              WHERE event_id::text = $1 OR source_message_id = $1
-             LIMIT 1",
-        )
-        .bind(id)
+        let known: Option<String> = match id.parse::<Uuid>() {
+            Ok(uuid) => sqlx::query_scalar(
+                "SELECT event_id FROM message_steps WHERE event_id = $1
+                 UNION ALL
+                 SELECT event_id::text FROM messages WHERE event_id = $2
+                 LIMIT 1",
+            )
+            .bind(id)
+            .bind(uuid),
+            Err(_) => sqlx::query_scalar(
+                "SELECT event_id::text FROM messages WHERE source_message_id = $1
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id),
+        }
         .fetch_optional(&self.pool)
         .await
         .map_err(internal)?;
@@ -319,22 +327,14 @@ impl Admin for AdminService {
         &self,
         request: Request<api::SetChannelEnabledRequest>,
     ) -> Result<Response<api::Channel>, Status> {
-        let id = request.into_inner().id;
-        crate::catalog::set_enabled(&self.pool, &self.catalog, self.store.as_ref(), &id, false)
-            .await?;
-        self.get_channel(Request::new(api::GetChannelRequest { id }))
-            .await
+        self.set_enabled(request.into_inner().id, false).await
     }
 
     async fn enable_channel(
         &self,
         request: Request<api::SetChannelEnabledRequest>,
     ) -> Result<Response<api::Channel>, Status> {
-        let id = request.into_inner().id;
-        crate::catalog::set_enabled(&self.pool, &self.catalog, self.store.as_ref(), &id, true)
-            .await?;
-        self.get_channel(Request::new(api::GetChannelRequest { id }))
-            .await
+        self.set_enabled(request.into_inner().id, true).await
     }
 
     async fn find_member(
@@ -621,6 +621,17 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
+    async fn set_enabled(
+        &self,
+        id: String,
+        enabled: bool,
+    ) -> Result<Response<api::Channel>, Status> {
+        crate::catalog::set_enabled(&self.pool, &self.catalog, self.store.as_ref(), &id, enabled)
+            .await?;
+        self.get_channel(Request::new(api::GetChannelRequest { id }))
+            .await
+    }
+
     async fn one_dead_letter(&self, id: i64) -> Result<Response<api::DeadLetter>, Status> {
         dead_letters::get(&self.pool, id)
             .await

@@ -323,3 +323,19 @@ async fn the_admin_api_refuses_a_wrong_token_and_answers_health_and_reflection_w
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn without_a_catalog_key_channels_come_from_the_file_and_cannot_change_at_runtime() {
+    let hub = TestHub::start_with(HubOptions {
+        shared_catalog: false,
+        ..Default::default()
+    })
+    .await;
+    let list = ctl_json(&hub, &["channels"]).await;
+    assert!(list.to_string().contains(INLET), "{list}");
+    let (ok, _) = hub.handoffctl(&["channels", "disable", INLET]).await;
+    assert!(!ok, "refused: there is no shared catalog to change");
+    assert_eq!(hub.say("fay", "hi").await.0, 200);
+    hub.wait_received("fay", 1).await;
+    hub.shutdown().await;
+}

@@ -72,6 +72,9 @@ pub struct HubOptions {
     /// (`trace`, JSON) into this sink: each process's logs are its own, which a subscriber
     /// in this shared test process cannot promise.
     pub service_logs: Option<ServiceLogs>,
+    /// Share channels through the sealed catalog (`HANDOFF_CATALOG_KEY`); without it every
+    /// service runs on the channels file alone.
+    pub shared_catalog: bool,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -100,6 +103,7 @@ impl Default for HubOptions {
             zendesk_department: None,
             otlp_endpoint: None,
             service_logs: None,
+            shared_catalog: true,
         }
     }
 }
@@ -307,7 +311,9 @@ impl TestHub {
                 token: Some(ADMIN_TOKEN.to_string().into()),
                 url: String::new(),
             },
-            catalog_key: Some(CATALOG_KEY.to_string().into()),
+            catalog_key: options
+                .shared_catalog
+                .then(|| CATALOG_KEY.to_string().into()),
             sweep_interval_ms: 200,
             ..defaults
         };
@@ -657,7 +663,6 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
         ("HANDOFF_ADMIN__HOST", "127.0.0.1".into()),
         ("HANDOFF_ADMIN__PORT", "0".into()),
         ("HANDOFF_ADMIN__TOKEN", ADMIN_TOKEN.into()),
-        ("HANDOFF_CATALOG_KEY", CATALOG_KEY.into()),
         ("HANDOFF_NATS__PREFIX", nats.prefix.clone()),
         ("HANDOFF_NATS__PARTITIONS", nats.partitions.to_string()),
         (
@@ -708,6 +713,9 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
             delivery.handoff_horizon_secs.to_string(),
         ),
     ]);
+    if options.shared_catalog {
+        env.push(("HANDOFF_CATALOG_KEY", CATALOG_KEY.into()));
+    }
     if let Some(endpoint) = &options.otlp_endpoint {
         env.push(("HANDOFF_TELEMETRY__OTLP_ENDPOINT", endpoint.clone()));
         // Export spans within a tenth of a second rather than the default five.
