@@ -300,19 +300,40 @@ impl Bus {
         envelope: &Envelope,
         dedup_id: &str,
     ) -> Result<bool, PublishError> {
-        let subject = self.event_subject(envelope)?;
-        let ack = self
-            .js
-            .publish_with_headers(
-                subject,
-                headers(dedup_id),
-                Bytes::from(envelope.encode_to_vec()),
-            )
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        Ok(ack.duplicate)
+        use tracing::Instrument as _;
+        // Where a platform's message enters the hub: the trace's first span carries the
+        // platform's own ids (its message id; the customer's external id, for a Zendesk
+        // chat its channel id) and Handoff's, never text or tokens.
+        let external_id = match &envelope.body {
+            Some(Body::InboundMessage(m)) => m.external_id.as_str(),
+            _ => "",
+        };
+        let span = tracing::info_span!(
+            "accept",
+            event_id = %envelope.event_id,
+            member_id = %envelope.member_id,
+            channel = %envelope.channel,
+            kind = envelope.kind(),
+            source_message_id = %envelope.source_message_id,
+            external_id,
+        );
+        async {
+            let subject = self.event_subject(envelope)?;
+            let ack = self
+                .js
+                .publish_with_headers(
+                    subject,
+                    headers(dedup_id),
+                    Bytes::from(envelope.encode_to_vec()),
+                )
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            Ok(ack.duplicate)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Publishes already-encoded bytes under `id`, with the current trace context, and

@@ -192,6 +192,20 @@ async fn one_customer_message_is_one_trace_through_every_service_it_crosses() {
             .any(|s| s.attributes.get("member_id") == Some(&member)),
         "spans name the member: {in_trace:#?}"
     );
+    assert!(
+        in_trace
+            .iter()
+            .any(|s| s.attributes.get("external_id").map(String::as_str) == Some("trace-1")),
+        "the accepting span names the platform's customer id: {in_trace:#?}"
+    );
+    for span in &spans {
+        for value in span.attributes.values() {
+            assert!(
+                !value.contains(INLET_TOKEN) && !value.contains("hello"),
+                "no token and no message text in a span: {span:?}"
+            );
+        }
+    }
     hub.shutdown().await;
 }
 
