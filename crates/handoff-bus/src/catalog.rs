@@ -41,7 +41,7 @@ pub struct CatalogEntry {
     pub file_sha256: String,
 }
 
-pub fn sha256_hex(text: &str) -> String {
+fn sha256_hex(text: &str) -> String {
     sha2::Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -139,18 +139,17 @@ impl CatalogStore {
         let sha = sha256_hex(text);
         for _ in 0..5 {
             let current = self.get().await?;
-            let entry = match &current {
-                Some((entry, _)) if entry.file_sha256 == sha => return Ok(()),
-                Some((entry, _)) => CatalogEntry {
-                    document: text.to_string(),
-                    disabled: entry.disabled.clone(),
-                    file_sha256: sha.clone(),
-                },
-                None => CatalogEntry {
-                    document: text.to_string(),
-                    disabled: Default::default(),
-                    file_sha256: sha.clone(),
-                },
+            if current.as_ref().is_some_and(|(e, _)| e.file_sha256 == sha) {
+                return Ok(());
+            }
+            // Operators' disabled channels outlive a new file.
+            let entry = CatalogEntry {
+                document: text.to_string(),
+                disabled: current
+                    .as_ref()
+                    .map(|(e, _)| e.disabled.clone())
+                    .unwrap_or_default(),
+                file_sha256: sha.clone(),
             };
             if self.put(&entry, current.map(|(_, r)| r)).await.is_ok() {
                 return Ok(());

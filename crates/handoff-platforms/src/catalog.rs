@@ -60,17 +60,22 @@ impl Catalog {
 
     /// Takes the shared catalog's current entry, if there is one and it is valid (the
     /// channels file stays in force otherwise). Without a key there is no shared catalog:
-    /// the channels file is all there is.
+    /// the channels file is all there is. `seed` (the router's channels file) is written
+    /// first when the catalog should follow it (see `CatalogStore::seed`).
     pub async fn attach(
         &self,
         bus: &Bus,
         key: Option<&SecretString>,
+        seed: Option<&str>,
     ) -> anyhow::Result<Option<CatalogStore>> {
         let Some(key) = key.filter(|k| !k.expose_secret().is_empty()) else {
             tracing::info!("no HANDOFF_CATALOG_KEY: channels come from the channels file only");
             return Ok(None);
         };
         let store = CatalogStore::open(bus, key).await?;
+        if let Some(text) = seed {
+            store.seed(text).await?;
+        }
         if let Some((entry, revision)) = store.get().await? {
             match Snapshot::from_entry(&entry) {
                 Ok(snapshot) => self.swap(snapshot),

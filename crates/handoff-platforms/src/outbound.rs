@@ -454,9 +454,9 @@ impl OutboundClient {
     }
 
     /// `retry_later` as a consumer's decision for command `envelope`: `Some(Retry)` within
-    /// its horizon, `None` when the failure is for good.
-    /// Every failed delivery comes through here, so it is also where failures and retries
-    /// are counted, by `target`'s channel and platform.
+    /// its horizon, `None` when the failure is for good. Every failed delivery comes
+    /// through here, so it is also where failures and retries are counted, by `target`'s
+    /// channel and platform.
     pub fn later(
         &self,
         error: &DeliveryError,

@@ -120,6 +120,24 @@ pub fn health_router<R: Readiness>(readiness: R) -> Router {
         .with_state(readiness)
 }
 
+/// One gauge family in Prometheus' text format, for `Readiness::gauges`. Label values
+/// are made safe to quote (`"`, `\` and newlines become `_`).
+pub fn gauge_text<'a>(
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, i64)>,
+) -> String {
+    let mut out = format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
+    for (labels, value) in samples {
+        let labels: Vec<String> = labels
+            .into_iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['"', '\\', '\n'], "_")))
+            .collect();
+        out.push_str(&format!("{name}{{{}}} {value}\n", labels.join(",")));
+    }
+    out
+}
+
 async fn metrics<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
     let mut text = metrics_text();
     text.push_str(&r.gauges().await);

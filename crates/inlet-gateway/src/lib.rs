@@ -49,7 +49,9 @@ impl Application {
         // Each channel's settings are its platform's to read: a bad one stops the start.
         let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
-        let store = catalog.attach(&bus, settings.catalog_key.as_ref()).await?;
+        let store = catalog
+            .attach(&bus, settings.catalog_key.as_ref(), None)
+            .await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         Ok(Self {
             listener,

@@ -117,22 +117,6 @@ fn conversation(r: &sqlx::postgres::PgRow) -> api::Conversation {
     }
 }
 
-fn dead_letter(l: dead_letters::DeadLetter) -> api::DeadLetter {
-    api::DeadLetter {
-        id: l.id,
-        parked_at: l.parked_at,
-        service: l.service,
-        subject: l.subject,
-        member_id: l.member_id,
-        event_id: l.event_id,
-        kind: l.kind,
-        reason: l.reason,
-        size: l.size as i64,
-        truncated: l.truncated,
-        state: l.state,
-    }
-}
-
 fn dead_letter_status(e: DeadLetterError) -> Status {
     match e {
         DeadLetterError::NotFound(_) => Status::not_found(e.to_string()),
@@ -593,7 +577,7 @@ impl Admin for AdminService {
             .await
             .map_err(internal)?;
         Ok(Response::new(api::ListDeadLettersResponse {
-            dead_letters: letters.into_iter().map(dead_letter).collect(),
+            dead_letters: letters,
         }))
     }
 
@@ -636,7 +620,7 @@ impl AdminService {
         dead_letters::get(&self.pool, id)
             .await
             .map_err(internal)?
-            .map(|l| Response::new(dead_letter(l)))
+            .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no dead letter {id}")))
     }
 }

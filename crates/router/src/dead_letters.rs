@@ -4,24 +4,8 @@
 
 use async_nats::HeaderMap;
 use handoff_bus::{Bus, now_ms};
-use serde::Serialize;
+use handoff_proto::admin::DeadLetter;
 use sqlx::{PgPool, Row as _};
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub id: i64,
-    pub parked_at: String,
-    pub service: String,
-    pub subject: String,
-    pub member_id: String,
-    pub event_id: String,
-    pub kind: String,
-    pub reason: String,
-    pub size: usize,
-    pub truncated: bool,
-    pub state: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -37,13 +21,15 @@ pub enum DeadLetterError {
     Bus(String),
 }
 
+const COLUMNS: &str = "id, parked_at, service, subject, member_id, event_id, kind, reason,
+    length(payload) AS size, truncated, state";
+
 /// Dead letters, newest first; only the parked ones unless `all`.
 pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
-    let rows = sqlx::query(
-        "SELECT id, parked_at, service, subject, member_id, event_id, kind, reason,
-                length(payload) AS size, truncated, state
-         FROM dead_letters WHERE $1 OR state = 'parked' ORDER BY id DESC LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE $1 OR state = 'parked'
+         ORDER BY id DESC LIMIT $2"
+    ))
     .bind(all)
     .bind(limit)
     .fetch_all(pool)
@@ -52,37 +38,29 @@ pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<Dead
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetter>> {
-    let row = sqlx::query(
-        "SELECT id, parked_at, service, subject, member_id, event_id, kind, reason,
-                length(payload) AS size, truncated, state
-         FROM dead_letters WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     Ok(row.as_ref().map(from_row))
 }
 
 fn from_row(r: &sqlx::postgres::PgRow) -> DeadLetter {
-    {
-        {
-            let at: time::OffsetDateTime = r.get("parked_at");
-            DeadLetter {
-                id: r.get("id"),
-                parked_at: at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                service: r.get("service"),
-                subject: r.get("subject"),
-                member_id: r.get("member_id"),
-                event_id: r.get("event_id"),
-                kind: r.get("kind"),
-                reason: r.get("reason"),
-                size: usize::try_from(r.get::<i32, _>("size")).unwrap_or_default(),
-                truncated: r.get("truncated"),
-                state: r.get("state"),
-            }
-        }
+    let at: time::OffsetDateTime = r.get("parked_at");
+    DeadLetter {
+        id: r.get("id"),
+        parked_at: at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        service: r.get("service"),
+        subject: r.get("subject"),
+        member_id: r.get("member_id"),
+        event_id: r.get("event_id"),
+        kind: r.get("kind"),
+        reason: r.get("reason"),
+        size: i64::from(r.get::<i32, _>("size")),
+        truncated: r.get("truncated"),
+        state: r.get("state"),
     }
 }
 
@@ -145,24 +123,20 @@ async fn resolve(pool: &PgPool, id: i64, state: &str) -> Result<(), DeadLetterEr
 
 /// Dead letters by state and service, in the Prometheus text format.
 pub async fn metrics(pool: &PgPool) -> sqlx::Result<String> {
-    let rows = sqlx::query(
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT state, service, count(*) AS n FROM dead_letters GROUP BY state, service
          ORDER BY state, service",
     )
     .fetch_all(pool)
     .await?;
-    let mut out = String::from(
-        "# HELP handoff_dead_letters Messages parked because they could not be handled, by state.\n\
-         # TYPE handoff_dead_letters gauge\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "handoff_dead_letters{{state=\"{}\",service=\"{}\"}} {}\n",
-            r.get::<String, _>("state"),
-            r.get::<String, _>("service")
-                .replace(['"', '\\', '\n'], "_"),
-            r.get::<i64, _>("n"),
-        ));
-    }
-    Ok(out)
+    Ok(handoff_service::gauge_text(
+        "handoff_dead_letters",
+        "Messages parked because they could not be handled, by state.",
+        rows.iter().map(|(state, service, n)| {
+            (
+                vec![("state", state.as_str()), ("service", service.as_str())],
+                *n,
+            )
+        }),
+    ))
 }

@@ -313,15 +313,6 @@ impl Engine {
         }
     }
 
-    fn channel(&self, id: &str) -> anyhow::Result<Arc<Channel>> {
-        self.catalog
-            .load()
-            .channels
-            .get(id)
-            .cloned()
-            .ok_or_else(|| permanent(format!("channel `{id}` is not configured")))
-    }
-
     /// Applies a batch of events (each of a different member) in one transaction: the
     /// member locks, the inbox and the outbox are one statement each for the whole batch,
     /// and the batch pays for one commit. Returns, per event, the commands to publish.
@@ -447,7 +438,13 @@ impl Engine {
         };
         let conversation = store::open_conversation(&mut **work.tx, member.id).await?;
         let catalog = self.catalog.load();
-        let inlet = self.channel(&member.channel_id)?;
+        let inlet = catalog
+            .channels
+            .get(&member.channel_id)
+            .cloned()
+            .ok_or_else(|| {
+                permanent(format!("channel `{}` is not configured", member.channel_id))
+            })?;
         let outlet = conversation
             .as_ref()
             .and_then(|c| catalog.channels.get(&c.outlet_channel_id))

@@ -26,7 +26,7 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
-use handoff_service::{Readiness, health_router, http_trace_layer};
+use handoff_service::{Readiness, gauge_text, health_router, http_trace_layer};
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -57,15 +57,13 @@ impl Readiness for Ready {
     async fn gauges(&self) -> String {
         let mut out = String::new();
         match store::open_conversations_by_state(&self.pool).await {
-            Ok(counts) => {
-                out.push_str(
-                    "# HELP handoff_conversations Open conversations, by state.\n\
-                     # TYPE handoff_conversations gauge\n",
-                );
-                for (state, n) in counts {
-                    out.push_str(&format!("handoff_conversations{{state=\"{state}\"}} {n}\n"));
-                }
-            }
+            Ok(counts) => out.push_str(&gauge_text(
+                "handoff_conversations",
+                "Open conversations, by state.",
+                counts
+                    .into_iter()
+                    .map(|(state, n)| (vec![("state", state)], n)),
+            )),
             Err(e) => tracing::warn!(error = %e, "conversation counts not read"),
         }
         match dead_letters::metrics(&self.pool).await {
@@ -73,18 +71,13 @@ impl Readiness for Ready {
             Err(e) => tracing::warn!(error = %e, "dead letters not counted"),
         }
         match self.bus.pending_by_area().await {
-            Ok(pending) => {
-                out.push_str(
-                    "# HELP handoff_jetstream_pending_messages Messages stored and not yet \
-                     handled (consumer lag), by stream area.\n\
-                     # TYPE handoff_jetstream_pending_messages gauge\n",
-                );
-                for (area, n) in pending {
-                    out.push_str(&format!(
-                        "handoff_jetstream_pending_messages{{stream=\"{area}\"}} {n}\n"
-                    ));
-                }
-            }
+            Ok(pending) => out.push_str(&gauge_text(
+                "handoff_jetstream_pending_messages",
+                "Messages stored and not yet handled (consumer lag), by stream area.",
+                pending
+                    .iter()
+                    .map(|(area, n)| (vec![("stream", area.as_str())], *n as i64)),
+            )),
             Err(e) => tracing::warn!(error = %e, "stream backlog not read"),
         }
         out
@@ -123,11 +116,10 @@ impl Application {
         let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
         // The channels file seeds the shared catalog (again when the file changed); what
         // the catalog then holds is what every service runs with.
-        let key = settings.catalog_key.as_ref();
-        if let (Some(key), Ok(text)) = (key, std::fs::read_to_string(&settings.channels)) {
-            CatalogStore::open(&bus, key).await?.seed(&text).await?;
-        }
-        let store = catalog.attach(&bus, key).await?;
+        let file = std::fs::read_to_string(&settings.channels).ok();
+        let store = catalog
+            .attach(&bus, settings.catalog_key.as_ref(), file.as_deref())
+            .await?;
         store::sync_channels(&pool, &catalog.load().channels).await?;
         let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
         let admin = match &settings.admin.token {
