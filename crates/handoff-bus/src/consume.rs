@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
@@ -358,7 +359,21 @@ async fn run_partition<H: Handler>(
                     // The pull stream ended (e.g. a reconnect): open a new one.
                     None => continue 'pull,
                 },
-                _ = progress.tick() => lanes.progress().await,
+                _ = progress.tick() => {
+                    lanes.progress().await;
+                    // The server's notice that the consumer (or its stream) was deleted
+                    // can be lost under load, and a missed heartbeat takes longer to show:
+                    // asking on this tick turns either into a restart, and a not-ready
+                    // report, within a third of the ack wait.
+                    if let Err(e) = consumer.get_info().await
+                        && matches!(
+                            e.kind(),
+                            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                        )
+                    {
+                        break 'pull Err(anyhow::anyhow!("partition {partition}'s consumer is gone: {e}"));
+                    }
+                }
             }
         }
     };
