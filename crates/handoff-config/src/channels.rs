@@ -128,6 +128,10 @@ pub struct Channel {
     /// Platform endpoints and anything else the platform wants echoed in `channel.info`.
     #[serde(default)]
     pub info: Map<String, Value>,
+    /// `info` as the document wrote it, `${ENV}` references unexpanded: what may be stored
+    /// or shown to an operator (the expanded values are secrets of the deploy).
+    #[serde(skip)]
+    pub info_as_written: Map<String, Value>,
     /// Inlets: the bot that answers members while no human does.
     #[serde(default)]
     pub bot: Option<String>,
@@ -193,6 +197,7 @@ impl Channels {
     /// Parses and validates a channels document; the error names the offending field.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let as_written = value.clone();
         expand_env(&mut value, "")?;
         let file: ChannelsFile =
             serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
@@ -200,8 +205,18 @@ impl Channels {
                 p => format!("{p}: {}", e.inner()),
             })?;
         let mut by_id = HashMap::new();
-        for (i, channel) in file.channels.into_iter().enumerate() {
+        for (i, mut channel) in file.channels.into_iter().enumerate() {
             validate_shape(i, &channel)?;
+            channel.info_as_written = as_written
+                .get("channels")
+                .and_then(|list| list.get(i))
+                .and_then(|c| c.get("info"))
+                .and_then(|info| serde_json::to_value(info).ok())
+                .and_then(|info| match info {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                })
+                .unwrap_or_default();
             let id = channel.id.clone();
             if by_id.insert(id.clone(), Arc::new(channel)).is_some() {
                 return Err(format!("channels[{i}].id: `{id}` is used twice"));
@@ -313,6 +328,33 @@ fn no_token() -> SecretString {
     SecretString::from("")
 }
 
+/// Where the first `${NAME}` reference of a document is, if it has one.
+pub fn env_reference(text: &str) -> Option<String> {
+    fn find(value: &serde_yaml::Value, path: &str) -> Option<String> {
+        match value {
+            serde_yaml::Value::String(s) => s.contains("${").then(|| path.to_string()),
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| find(item, &format!("{path}[{i}]"))),
+            serde_yaml::Value::Mapping(map) => map.iter().find_map(|(k, v)| {
+                let key = k.as_str().unwrap_or("?");
+                find(
+                    v,
+                    &if path.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{path}.{key}")
+                    },
+                )
+            }),
+            _ => None,
+        }
+    }
+    let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    find(&value, "")
+}
+
 /// Replaces `${NAME}` in every string with the environment variable NAME.
 fn expand_env(value: &mut serde_yaml::Value, path: &str) -> Result<(), String> {
     match value {
@@ -396,6 +438,30 @@ channels:
         assert!(web.token_matches("s3cret-token"));
         assert!(!web.token_matches("s3cret-tokeN"));
         assert_eq!(web.live_chat.end_command, "done");
+    }
+
+    #[test]
+    fn info_is_kept_as_written_beside_its_expanded_form() {
+        // PATH is set in every environment a test runs in.
+        let text = VALID
+            .replace("${HANDOFF_TEST_TOKEN}", "s3cret-token")
+            .replace("acme-blue", "${PATH}");
+        let channels = Channels::parse(&text).unwrap();
+        let web = channels.get("web").unwrap();
+        assert_eq!(
+            web.info_str("brand"),
+            Some(std::env::var("PATH").unwrap().as_str())
+        );
+        assert_eq!(web.info_as_written["brand"], "${PATH}");
+        assert_eq!(
+            env_reference(&text).as_deref(),
+            Some("channels[0].info.brand")
+        );
+        assert_eq!(
+            env_reference(VALID).as_deref(),
+            Some("channels[0].accessToken")
+        );
+        assert_eq!(env_reference("channels: []"), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@ mod channels;
 mod settings;
 
 pub use channels::{
-    Channel, ChannelError, Channels, HandoffRules, LiveChatRules, Platform, Role, member_id,
+    Channel, ChannelError, Channels, HandoffRules, LiveChatRules, Platform, Role, env_reference,
+    member_id,
 };
 pub use settings::{
     AdminSettings, DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings,

@@ -157,6 +157,14 @@ impl Default for NatsSettings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// Longest wait for a row or advisory lock: a replica that froze holding a member's
+    /// lock holds the others' batches no longer than this (they split and retry).
+    pub lock_timeout_ms: u64,
+    /// Longest statement.
+    pub statement_timeout_ms: u64,
+    /// A transaction left idle this long is ended by Postgres, releasing its locks: what
+    /// a frozen (SIGSTOP, long GC-like pause, partitioned) replica holds is given back.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -164,6 +172,9 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/handoff"),
             max_connections: 16,
+            lock_timeout_ms: 2_000,
+            statement_timeout_ms: 10_000,
+            idle_in_transaction_timeout_ms: 5_000,
         }
     }
 }

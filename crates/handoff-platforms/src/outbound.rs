@@ -230,8 +230,9 @@ impl OutboundClient {
     /// Refuses what Handoff must not call: other schemes and, unless allowed, addresses
     /// inside the network it runs in.
     async fn check_target(&self, url: &str) -> Result<reqwest::Url, DeliveryError> {
+        // Not echoed: a malformed URL may still carry a token.
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| DeliveryError::Refused(format!("`{url}` is not a URL: {e}")))?;
+            .map_err(|e| DeliveryError::Refused(format!("the target is not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(DeliveryError::Refused(format!(
                 "scheme `{}` is not http(s)",
@@ -361,7 +362,11 @@ impl OutboundClient {
                     if let Some(private) = private_target(&e) {
                         return Err(DeliveryError::Refused(private.to_string()));
                     }
-                    (None, error_chain(&e), None)
+                    // reqwest names the URL in its message, query string and all: channel
+                    // URLs may carry tokens, and this text reaches logs, dead letters, bots
+                    // and desks. The endpoint without its secrets names it instead.
+                    let why = format!("{} ({})", error_chain(&e.without_url()), redacted(url));
+                    (None, why, None)
                 }
             };
             self.record_failure(&endpoint, status, &why);
@@ -640,6 +645,24 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// `url` as it may be shown to anyone: scheme, host, port and path, without user info,
+/// query string or fragment (where platforms put tokens).
+pub fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "(not a URL)".into();
+    };
+    let had_query = parsed.query().is_some();
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let mut shown = parsed.to_string();
+    if had_query {
+        shown.push_str("?…");
+    }
+    shown
+}
+
 fn error_chain(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -870,5 +893,31 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[tokio::test]
+    async fn a_failed_calls_error_names_its_endpoint_without_the_secrets_in_its_url() {
+        // Nothing listens on port 9 of loopback: the connection is refused.
+        let client = OutboundClient::new(settings());
+        let url = "http://user:pa55word@127.0.0.1:9/relay?accessToken=tok-s3cret#frag";
+        let err = client
+            .post_json(url, "id", &serde_json::json!({}), None)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("http://127.0.0.1:9/relay?…"), "{text}");
+        for secret in ["tok-s3cret", "pa55word", "user", "frag"] {
+            assert!(!text.contains(secret), "`{secret}` in: {text}");
+        }
+        let bad = client
+            .post_json(
+                "http//nope?accessToken=tok-s3cret",
+                "id",
+                &serde_json::json!({}),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(!bad.to_string().contains("tok-s3cret"), "{bad}");
     }
 }

@@ -31,12 +31,14 @@ async fn receive(
         .map_err(|_| WebhookError::TooLarge(state.body_limit))?;
     let update = parse_webhook(&bytes)?;
     // `external_chat_id` is the member id Handoff sent as `chat_id`; the look-up answers
-    // "not found" for anything else.
+    // "not found" for anything else, and for members of inlets this bot does not answer.
     let found = lookup(
         &state,
         LookupRequest {
+            caller: &bot.id,
             member_id: Some(&update.member_id),
-            ..Default::default()
+            outlet_channel: None,
+            conversation_ref: None,
         },
     )
     .await

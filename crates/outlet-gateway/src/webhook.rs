@@ -1,6 +1,7 @@
 //! `POST /v2.4/customWebhook` for outlet channels: what agents send.
-//! - `sendToInlet {response, memberId}`: a reply for the customer; 404 for an unknown
-//!   member, 409 when the member is not in a live chat.
+//! - `sendToInlet {response, memberId}`: a reply for the customer; 404 for a member this
+//!   outlet does not serve (unknown, or behind another inlet's or org's wall), 409 when
+//!   the member is not in a live chat with it.
 //! - `sendToBot {messageEvent}`: an agent command for the conversation named by
 //!   `messageEvent.to` (Handoff's id or the outlet's ticket id); 404 when unknown.
 
@@ -29,9 +30,11 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// The router's look-up contract (`<prefix>_rpc.lookup`), mirrored here.
-#[derive(Serialize, Default)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LookupRequest<'a> {
+    /// The channel whose endpoint was called: the router finds only members it may act on.
+    pub caller: &'a str,
     pub member_id: Option<&'a str>,
     pub outlet_channel: Option<&'a str>,
     pub conversation_ref: Option<&'a str>,
@@ -95,8 +98,10 @@ async fn receive(
             let found = lookup(
                 &state,
                 LookupRequest {
+                    caller: &outlet.id,
                     member_id: Some(&member_id),
-                    ..Default::default()
+                    outlet_channel: None,
+                    conversation_ref: None,
                 },
             )
             .await?;
@@ -130,9 +135,10 @@ async fn receive(
             let found = lookup(
                 &state,
                 LookupRequest {
+                    caller: &outlet.id,
+                    member_id: None,
                     outlet_channel: Some(&outlet.id),
                     conversation_ref: Some(&reference),
-                    ..Default::default()
                 },
             )
             .await?;

@@ -73,6 +73,15 @@ pub(crate) async fn apply(
     store: Option<&CatalogStore>,
     request: api::ApplyChannelsRequest,
 ) -> Result<Response<api::ApplyChannelsResponse>, Status> {
+    // The router's environment holds its own secrets (the database URL, the catalog key):
+    // a reference in an operator's document would expand them into a channel, where any
+    // service may send them on. Only the file a deploy provides may refer to it.
+    if let Some(path) = handoff_config::env_reference(&request.document) {
+        return Err(Status::invalid_argument(format!(
+            "{path}: `${{…}}` references are expanded only in the channels file a deploy \
+             provides, never in a document applied through the admin API; write the value"
+        )));
+    }
     let incoming = channel_list(&request.document).map_err(Status::invalid_argument)?;
     if incoming.is_empty() {
         return Err(Status::invalid_argument("the document lists no channels"));

@@ -28,6 +28,7 @@ use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
 use handoff_service::{Readiness, gauge_text, health_router, http_trace_layer};
 use secrecy::ExposeSecret as _;
+use sqlx::Connection as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
@@ -94,16 +95,33 @@ pub struct Application {
     retention: handoff_config::RetentionSettings,
 }
 
-/// Opens the pool and applies `migrations/` (idempotent, safe with several replicas:
-/// sqlx takes an advisory lock while migrating).
+/// Applies `migrations/` (idempotent, safe with several replicas: sqlx takes an advisory
+/// lock while migrating), then opens the pool.
+///
+/// Migrations run on a connection of their own, without the pool's timeouts: a replica
+/// starting beside one that is migrating waits for its lock rather than failing.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = settings.database.url.expose_secret().parse()?;
+    let db = &settings.database;
+    let options: PgConnectOptions = db.url.expose_secret().parse()?;
+    let mut migrating = sqlx::PgConnection::connect_with(&options).await?;
+    sqlx::migrate!("../../migrations")
+        .run(&mut migrating)
+        .await?;
+    migrating.close().await?;
+    let ms = |v: u64| format!("{v}ms");
+    let options = options.options([
+        ("lock_timeout", ms(db.lock_timeout_ms)),
+        ("statement_timeout", ms(db.statement_timeout_ms)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(db.idle_in_transaction_timeout_ms),
+        ),
+    ]);
     let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
+        .max_connections(db.max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?;
-    sqlx::migrate!("../../migrations").run(&pool).await?;
     Ok(pool)
 }
 

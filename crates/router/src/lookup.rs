@@ -2,6 +2,11 @@
 //! who a member or an outlet conversation is and whether it is LIVE, so they can answer
 //! agents with 404 / 409 at once. The authoritative decision stays with the event's
 //! processing.
+//!
+//! Every look-up names the channel whose endpoint was called (`caller`), and a member is
+//! found only *behind that wall*: a bot finds the members of the inlets it answers, an
+//! outlet the members of the inlets it takes over (or whose conversation it holds). Member
+//! ids are name-based UUIDs of public values, so nothing may rest on them being secret.
 
 use std::sync::Arc;
 
@@ -10,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use handoff_config::Role;
 
 use crate::engine::Engine;
 
@@ -22,6 +29,10 @@ pub fn lookup_subject(prefix: &str) -> String {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LookupRequest {
+    /// The channel whose endpoint received the call (a bot or an outlet); a member is
+    /// found only if that channel may act on it.
+    #[serde(default)]
+    pub caller: Option<String>,
     /// A member `_id` (agent replies: `sendToInlet.memberId`).
     #[serde(default)]
     pub member_id: Option<String>,
@@ -91,7 +102,8 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
             return Ok(LookupReply::default());
         };
         sqlx::query(
-            "SELECT m.id AS member_id, c.id AS conversation_id, c.state, c.outlet_channel_id
+            "SELECT m.id AS member_id, m.channel_id AS inlet, c.id AS conversation_id, c.state,
+                    c.outlet_channel_id
              FROM members m LEFT JOIN conversations c ON c.member_id = m.id AND c.state <> 'closed'
              WHERE m.id = $1",
         )
@@ -99,9 +111,13 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
         .fetch_optional(&engine.pool)
         .await?
     } else if let (Some(outlet), Some(reference)) = (&q.outlet_channel, &q.conversation_ref) {
+        if q.caller.as_deref() != Some(outlet) {
+            return Ok(LookupReply::default());
+        }
         sqlx::query(
-            "SELECT c.member_id, c.id AS conversation_id, c.state, c.outlet_channel_id
-             FROM conversations c
+            "SELECT c.member_id, m.channel_id AS inlet, c.id AS conversation_id, c.state,
+                    c.outlet_channel_id
+             FROM conversations c JOIN members m ON m.id = c.member_id
              WHERE c.outlet_channel_id = $1 AND (c.id::text = $2 OR c.external_id = $2)
              ORDER BY (c.state <> 'closed') DESC, c.opened_at DESC LIMIT 1",
         )
@@ -115,6 +131,16 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
     let Some(row) = row else {
         return Ok(LookupReply::default());
     };
+    let outlet_channel: Option<String> = row.get("outlet_channel_id");
+    let inlet: String = row.get("inlet");
+    if !may_act_on(
+        engine,
+        q.caller.as_deref(),
+        &inlet,
+        outlet_channel.as_deref(),
+    ) {
+        return Ok(LookupReply::default());
+    }
     let state: Option<String> = row.get("state");
     Ok(LookupReply {
         found: true,
@@ -129,9 +155,28 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
             .get::<Option<Uuid>, _>("conversation_id")
             .map(|c| c.to_string())
             .unwrap_or_default(),
-        outlet_channel: row
-            .get::<Option<String>, _>("outlet_channel_id")
-            .unwrap_or_default(),
+        outlet_channel: outlet_channel.unwrap_or_default(),
         error: None,
     })
+}
+
+/// Whether channel `caller` may act on a member of `inlet` whose open conversation (if
+/// any) is held by `holder`: the inlet's bot, the inlet's handoff target, or the outlet
+/// holding the conversation; always within the inlet's org. No caller, no member.
+fn may_act_on(engine: &Engine, caller: Option<&str>, inlet: &str, holder: Option<&str>) -> bool {
+    let snapshot = engine.catalog.load();
+    let (Some(caller), Some(inlet)) = (
+        caller.and_then(|c| snapshot.channels.get(c)),
+        snapshot.channels.get(inlet),
+    ) else {
+        return false;
+    };
+    caller.org == inlet.org
+        && match caller.role {
+            Role::Bot => inlet.bot.as_deref() == Some(caller.id.as_str()),
+            Role::Outlet | Role::Inlet => {
+                holder == Some(caller.id.as_str())
+                    || snapshot.platforms.handoff_target(inlet) == Some(caller.id.as_str())
+            }
+        }
 }

@@ -351,7 +351,23 @@ impl<'a> Decision<'_, 'a> {
         }
     }
 
+    /// The event came from a channel that may not act on this member: it is recorded as
+    /// refused (who tried, and why) and has no other effect. The gateways already refuse
+    /// such calls at the edge; this holds even when one is wrong or a catalog change races.
+    fn refuse(&mut self, why: &'static str) {
+        self.system(
+            "REFUSED",
+            json!({"from": self.facts.source, "reason": why}),
+            self.open_id(),
+        );
+        self.steps.push(Step::Ignore(why));
+    }
+
     fn bot_reply(&mut self, r: &BotReply) {
+        if self.facts.inlet.bot.as_deref() != Some(self.facts.source) {
+            self.refuse("a bot reply from a channel that is not the member's bot");
+            return;
+        }
         // A human answering inside the bot's own platform (Selarti's panel) is an agent.
         let author = if r.author == "agent" { "agent" } else { "bot" };
         let live = self.live();
@@ -455,6 +471,10 @@ impl<'a> Decision<'_, 'a> {
             ));
             return;
         };
+        if c.outlet_channel_id != self.facts.source {
+            self.refuse("an agent message from an outlet that does not hold the live chat");
+            return;
+        }
         self.record("agent", self.facts.source, content, true);
         self.steps.push(Step::Touch(c.id));
         self.send(Command::ToMember {
@@ -469,6 +489,10 @@ impl<'a> Decision<'_, 'a> {
                 .push(Step::Ignore("agent command without an open conversation"));
             return;
         };
+        if c.outlet_channel_id != self.facts.source {
+            self.refuse("an agent command from an outlet that does not hold the conversation");
+            return;
+        }
         self.record("agent", &c.outlet_channel_id, content, true);
         let text = match &content.kind {
             Some(content::Kind::Text(t)) => t.text.trim(),
@@ -946,5 +970,45 @@ mod tests {
         };
         let steps = w.decide("web", Event::BotReply(&reply));
         assert!(matches!(&steps[0], Step::Close { reason, .. } if reason == "bot_closed"));
+    }
+
+    #[test]
+    fn a_bot_reply_from_a_channel_other_than_the_members_bot_is_refused_and_sends_nothing() {
+        let mut w = world(None);
+        w.source = "other-orgs-bot".into();
+        let reply = BotReply {
+            responses: vec![text("injected")],
+            handoff: Some(HandoffDetails::default()),
+            ..Default::default()
+        };
+        let steps = w.decide("web", Event::BotReply(&reply));
+        assert_eq!(system_events(&steps), ["REFUSED"]);
+        assert!(sends(&steps).is_empty(), "{steps:?}");
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::OpenHandoff { .. })),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn an_agent_message_or_command_from_an_outlet_not_holding_the_chat_is_refused() {
+        let mut w = world(Some(ConvState::Live));
+        w.source = "another-desk".into();
+        let message = w.decide("web", Event::AgentMessage(&text("hi")));
+        let command = w.decide(
+            "web",
+            Event::AgentCommand {
+                content: &text("done"),
+                reference: "",
+            },
+        );
+        for steps in [message, command] {
+            assert_eq!(system_events(&steps), ["REFUSED"]);
+            assert!(sends(&steps).is_empty(), "{steps:?}");
+            assert!(
+                !steps.iter().any(|s| matches!(s, Step::Close { .. })),
+                "{steps:?}"
+            );
+        }
     }
 }

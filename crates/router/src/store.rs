@@ -21,7 +21,8 @@ pub async fn sync_channels(pool: &PgPool, channels: &Channels) -> anyhow::Result
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     for c in sorted {
         let config = serde_json::json!({
-            "info": c.info,
+            // As written: expanded `${ENV}` values are the deploy's secrets.
+            "info": c.info_as_written,
             "bot": c.bot,
             "outlet": c.outlet,
             "handoff": {

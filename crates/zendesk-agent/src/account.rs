@@ -138,6 +138,11 @@ impl Account {
             ) else {
                 continue;
             };
+            // Anyone on the bus can publish here: the session runs only what the hub sends.
+            if !handoff_platforms::zendesk::transform::is_hub_operation(&forwarded.query) {
+                tracing::warn!(channel = %self.channel.id, "a forwarded Zendesk request that the hub never sends was refused");
+                continue;
+            }
             let account = self.clone();
             let client = bus.client().clone();
             // Each request on its own: the callers' member lanes already keep their order.

@@ -366,6 +366,31 @@ pub fn transfer_request(channel_id: &str, department_id: &str) -> String {
     )
 }
 
+/// Whether `query` is one of the operations the hub itself sends on an agent session:
+/// one operation whose one top-level field is `sendMessage`, `sendQuickReplies` or
+/// `transferToDepartment` (mutations) or `departments` (a query). Forwarded requests
+/// arrive over NATS, so the session's holder checks them rather than trusting the
+/// subject: anything else (an agent's whole API) is refused.
+pub fn is_hub_operation(query: &str) -> bool {
+    use graphql_parser::query::{Definition, OperationDefinition, Selection};
+    let Ok(document) = graphql_parser::parse_query::<&str>(query) else {
+        return false;
+    };
+    let [Definition::Operation(operation)] = &document.definitions[..] else {
+        return false;
+    };
+    let (allowed, selection): (&[&str], _) = match operation {
+        OperationDefinition::Mutation(m) => (
+            &["sendMessage", "sendQuickReplies", "transferToDepartment"],
+            &m.selection_set,
+        ),
+        OperationDefinition::Query(q) => (&["departments"], &q.selection_set),
+        OperationDefinition::SelectionSet(s) => (&["departments"], s),
+        OperationDefinition::Subscription(_) => return false,
+    };
+    matches!(&selection.items[..], [Selection::Field(f)] if allowed.contains(&f.name))
+}
+
 /// A request frame: `{"payload": {"query"}, "type": "request", "id"}`.
 pub fn request_frame(id: u64, query: &str) -> String {
     json!({"payload": {"query": query}, "type": "request", "id": id}).to_string()
@@ -551,5 +576,31 @@ mod tests {
             online_department(&data, "Sales").unwrap_err().code(),
             "no_such_department"
         );
+    }
+
+    #[test]
+    fn only_the_operations_the_hub_sends_pass_as_forwarded_requests() {
+        let hi = Content {
+            kind: Some(content::Kind::Text(Text { text: "hi".into() })),
+            raw_json: String::new(),
+        };
+        let text = send_request("ch-1", &hi).expect("a text is sent");
+        for ours in [
+            text.query.as_str(),
+            DEPARTMENTS_QUERY,
+            &transfer_request("ch-1", "d-1"),
+        ] {
+            assert!(is_hub_operation(ours), "{ours}");
+        }
+        for theirs in [
+            "mutation { updateAgentStatus(status: INVISIBLE) { node { id } } }",
+            r#"mutation { sendMessage(channel_id: "c", msg: "x") { success } leave(channel_id: "c") { success } }"#,
+            "query { me { id } }",
+            "subscription { message { node { id } } }",
+            r#"mutation { sendMessage(channel_id: "c", msg: "x") { success } } query { me { id } }"#,
+            "not graphql {",
+        ] {
+            assert!(!is_hub_operation(theirs), "{theirs}");
+        }
     }
 }

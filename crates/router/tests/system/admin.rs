@@ -97,6 +97,17 @@ async fn an_operator_adds_disables_and_enables_a_channel_and_the_running_gateway
         .handoffctl(&["apply", "-f", bad.to_str().unwrap()])
         .await;
     assert!(!ok, "a document linking to a missing channel is refused");
+    // The router's environment is not the operator's to read: `${…}` is refused whole.
+    std::fs::write(
+        &bad,
+        new_inlet(&hub).replace("web2-token-123", "${HANDOFF_DATABASE__URL}"),
+    )
+    .unwrap();
+    let (ok, _) = hub
+        .handoffctl(&["apply", "-f", bad.to_str().unwrap()])
+        .await;
+    assert!(!ok, "a document with an environment reference is refused");
+    assert_eq!(say_on_web2(&hub, "carol", "hi").await.0, 404);
 
     // Applied, the new channel takes customers at once: no restart.
     let applied = ctl_json(&hub, &["apply", "-f", path]).await;

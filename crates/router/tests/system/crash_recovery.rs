@@ -98,3 +98,79 @@ async fn a_router_killed_mid_handoff_resumes_in_one_consistent_state_losing_noth
     assert_eq!(hub.desk.calls(Api::Relay).len(), 3);
     hub.shutdown().await;
 }
+
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process runs").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_frozen_router_holds_no_customer_of_the_other_and_resumes_without_doubling() {
+    // Arrange: two router processes share the partitions; twenty customers write.
+    let hub = TestHub::start_with(HubOptions {
+        router_process: true,
+        router: false,
+        ..Default::default()
+    })
+    .await;
+    let mut routers = Vec::new();
+    for _ in 0..2 {
+        routers.push(hub.spawn_router(&[]).await);
+    }
+    let customers: Vec<String> = (0..20).map(|i| format!("frz-{i}")).collect();
+    let say_all = async |round: usize| {
+        let text = format!("m{round}");
+        let posts = customers.iter().map(|c| hub.say(c, &text));
+        for (status, body) in futures::future::join_all(posts).await {
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    say_all(0).await;
+    for c in &customers {
+        hub.wait_received(c, 1).await;
+    }
+
+    // Act: one router is frozen (SIGSTOP) in the middle of a burst, holding whatever it
+    // held: leases, a transaction, members' locks. The customers keep writing.
+    let burst = async {
+        for round in 1..4 {
+            say_all(round).await;
+        }
+    };
+    let freeze = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        signal(&routers[0], "-STOP");
+    };
+    tokio::join!(burst, freeze);
+    let frozen_at = tokio::time::Instant::now();
+
+    // Assert: every customer is answered by the other router while the first stays frozen.
+    for c in &customers {
+        let got = hub.wait_received(c, 4).await;
+        let texts: Vec<String> = got.iter().map(text_of).collect();
+        assert_eq!(got.len(), 4, "{c} got {texts:?} while a router was frozen");
+    }
+    let answered_in = frozen_at.elapsed();
+    println!("answered {answered_in:?} after the freeze");
+    assert!(
+        answered_in < Duration::from_secs(10),
+        "answered {answered_in:?} after the freeze"
+    );
+    // Thawed, the first router finds its work done by its successor: nothing twice.
+    signal(&routers[0], "-CONT");
+    tokio::time::sleep(Duration::from_secs(hub.settings.nats.ack_wait_secs + 2)).await;
+    for c in &customers {
+        let texts: Vec<String> = hub.received(c).iter().map(text_of).collect();
+        let expected: Vec<String> = (0..4).map(|i| format!("You said: m{i}")).collect();
+        assert_eq!(texts, expected, "{c}");
+    }
+    for mut router in routers {
+        let _ = router.start_kill();
+        let _ = router.wait().await;
+    }
+    hub.shutdown().await;
+}

@@ -32,6 +32,13 @@ pub const SELARTI_KEY: &str = "selarti-api-key-42";
 /// A Zendesk Chat account (simulated) served by zendesk-agent, with the demo bot.
 pub const ZENDESK: &str = "zd-chat";
 pub const ZENDESK_TOKEN: &str = "zendesk-oauth-token-7";
+/// Another tenant: org `globex`, with its own inlet, bot and desk (on the same simulators,
+/// told apart by channel), to prove what `acme`'s channels cannot reach.
+pub const OTHER_ORG: &str = "globex";
+pub const OTHER_INLET: &str = "globex-web";
+pub const OTHER_INLET_TOKEN: &str = "globex-inlet-token";
+pub const OTHER_OUTLET: &str = "globex-desk";
+pub const OTHER_OUTLET_TOKEN: &str = "globex-desk-token";
 
 fn admin_url() -> String {
     std::env::var("HANDOFF_TEST_DATABASE_URL")
@@ -75,6 +82,9 @@ pub struct HubOptions {
     /// Share channels through the sealed catalog (`HANDOFF_CATALOG_KEY`); without it every
     /// service runs on the channels file alone.
     pub shared_catalog: bool,
+    /// Point `desk`'s Livechat and Relay APIs at a port nobody listens on, with this
+    /// token in their query strings (as some desks authenticate).
+    pub unreachable_desk_token: Option<&'static str>,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -104,6 +114,7 @@ impl Default for HubOptions {
             otlp_endpoint: None,
             service_logs: None,
             shared_catalog: true,
+            unreachable_desk_token: None,
         }
     }
 }
@@ -217,6 +228,33 @@ channels:
     liveChat:
       endCommand: done
       endText: The agent has left. The assistant is back.
+  - id: {OTHER_INLET}
+    org: {OTHER_ORG}
+    platform: custom
+    role: inlet
+    accessToken: {OTHER_INLET_TOKEN}
+    info:
+      sendResponseApi: {send}
+    bot: globex-bot
+    outlet: {OTHER_OUTLET}
+    handoff:
+      keywords: ["talk to a human"]
+  - id: globex-bot
+    org: {OTHER_ORG}
+    platform: webhook-bot
+    role: bot
+    accessToken: globex-bot-token
+    info:
+      url: {bot}
+  - id: {OTHER_OUTLET}
+    org: {OTHER_ORG}
+    platform: custom
+    role: outlet
+    accessToken: {OTHER_OUTLET_TOKEN}
+    info:
+      livechatApi: {other_livechat}
+      relayResponseApi: {other_relay}
+      sendResponseApi: {desk_send}
 "#,
         send = customer.url("/send"),
         bot = bot.url(),
@@ -226,8 +264,16 @@ channels:
             Some(department) => format!("      department: {department}"),
             None => format!("    outlet: {OUTLET}"),
         },
-        livechat = desk.url("/livechat"),
-        relay = desk.url("/relay"),
+        livechat = match o.unreachable_desk_token {
+            Some(token) => format!("http://127.0.0.1:9/livechat?accessToken={token}"),
+            None => desk.url("/livechat"),
+        },
+        relay = match o.unreachable_desk_token {
+            Some(token) => format!("http://127.0.0.1:9/relay?accessToken={token}"),
+            None => desk.url("/relay"),
+        },
+        other_livechat = desk.url("/livechat"),
+        other_relay = desk.url("/relay"),
         desk_send = desk.url("/send"),
         pending = o.pending_timeout_secs,
         idle = o.live_idle_timeout_secs,
@@ -294,6 +340,7 @@ impl TestHub {
             database: handoff_config::DatabaseSettings {
                 url: db_url.into(),
                 max_connections: 5,
+                ..defaults.database
             },
             delivery: handoff_config::DeliverySettings {
                 max_attempts: options.delivery_attempts,
@@ -474,6 +521,13 @@ impl TestHub {
         }
     }
 
+    /// Starts one more router as a process (beside the hub's own), returned once it listens.
+    pub async fn spawn_router(&self, env: &[(&str, &str)]) -> tokio::process::Child {
+        spawn_service_with(&self.settings, &self.options, "router", env)
+            .await
+            .0
+    }
+
     /// Starts a zendesk-agent process and returns once it has connected and is about to
     /// take its accounts.
     pub async fn spawn_zendesk_agent(&self) -> tokio::process::Child {
@@ -568,6 +622,15 @@ impl TestHub {
         let body = WebhookClient::customer_text(external_id, INLET, text, now_ms());
         self.inlet
             .post(INLET, ORG, INLET_TOKEN, &body, &[])
+            .await
+            .unwrap()
+    }
+
+    /// A customer of the other org's inlet writes.
+    pub async fn say_elsewhere(&self, external_id: &str, text: &str) -> (u16, Value) {
+        let body = WebhookClient::customer_text(external_id, OTHER_INLET, text, now_ms());
+        self.inlet
+            .post(OTHER_INLET, OTHER_ORG, OTHER_INLET_TOKEN, &body, &[])
             .await
             .unwrap()
     }
@@ -732,6 +795,16 @@ async fn spawn_service(
     options: &HubOptions,
     name: &str,
 ) -> (tokio::process::Child, u16) {
+    spawn_service_with(settings, options, name, &[]).await
+}
+
+/// `spawn_service`, with extra environment variables (over the hub's).
+async fn spawn_service_with(
+    settings: &Settings,
+    options: &HubOptions,
+    name: &str,
+    extra_env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name(name);
     assert!(
         binary.exists(),
@@ -751,6 +824,7 @@ async fn spawn_service(
                 None => format!("warn,{}=info", name.replace('-', "_")),
             },
         )
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -811,6 +885,11 @@ pub fn text_of(call: &Recorded) -> String {
 
 pub fn member_id(external_id: &str) -> String {
     handoff_config::member_id(INLET, external_id).to_string()
+}
+
+/// The member id of a customer of the other org's inlet.
+pub fn other_member_id(external_id: &str) -> String {
+    handoff_config::member_id(OTHER_INLET, external_id).to_string()
 }
 
 /// The member id of a customer of the Selarti inlet.

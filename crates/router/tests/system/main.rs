@@ -13,4 +13,5 @@ mod live_chat;
 mod poison;
 mod selarti;
 mod traces;
+mod walls;
 mod zendesk;
