@@ -82,6 +82,11 @@ pub struct HttpSettings {
     pub max_concurrent_requests: usize,
     /// A request (its body included) not done in this time is answered 408.
     pub request_timeout_ms: u64,
+    /// A connection must send a whole request head within this time, and one idle this
+    /// long between requests is closed (slow or silent clients hold nothing).
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once per process; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -92,6 +97,8 @@ impl Default for HttpSettings {
             body_limit: 256 * 1024,
             max_concurrent_requests: 1_024,
             request_timeout_ms: 15_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
         }
     }
 }

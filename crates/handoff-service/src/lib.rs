@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+mod serve;
 mod telemetry;
 
+pub use serve::{HttpListener, http_part};
 pub use telemetry::{TelemetryGuard, init_telemetry, metrics_text};
 
 /// Resolves on SIGINT or SIGTERM.
@@ -86,17 +88,6 @@ pub async fn run_parts(
         }
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// A service's HTTP server as one of its parts: serves `app` until `stop`, then finishes
-/// the requests in flight.
-pub fn http_part(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    stop: CancellationToken,
-) -> (&'static str, Part) {
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-    ("the HTTP server", Box::pin(async { Ok(server.await?) }))
 }
 
 /// Something that can say whether the service may take traffic.

@@ -15,8 +15,9 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
-use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
-use tokio::net::TcpListener;
+use handoff_service::{
+    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_PORT: u16 = 8080;
@@ -37,7 +38,7 @@ impl Readiness for AppState {
 }
 
 pub struct Application {
-    listener: TcpListener,
+    listener: HttpListener,
     state: AppState,
     client: OutboundClient,
     store: Option<CatalogStore>,
@@ -52,7 +53,7 @@ impl Application {
         let store = catalog
             .attach(&bus, settings.catalog_key.as_ref(), None)
             .await?;
-        let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             listener,
             store,
@@ -68,7 +69,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.port()
     }
 
     /// Serves HTTP and delivers commands until `shutdown`; in-flight work finishes first.

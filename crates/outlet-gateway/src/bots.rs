@@ -177,10 +177,13 @@ impl BotCaller {
         let park = Handled::Park {
             reason: format!("bot `{bot}`: {reason}"),
         };
+        // Its own purpose, not `bot_result`: replaying the parked command may call the bot
+        // successfully, and that answer's id must differ from this failure's, which the
+        // router has already applied (with one id, the answer was dropped as a duplicate).
         self.bus
             .publish_then(
                 envelope,
-                "bot_result",
+                "bot_failed",
                 bot,
                 Body::BotFailed(BotFailed { reason }),
                 park,

@@ -22,8 +22,9 @@ use handoff_config::{Channels, Settings};
 use handoff_platforms::selarti::SelartiClient;
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};
-use handoff_service::{Readiness, bounded_edge, health_router, http_part, http_trace_layer};
-use tokio::net::TcpListener;
+use handoff_service::{
+    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_PORT: u16 = 8081;
@@ -44,7 +45,7 @@ impl Readiness for AppState {
 }
 
 pub struct Application {
-    listener: TcpListener,
+    listener: HttpListener,
     state: AppState,
     client: OutboundClient,
     store: Option<CatalogStore>,
@@ -58,7 +59,7 @@ impl Application {
         let store = catalog
             .attach(&bus, settings.catalog_key.as_ref(), None)
             .await?;
-        let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             store,
             listener,
@@ -74,7 +75,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.port()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -911,9 +911,20 @@ async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Con
     .bind(conv)
     .fetch_all(&mut **work.tx)
     .await?;
-    rows.iter()
-        .map(|r| content_from_response(&r.get::<Value, _>("content")).map_err(permanent))
-        .collect()
+    // A line is stored as the platform sent it when the model has no form for it (a
+    // `type` the model does not know, even one that is not a string): it is released in
+    // that same raw form, as it would have been relayed had the chat been live already.
+    // Refusing it would park the desk's acceptance and strand the member in PENDING.
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let stored = r.get::<Value, _>("content");
+            content_from_response(&stored).unwrap_or_else(|_| Content {
+                kind: None,
+                raw_json: stored.to_string(),
+            })
+        })
+        .collect())
 }
 
 fn history_token() -> String {

@@ -26,7 +26,7 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
-use handoff_service::{Readiness, gauge_text, health_router, http_trace_layer};
+use handoff_service::{HttpListener, Readiness, gauge_text, health_router, http_trace_layer};
 use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 use sqlx::PgPool;
@@ -86,7 +86,7 @@ impl Readiness for Ready {
 }
 
 pub struct Application {
-    listener: TcpListener,
+    listener: HttpListener,
     /// The admin API's, when a token is configured.
     admin: Option<(TcpListener, secrecy::SecretString)>,
     store: Option<CatalogStore>,
@@ -139,7 +139,7 @@ impl Application {
             .attach(&bus, settings.catalog_key.as_ref(), file.as_deref())
             .await?;
         store::sync_channels(&pool, &catalog.load().channels).await?;
-        let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
         let admin = match &settings.admin.token {
             Some(token) if !token.expose_secret().is_empty() => {
                 let address = format!("{}:{}", settings.admin.host, settings.admin.port);
@@ -167,7 +167,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.port()
     }
 
     /// The admin API's port, when it is served.

@@ -19,8 +19,7 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, ChannelSettings, Snapshot};
-use handoff_service::{Readiness, health_router, http_part, http_trace_layer};
-use tokio::net::TcpListener;
+use handoff_service::{HttpListener, Readiness, health_router, http_part, http_trace_layer};
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_PORT: u16 = 8082;
@@ -35,7 +34,7 @@ impl Readiness for Ready {
 }
 
 pub struct Application {
-    listener: TcpListener,
+    listener: HttpListener,
     bus: Bus,
     accounts: HashMap<String, Arc<account::Account>>,
     catalog: Catalog,
@@ -83,7 +82,7 @@ impl Application {
                 );
             }
         }
-        let listener = TcpListener::bind(settings.http.address(DEFAULT_PORT)).await?;
+        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             listener,
             bus,
@@ -94,7 +93,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.port()
     }
 
     pub fn accounts(&self) -> usize {

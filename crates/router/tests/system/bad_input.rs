@@ -221,3 +221,84 @@ async fn a_message_is_refused_with_503_when_jetstream_cannot_store_it() {
     assert_eq!(err["error"]["code"], "unavailable");
     hub.shutdown().await;
 }
+
+/// How long until the server closes `stream` (it reads nothing but the end), or `None`
+/// if it is still open after `limit`. `trickle` sends one more header line every 200 ms.
+async fn closed_within(
+    mut stream: tokio::net::TcpStream,
+    trickle: bool,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while started.elapsed() < limit {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Some(started.elapsed()),
+                // A 408 before the close is fine; wait for the close itself.
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if trickle {
+                    n += 1;
+                    if stream.write_all(format!("X-Slow-{n}: a\r\n").as_bytes()).await.is_err() {
+                        return Some(started.elapsed());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_others_are_served() {
+    // Arrange: an inlet-gateway that gives a request head one second.
+    use tokio::io::AsyncWriteExt as _;
+    let hub = TestHub::start().await;
+    let mut settings = hub.settings.clone();
+    settings.http.header_read_timeout_ms = 1_000;
+    let channels = handoff_config::Channels::load(&settings.channels).unwrap();
+    let gateway = inlet_gateway::Application::build(&settings, channels)
+        .await
+        .unwrap();
+    let address = format!("127.0.0.1:{}", gateway.port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run_until_stopped(stop.clone()));
+
+    // Act: a slowloris client sends a head one line at a time, another nothing at all,
+    // while a customer writes.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(
+        format!("POST /v2.4/customWebhook?accessToken={INLET_TOKEN}&c={INLET}&a={ORG} HTTP/1.1\r\nHost: x\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let limit = std::time::Duration::from_secs(6);
+    let client = WebhookClient::new(format!("http://{address}"));
+    let body = good();
+    let (slow, silent, customer) = tokio::join!(
+        closed_within(slow, true, limit),
+        closed_within(silent, false, limit),
+        client.post(INLET, ORG, INLET_TOKEN, &body, &[]),
+    );
+
+    // Assert
+    let slow = slow.expect("the trickling client is still connected after 6 s");
+    let silent = silent.expect("the silent client is still connected after 6 s");
+    assert!(
+        slow < std::time::Duration::from_secs(4),
+        "cut off after {slow:?}"
+    );
+    assert!(
+        silent < std::time::Duration::from_secs(4),
+        "cut off after {silent:?}"
+    );
+    assert_eq!(customer.unwrap().0, 200);
+    stop.cancel();
+    hub.shutdown().await;
+}

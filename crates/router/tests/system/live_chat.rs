@@ -381,3 +381,39 @@ async fn a_configured_keyword_hands_the_customer_over_without_asking_the_bot() {
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_of_an_unknown_shape_held_while_pending_is_relayed_and_the_chat_goes_live() {
+    // Arrange: the desk takes a moment to accept.
+    let hub = TestHub::start().await;
+    hub.desk.stall(Api::Livechat, Duration::from_millis(1500));
+    hub.say("odd", "agent").await;
+    hub.wait_conversation_state(member_id("odd").parse().unwrap(), "pending")
+        .await;
+
+    // Act: while pending, the customer sends something the model has no form for.
+    let mut odd = WebhookClient::customer_text("odd", INLET, "", now_ms());
+    odd["sendToBot"]["messageEvent"]["type"] = json!("SHAPE");
+    odd["sendToBot"]["messageEvent"]["data"] = json!({"type": 42, "shape": "unknown"});
+    let (status, body) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &odd, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // Assert: the acceptance lands, the message is relayed as sent, the agent is heard.
+    hub.wait_conversation_state(member_id("odd").parse().unwrap(), "live")
+        .await;
+    let relays = hub.wait_desk(Api::Relay, 1).await;
+    assert_eq!(relays.len(), 1);
+    assert_eq!(
+        relays[0].body["response"]["shape"], "unknown",
+        "{}",
+        relays[0].body
+    );
+    let (status, body) = agent_says(&hub, "odd", "Hello, how can I help?").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(hub.wait_dead_letters(0).await.is_empty(), "nothing parked");
+    hub.shutdown().await;
+}

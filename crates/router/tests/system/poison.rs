@@ -219,6 +219,31 @@ async fn a_delivery_the_platform_refused_is_parked_and_delivered_when_replayed_w
 }
 
 #[tokio::test]
+async fn a_bot_call_parked_for_an_unreadable_answer_reaches_the_customer_when_replayed() {
+    // Arrange: the bot answers this customer with something that is not an answer.
+    let hub = TestHub::start().await;
+    hub.bot.set_answer_for("ray", json!({"responses": 42}));
+    assert_eq!(hub.say("ray", "hello").await.0, 200);
+    let letters = hub.wait_dead_letters(1).await;
+    assert_eq!(letters[0]["service"], "outlet-gateway", "{letters:?}");
+    let id = letters[0]["id"].as_i64().unwrap().to_string();
+
+    // Act: the bot is mended; an operator replays its call.
+    hub.bot.set_answer_for(
+        "ray",
+        json!({"responses": [{"type": "TEXT", "text": "Sorry, here it is"}]}),
+    );
+    let (ok, out) = hub.handoffctl(&["dead-letters", "replay", &id]).await;
+
+    // Assert: the answer of the replayed call reaches the customer, once.
+    assert!(ok, "{out}");
+    assert_eq!(hub.wait_received("ray", 1).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(texts(&hub, "ray"), ["Sorry, here it is"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_agent_message_the_customer_never_gets_is_parked_and_the_agent_is_told() {
     // Arrange: a live chat, and the customer's platform refusing this customer.
     let hub = TestHub::start().await;

@@ -1,0 +1,100 @@
+//! The services' HTTP server: axum's router on hyper's HTTP/1 connections, with the edges
+//! bounded where `axum::serve` leaves them open. `axum::serve` sets no timer, so hyper's
+//! header-read timeout never runs: a client that trickles its headers (slowloris) or
+//! opens connections and says nothing holds a task and a socket for ever, and nothing caps
+//! how many. Here each connection must finish its request head within
+//! `header_read_timeout_ms` — which also closes a keep-alive connection idle that long —
+//! and at most `max_connections` are open at once; more wait in the kernel's backlog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use handoff_config::HttpSettings;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Part;
+
+/// A bound listener and the limits its connections are served under.
+pub struct HttpListener {
+    listener: TcpListener,
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+impl HttpListener {
+    /// Binds `settings`' address (`default_port` when none is set; port 0 picks a free one).
+    pub async fn bind(settings: &HttpSettings, default_port: u16) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(settings.address(default_port)).await?,
+            header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
+            max_connections: settings.max_connections.max(1),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+}
+
+/// A service's HTTP server as one of its parts: serves `app` until `stop`, then lets the
+/// requests in flight finish (idle connections close at once).
+pub fn http_part(
+    listener: HttpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> (&'static str, Part) {
+    ("the HTTP server", Box::pin(serve(listener, app, stop)))
+}
+
+async fn serve(listener: HttpListener, app: Router, stop: CancellationToken) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(listener.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait rather than spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let timeout = listener.header_read_timeout;
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            // A closed or cut-off connection is the client's business, not an error of
+            // the service's.
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
