@@ -139,6 +139,10 @@ pub(crate) fn partition_key(name: &str, partition: u16) -> String {
     format!("{name} partition {partition}")
 }
 
+fn heartbeat_key(name: &str) -> String {
+    format!("{name} leases")
+}
+
 /// How long a partition being handed to another replica may take to finish what it holds.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -194,8 +198,17 @@ pub async fn run_consumers<H: Handler>(
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = leases.heartbeat().await {
-            tracing::warn!(error = %e, "heartbeat not written");
+        // Without a heartbeat no lease can be taken or kept: the service cannot work, and
+        // says so, until NATS (and its lease bucket, declared again) is back.
+        match leases.heartbeat().await {
+            Ok(()) => ctx.bus.report(&heartbeat_key(&ctx.name), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat not written");
+                ctx.bus.report(
+                    &heartbeat_key(&ctx.name),
+                    Some(format!("cannot write its heartbeat: {e:#}")),
+                );
+            }
         }
         let desired = leases.desired(partitions);
         let mut ended = Vec::new();

@@ -30,6 +30,7 @@ pub(crate) enum Renewal {
 }
 
 pub(crate) struct Leases {
+    bus: Bus,
     kv: kv::Store,
     service: String,
     instance: String,
@@ -57,6 +58,7 @@ impl Leases {
             seen.clone(),
         ));
         Ok(Self {
+            bus: bus.clone(),
             kv,
             service: service.to_string(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
@@ -78,7 +80,14 @@ impl Leases {
         format!("{}.p{partition}", self.service)
     }
 
+    /// Writes this replica's heartbeat. The bucket lives in the server's memory, so a
+    /// restarted nats-server has none: when a write fails, the bucket is declared again
+    /// (idempotent) and the write retried once, and the caller learns whether it worked.
     pub(crate) async fn heartbeat(&self) -> anyhow::Result<()> {
+        if self.kv.put(self.heartbeat_key(), "".into()).await.is_ok() {
+            return Ok(());
+        }
+        open_bucket(&self.bus).await?;
         self.kv.put(self.heartbeat_key(), "".into()).await?;
         Ok(())
     }
@@ -197,6 +206,7 @@ pub(crate) async fn open_kv(
 /// up when a renewal cannot be proven in time, and gone by itself one TTL after a killed
 /// holder's last renewal.
 pub struct NamedLease {
+    bus: Bus,
     kv: kv::Store,
     key: String,
     instance: String,
@@ -217,6 +227,7 @@ impl NamedLease {
             })
             .collect();
         Ok(Self {
+            bus: bus.clone(),
             kv: open_bucket(bus).await?,
             key,
             instance: uuid::Uuid::now_v7().simple().to_string(),
@@ -242,7 +253,11 @@ impl NamedLease {
                     Ok(revision) => break revision,
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                     Err(e) => {
-                        tracing::warn!(lease = %self.key, error = %e, "cannot ask for a lease")
+                        tracing::warn!(lease = %self.key, error = %e, "cannot ask for a lease");
+                        // A restarted nats-server has lost the in-memory bucket.
+                        if let Err(e) = open_bucket(&self.bus).await {
+                            tracing::warn!(error = %e, "cannot declare the lease bucket");
+                        }
                     }
                 }
                 tokio::select! {

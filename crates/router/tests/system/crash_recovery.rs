@@ -174,3 +174,100 @@ async fn a_frozen_router_holds_no_customer_of_the_other_and_resumes_without_doub
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_a_nats_server_restart_every_customer_is_answered_again_with_no_service_restarted() {
+    // Arrange: the hub on a NATS server of this test's own.
+    let mut nats = OwnNats::start().await;
+    let hub = TestHub::start_with(HubOptions {
+        nats_url: Some(nats.url.clone()),
+        // Its account lease would declare the lease bucket again for everyone.
+        zendesk_agent: false,
+        ..Default::default()
+    })
+    .await;
+    let customers: Vec<String> = (0..5).map(|i| format!("nrs-{i}")).collect();
+    for c in &customers {
+        assert_eq!(hub.say(c, "before").await.0, 200);
+    }
+    for c in &customers {
+        assert_eq!(hub.wait_received(c, 1).await.len(), 1);
+    }
+    let router = hub.router_url.clone().unwrap();
+    let inlet_ready = format!("{}/readyz", hub.inlet.base_url());
+
+    // Act: the server restarts; the services keep running.
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.up().await;
+    let restarted = tokio::time::Instant::now();
+    // Customers write as soon as the edge takes messages again.
+    let deadline = restarted + WAIT;
+    for c in &customers {
+        let body = handoff_simulators::WebhookClient::customer_text(c, INLET, "after", now_ms());
+        loop {
+            let mut with_id = body.clone();
+            with_id["sendToBot"]["messageEvent"]["messageId"] =
+                serde_json::json!(format!("{c}-after"));
+            let (status, _) = hub
+                .inlet
+                .post(INLET, ORG, INLET_TOKEN, &with_id, &[])
+                .await
+                .unwrap();
+            if status == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the edge never took messages again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Assert: all answered within 10 s of the restart, once; a re-post with the same
+    // message id is one message.
+    // A server killed with -9 forgets acknowledgements it had not written: a delivery may
+    // come again, always under the same `webhook-id`, which is how a receiver drops it.
+    let distinct = |c: &str| {
+        let mut seen = std::collections::HashSet::new();
+        hub.received(c)
+            .into_iter()
+            .filter(|r| seen.insert(r.webhook_id.clone()))
+            .map(|r| text_of(&r))
+            .collect::<Vec<_>>()
+    };
+    for c in &customers {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while distinct(c).len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(distinct(c), ["You said: before", "You said: after"], "{c}");
+    }
+    let answered_in = restarted.elapsed();
+    assert!(
+        answered_in < Duration::from_secs(10),
+        "answered {answered_in:?} after the restart"
+    );
+    let mut again =
+        handoff_simulators::WebhookClient::customer_text(&customers[0], INLET, "after", now_ms());
+    again["sendToBot"]["messageEvent"]["messageId"] =
+        serde_json::json!(format!("{}-after", customers[0]));
+    let (status, body) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &again, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        distinct(&customers[0]).len(),
+        2,
+        "the re-post was answered again"
+    );
+    for url in [format!("{router}/readyz"), inlet_ready] {
+        let status = reqwest::get(&url).await.unwrap().status();
+        assert_eq!(status, 200, "{url} after the restart");
+    }
+    hub.shutdown().await;
+}

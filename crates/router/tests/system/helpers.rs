@@ -85,6 +85,8 @@ pub struct HubOptions {
     /// Point `desk`'s Livechat and Relay APIs at a port nobody listens on, with this
     /// token in their query strings (as some desks authenticate).
     pub unreachable_desk_token: Option<&'static str>,
+    /// A NATS server of the test's own (one it may restart) instead of the shared one.
+    pub nats_url: Option<String>,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -115,6 +117,7 @@ impl Default for HubOptions {
             service_logs: None,
             shared_catalog: true,
             unreachable_desk_token: None,
+            nats_url: None,
         }
     }
 }
@@ -329,7 +332,7 @@ impl TestHub {
                 ..defaults.http
             },
             nats: handoff_config::NatsSettings {
-                url: nats_url(),
+                url: options.nats_url.clone().unwrap_or_else(nats_url),
                 prefix: format!("t{id}"),
                 partitions: 4,
                 ack_wait_secs: options.ack_wait_secs,
@@ -895,4 +898,93 @@ pub fn other_member_id(external_id: &str) -> String {
 /// The member id of a customer of the Selarti inlet.
 pub fn ai_member_id(external_id: &str) -> String {
     handoff_config::member_id(AI_INLET, external_id).to_string()
+}
+
+/// A nats-server of a test's own, on a free port with its own store, which the test may
+/// stop and start again (the shared server on 4222 is never touched).
+pub struct OwnNats {
+    pub url: String,
+    port: u16,
+    store: PathBuf,
+    process: Option<tokio::process::Child>,
+}
+
+impl OwnNats {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = std::env::temp_dir().join(format!("handoff-nats-{}", Uuid::new_v4().simple()));
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store,
+            process: None,
+        };
+        nats.up().await;
+        nats
+    }
+
+    /// Starts the server (again), with the store it had; returns once it takes clients.
+    pub async fn up(&mut self) {
+        let binary = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server");
+        let child = tokio::process::Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(format!("{}.log", self.store.display())).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        self.process = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            // JetStream answers its API (the client's account query expects a newer shape).
+            if let Ok(client) = async_nats::connect(&self.url).await
+                && let Ok(Ok(reply)) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.request("$JS.API.INFO", "".into()),
+                )
+                .await
+                && !String::from_utf8_lossy(&reply.payload).contains("\"error\"")
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server the hard way (SIGKILL): what it had not written to its store is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
 }
