@@ -202,6 +202,9 @@ channels:
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(self.prefix.to_uppercase()).await;
             let _ = js
+                .delete_stream(handoff_bus::commands_stream(&self.prefix))
+                .await;
+            let _ = js
                 .delete_key_value(handoff_bus::lease_bucket(&self.prefix))
                 .await;
         }

@@ -175,7 +175,10 @@ pub async fn run_consumers<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = bus.jetstream().get_stream(bus.stream_name()).await?;
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.stream_of_area(&area))
+        .await?;
     let leases = Leases::open(&bus, &name).await.inspect_err(|e| {
         tracing::error!(service = %name, error = %e, "cannot open the lease bucket");
     })?;
@@ -539,10 +542,15 @@ async fn handle_until_done<H: Handler>(
         // The in-flight slot is held while handling, never while waiting to retry: a
         // thousand members behind a dead endpoint do not crowd out the others.
         let permit = ctx.permits.acquire().await;
-        let work = AssertUnwindSafe(ctx.handler.handle(envelope.clone(), partition))
-            .catch_unwind()
-            .instrument(span.clone());
-        let outcome = work.await;
+        let outcome = match ctx.bus.publish_kept(&envelope.event_id).await {
+            Some(settled) => Ok(settled),
+            None => {
+                AssertUnwindSafe(ctx.handler.handle(envelope.clone(), partition))
+                    .catch_unwind()
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         drop(permit);
         let (after, reason) = match outcome {
             Ok(Handled::Done) => {
@@ -617,7 +625,10 @@ async fn park<H: Handler>(
     }
     let parking = Parking {
         parked_id: derived_id(
-            &format!("{}/{sequence}/{event_id}", ctx.bus.stream_name()),
+            &format!(
+                "{}/{sequence}/{event_id}",
+                ctx.bus.stream_of_area(&ctx.area)
+            ),
             "parked",
             0,
         ),

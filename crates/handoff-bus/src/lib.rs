@@ -1,11 +1,18 @@
-//! Handoff's use of NATS JetStream: one work-queue stream, subjects partitioned by member,
+//! Handoff's use of NATS JetStream: two work-queue streams, subjects partitioned by member,
 //! publishing that waits for the stream's acknowledgement, and ordered per-partition
 //! consumers that ack only after the handler's effect is durable.
 //!
 //! Subjects (`P` = `hash(member) % partitions`):
-//! - `<prefix>.events.p<P>.<kind>` — everything the router consumes;
+//! - `<prefix>.events.p<P>.<kind>` — everything the router consumes, in stream `<PREFIX>`;
 //! - `<prefix>.deliver.<service>.p<P>.<kind>` — commands for the service that serves the
-//!   destination channel's platform (`inlet-gateway`, `outlet-gateway`, `zendesk-agent`).
+//!   destination channel's platform (`inlet-gateway`, `outlet-gateway`, `zendesk-agent`),
+//!   in stream `<PREFIX>_OUT`.
+//!
+//! What comes in and what goes out are kept apart so that a backlog of one never stops
+//! the other: the router acknowledges an event only once its commands are stored, and
+//! with one stream a full backlog of events left no room for them (nothing drained).
+//! Inside the events stream a share is kept for the hub's own results (see
+//! `accept_inbound_once`).
 //!
 //! A partition is the unit of *ownership*, not of concurrency: one replica of a service owns
 //! a partition at a time (a lease in a KV bucket), and inside the owner every member has its
@@ -59,11 +66,16 @@ impl Service {
     }
 }
 
-/// Why a publish did not happen. `Unavailable` is what an HTTP edge turns into 503.
+/// Why a publish did not happen. `Unavailable` and `Full` are what an HTTP edge turns into
+/// 503 (`Full` with `Retry-After`).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("NATS JetStream is unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "the hub is working through a backlog ({percent}% of its events stream is in use); try again shortly"
+    )]
+    Full { percent: u64 },
     #[error("event has no member id; it cannot be partitioned")]
     NoMember,
 }
@@ -80,6 +92,8 @@ pub struct BusSettings {
     pub max_ack_pending: i64,
     pub max_in_flight: usize,
     pub stream_max_bytes: i64,
+    pub commands_max_bytes: i64,
+    pub inbound_headroom_percent: u8,
 }
 
 /// A connection to the bus. Cheap to clone.
@@ -92,7 +106,19 @@ pub struct Bus {
     problems: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
     /// Receipts waiting for the next batch (see `receipt`).
     receipts: tokio::sync::mpsc::UnboundedSender<handoff_proto::Receipt>,
+    /// Bytes in the events stream, as last read (see `watch_fill`).
+    events_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Results of commands that could not be published, by the command's event id: a
+    /// retried command publishes its kept result instead of doing its work again (calling
+    /// a bot twice).
+    kept: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Envelope, Handled)>>>,
 }
+
+/// What JetStream stores beside a message's payload (subject, headers, sequence), roughly.
+const MESSAGE_OVERHEAD: u64 = 200;
+
+/// Results kept at most (each is one bus message); past it a command is simply redone.
+const MAX_KEPT_RESULTS: usize = 10_000;
 
 impl Bus {
     /// Connects and creates (or updates) the stream; idempotent, so every replica of every
@@ -117,8 +143,17 @@ impl Bus {
             settings,
             problems: Default::default(),
             receipts,
+            events_bytes: Default::default(),
+            kept: Default::default(),
         };
         bus.ensure_stream().await?;
+        if bus.settings.stream_max_bytes > 0 {
+            tokio::spawn(watch_fill(
+                bus.js.clone(),
+                bus.stream_name(),
+                std::sync::Arc::downgrade(&bus.events_bytes),
+            ));
+        }
         Ok(bus)
     }
 
@@ -126,15 +161,46 @@ impl Bus {
         &self.settings
     }
 
+    /// The events stream: what the router consumes.
     pub fn stream_name(&self) -> String {
         self.settings.prefix.to_uppercase()
+    }
+
+    /// The command stream: what the router sends the other services.
+    pub fn commands_stream_name(&self) -> String {
+        commands_stream(&self.settings.prefix)
+    }
+
+    /// The stream holding consumer area `area` (`events`, `deliver.<service>`).
+    pub fn stream_of_area(&self, area: &str) -> String {
+        if area.starts_with("deliver") {
+            self.commands_stream_name()
+        } else {
+            self.stream_name()
+        }
+    }
+
+    /// Bytes in use and the limit of each stream (`events`, `commands`), for the metrics.
+    pub async fn stream_usage(&self) -> anyhow::Result<Vec<(&'static str, u64, i64)>> {
+        let mut usage = Vec::new();
+        for (name, stream, max) in [
+            ("events", self.stream_name(), self.settings.stream_max_bytes),
+            (
+                "commands",
+                self.commands_stream_name(),
+                self.settings.commands_max_bytes,
+            ),
+        ] {
+            let stream = self.js.get_stream(stream).await?;
+            usage.push((name, stream.cached_info().state.bytes, max));
+        }
+        Ok(usage)
     }
 
     /// Messages stored and not yet acknowledged, by area (`events`, `deliver.<target>`):
     /// the stream is a work queue, so this is how far its consumers are behind.
     pub async fn pending_by_area(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         use futures::TryStreamExt as _;
-        let stream = self.js.get_stream_no_info(self.stream_name()).await?;
         let mut by_area = std::collections::BTreeMap::new();
         // Every area is reported, an empty one as 0: a gap in a graph reads as "unknown".
         by_area.insert("events".to_string(), 0);
@@ -146,15 +212,18 @@ impl Bus {
             by_area.insert(service.deliver_area(), 0);
         }
         let prefix = format!("{}.", self.settings.prefix);
-        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await?;
-        while let Some((subject, count)) = subjects.try_next().await? {
-            let mut parts = subject.strip_prefix(&prefix).unwrap_or(&subject).split('.');
-            let area = match (parts.next(), parts.next()) {
-                (Some("deliver"), Some(target)) => format!("deliver.{target}"),
-                (Some(area), _) => area.to_string(),
-                _ => continue,
-            };
-            *by_area.entry(area).or_insert(0) += count as u64;
+        for name in [self.stream_name(), self.commands_stream_name()] {
+            let stream = self.js.get_stream_no_info(name).await?;
+            let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await?;
+            while let Some((subject, count)) = subjects.try_next().await? {
+                let mut parts = subject.strip_prefix(&prefix).unwrap_or(&subject).split('.');
+                let area = match (parts.next(), parts.next()) {
+                    (Some("deliver"), Some(target)) => format!("deliver.{target}"),
+                    (Some(area), _) => area.to_string(),
+                    _ => continue,
+                };
+                *by_area.entry(area).or_insert(0) += count as u64;
+            }
         }
         Ok(by_area)
     }
@@ -169,22 +238,49 @@ impl Bus {
     }
 
     async fn ensure_stream(&self) -> anyhow::Result<()> {
-        self.js
-            .create_or_update_stream(stream::Config {
-                name: self.stream_name(),
-                subjects: vec![format!("{}.>", self.settings.prefix)],
-                // Each subject has exactly one consumer, and a message is done once handled.
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: self.settings.duplicate_window,
-                num_replicas: self.settings.replicas,
-                // Full means "refuse new", never "drop old": nothing accepted is lost.
-                max_bytes: self.settings.stream_max_bytes,
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await?;
+        let prefix = &self.settings.prefix;
+        // The events stream first: an older deployment's single stream held `<prefix>.>`,
+        // and the command stream's subjects may not overlap it.
+        for (name, subjects, max_bytes) in [
+            (
+                self.stream_name(),
+                format!("{prefix}.events.>"),
+                self.settings.stream_max_bytes,
+            ),
+            (
+                self.commands_stream_name(),
+                format!("{prefix}.deliver.>"),
+                self.settings.commands_max_bytes,
+            ),
+        ] {
+            self.js
+                .create_or_update_stream(stream::Config {
+                    name,
+                    subjects: vec![subjects],
+                    // Each subject has exactly one consumer, and a message is done once
+                    // handled.
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    duplicate_window: self.settings.duplicate_window,
+                    num_replicas: self.settings.replicas,
+                    // Full means "refuse new", never "drop old": nothing accepted is lost.
+                    max_bytes,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await?;
+        }
         Ok(())
+    }
+
+    /// How full the events stream is, in percent of its limit (0 without one).
+    fn events_percent(&self) -> u64 {
+        let max = self.settings.stream_max_bytes;
+        if max <= 0 {
+            return 0;
+        }
+        let used = self.events_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        used.saturating_mul(100) / max as u64
     }
 
     /// Whether the server connection is up (readiness).
@@ -274,11 +370,65 @@ impl Bus {
         };
         match self.publish_event(&envelope).await {
             Ok(()) => then,
-            Err(e) => Handled::Retry {
-                after: Duration::from_secs(1),
-                reason: e.to_string(),
-            },
+            Err(e) => {
+                let mut kept = self.kept.lock().expect("kept results lock");
+                if kept.len() < MAX_KEPT_RESULTS {
+                    kept.insert(cause.event_id.clone(), (envelope, then));
+                }
+                Handled::Retry {
+                    after: Duration::from_secs(1),
+                    reason: e.to_string(),
+                }
+            }
         }
+    }
+
+    /// For a command being handled again: publishes the result its last attempt made but
+    /// could not publish, and settles the command as that attempt decided (`None`: no
+    /// result kept, do the work).
+    pub(crate) async fn publish_kept(&self, cause_id: &str) -> Option<Handled> {
+        let (envelope, then) = self
+            .kept
+            .lock()
+            .expect("kept results lock")
+            .remove(cause_id)?;
+        Some(match self.publish_event(&envelope).await {
+            Ok(()) => then,
+            Err(e) => {
+                self.kept
+                    .lock()
+                    .expect("kept results lock")
+                    .insert(cause_id.to_string(), (envelope, then));
+                Handled::Retry {
+                    after: Duration::from_secs(1),
+                    reason: e.to_string(),
+                }
+            }
+        })
+    }
+
+    /// `publish_event_once` for a new message from a platform (a customer's, an agent's):
+    /// refused with `Full` once the events stream is past its share for new messages, so
+    /// the rest stays for what the hub must publish to work through the backlog.
+    pub async fn accept_inbound_once(
+        &self,
+        envelope: &Envelope,
+        dedup_id: &str,
+    ) -> Result<bool, PublishError> {
+        let percent = self.events_percent();
+        if percent >= 100 - u64::from(self.settings.inbound_headroom_percent.min(90)) {
+            return Err(PublishError::Full { percent });
+        }
+        let duplicate = self.publish_event_once(envelope, dedup_id).await?;
+        if !duplicate {
+            // Counted here until the next reading: a burst between two readings must not
+            // run past the share unseen. (The stream's own limit remains the hard stop.)
+            self.events_bytes.fetch_add(
+                envelope.encoded_len() as u64 + MESSAGE_OVERHEAD,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(duplicate)
     }
 
     /// Publishes an event for the router and waits until JetStream has stored it.
@@ -384,9 +534,10 @@ impl Bus {
         lease_bucket(&self.settings.prefix)
     }
 
-    /// Removes the stream and the lease bucket (tests clean up after themselves with this).
+    /// Removes the streams and the lease bucket (tests clean up after themselves with this).
     pub async fn delete_stream(&self) -> anyhow::Result<()> {
         self.js.delete_stream(self.stream_name()).await?;
+        let _ = self.js.delete_stream(self.commands_stream_name()).await;
         let _ = self.js.delete_key_value(self.lease_bucket()).await;
         let _ = self
             .js
@@ -408,6 +559,42 @@ pub fn partition_of(member_id: &str, partitions: u16) -> u16 {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % partitions) as u16
+}
+
+/// The command stream of the services using subject prefix `prefix`.
+pub fn commands_stream(prefix: &str) -> String {
+    format!("{}_OUT", prefix.to_uppercase())
+}
+
+/// Reads how full the events stream is, four times a second, for as long as its bus is
+/// alive; says in the log when it crosses its share for new messages and when it is back.
+async fn watch_fill(
+    js: jetstream::Context,
+    stream: String,
+    bytes: std::sync::Weak<std::sync::atomic::AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let Some(bytes) = bytes.upgrade() else { return };
+        let Ok(handle) = js.get_stream(&stream).await else {
+            continue;
+        };
+        let info = handle.cached_info();
+        let used = info.state.bytes;
+        bytes.store(used, std::sync::atomic::Ordering::Relaxed);
+        let max = info.config.max_bytes;
+        let high = max > 0 && used.saturating_mul(10) >= max as u64 * 8;
+        if high != warned {
+            warned = high;
+            if high {
+                tracing::warn!(stream = %stream, used, max, "the events stream is over 80% full: the router is behind or down");
+            } else {
+                tracing::info!(stream = %stream, used, max, "the events stream is below 80% again");
+            }
+        }
+    }
 }
 
 /// The KV bucket holding the leases of the services using subject prefix `prefix`
@@ -553,6 +740,8 @@ impl BusSettings {
             max_ack_pending: nats.max_ack_pending.max(1),
             max_in_flight: nats.max_in_flight.max(1),
             stream_max_bytes: nats.stream_max_bytes,
+            commands_max_bytes: nats.commands_max_bytes,
+            inbound_headroom_percent: nats.inbound_headroom_percent,
         }
     }
 }

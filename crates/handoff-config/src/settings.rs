@@ -136,10 +136,17 @@ pub struct NatsSettings {
     pub max_ack_pending: i64,
     /// Messages one service process handles at once, across all its partitions and members.
     pub max_in_flight: usize,
-    /// The stream's size limit in bytes (-1: none). Only unhandled messages stay in a work
-    /// queue; at the limit new messages are refused (the Webhook API answers 503), never
-    /// old ones dropped.
+    /// The events stream's size limit in bytes (-1: none). Only unhandled messages stay in
+    /// a work queue; new messages from platforms are refused (503 with `Retry-After`) once
+    /// it is `(100 - inbound_headroom_percent)` % full, never old ones dropped.
     pub stream_max_bytes: i64,
+    /// The command stream's size limit in bytes (-1: none): what the router sends out has a
+    /// stream of its own, so it can always be published however full the events are.
+    pub commands_max_bytes: i64,
+    /// The share of the events stream kept for what the hub itself must publish to make
+    /// progress (bot answers, Livechat results, failures): platforms' new messages are
+    /// refused before it is used.
+    pub inbound_headroom_percent: u8,
 }
 
 impl Default for NatsSettings {
@@ -155,6 +162,8 @@ impl Default for NatsSettings {
             max_ack_pending: 4_096,
             max_in_flight: 4_096,
             stream_max_bytes: 1024 * 1024 * 1024,
+            commands_max_bytes: 1024 * 1024 * 1024,
+            inbound_headroom_percent: 10,
         }
     }
 }

@@ -170,7 +170,11 @@ struct Endpoint {
 
 #[derive(Debug, Default)]
 struct Circuit {
+    /// Failed calls (not attempts) since the endpoint last answered.
     failures: u32,
+    /// Whose calls they were (delivery ids, a few): one customer's deliveries failing —
+    /// a 503 for that member alone — must not close the endpoint to its other customers.
+    failing: std::collections::HashSet<String>,
     open_until: Option<Instant>,
     /// A call is probing a circuit whose open time has passed; others still wait.
     probing: bool,
@@ -302,14 +306,19 @@ impl OutboundClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Err((open_for, (status, why))) = self.admit(&endpoint) {
-                return Err(DeliveryError::Unavailable {
-                    attempts: attempt - 1,
-                    status,
-                    last: format!("the endpoint's circuit is open after repeated failures ({why})"),
-                    retry_after: Some(open_for),
-                });
-            }
+            let probe = match self.admit(&endpoint) {
+                Ok(probe) => probe,
+                Err((open_for, (status, why))) => {
+                    return Err(DeliveryError::Unavailable {
+                        attempts: attempt - 1,
+                        status,
+                        last: format!(
+                            "the endpoint's circuit is open after repeated failures ({why})"
+                        ),
+                        retry_after: Some(open_for),
+                    });
+                }
+            };
             // A slot is held for the attempt only, never across a backoff.
             let slot = endpoint
                 .slots
@@ -369,17 +378,12 @@ impl OutboundClient {
                     (None, why, None)
                 }
             };
-            self.record_failure(&endpoint, status, &why);
-            let Some(delay) = delays.next() else {
-                return Err(DeliveryError::Unavailable {
-                    attempts: attempt,
-                    status,
-                    last: why,
-                    retry_after,
-                });
-            };
-            if retry_after.is_some_and(|ra| ra > IN_CALL_MAX_BACKOFF) {
-                // The endpoint asked for longer than a blip: the caller waits, slot-free.
+            // The call ends here when its tries are spent, when the endpoint asked for
+            // longer than a blip (the caller waits, slot-free), or when it was the probe
+            // of an open circuit; only then does it count against the circuit, once.
+            let delay = delays.next().filter(|_| !probe);
+            if delay.is_none() || retry_after.is_some_and(|ra| ra > IN_CALL_MAX_BACKOFF) {
+                self.record_failure(&endpoint, id, status, &why);
                 return Err(DeliveryError::Unavailable {
                     attempts: attempt,
                     status,
@@ -387,19 +391,20 @@ impl OutboundClient {
                     retry_after,
                 });
             }
+            let delay = delay.expect("checked above");
             let delay = retry_after.map_or(delay, |ra| ra.max(delay));
             tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %why, "delivery will be retried");
             tokio::time::sleep(delay).await;
         }
     }
 
-    /// Whether a call may go to `endpoint` now; if not, how long its circuit stays open
-    /// and what it last failed with.
+    /// Whether a call may go to `endpoint` now (`true`: as the probe of an open circuit);
+    /// if not, how long its circuit stays open and what it last failed with.
     #[allow(clippy::type_complexity)]
-    fn admit(&self, endpoint: &Endpoint) -> Result<(), (Duration, (Option<u16>, String))> {
+    fn admit(&self, endpoint: &Endpoint) -> Result<bool, (Duration, (Option<u16>, String))> {
         let mut circuit = endpoint.circuit.lock().expect("circuit lock");
         let Some(until) = circuit.open_until else {
-            return Ok(());
+            return Ok(false);
         };
         let last = circuit.last_failure.clone().unwrap_or_default();
         let now = Instant::now();
@@ -410,7 +415,7 @@ impl OutboundClient {
             return Err((self.settings.circuit_open.min(Duration::from_secs(1)), last));
         }
         circuit.probing = true;
-        Ok(())
+        Ok(true)
     }
 
     /// The endpoint answered (2xx or a refusal): its circuit closes.
@@ -418,12 +423,21 @@ impl OutboundClient {
         *endpoint.circuit.lock().expect("circuit lock") = Circuit::default();
     }
 
-    fn record_failure(&self, endpoint: &Endpoint, status: Option<u16>, why: &str) {
+    /// A call to `endpoint` (delivery `id`) failed transiently, every try of it. The
+    /// circuit opens after `circuit_failures` such calls in a row from more than one
+    /// delivery — or at once when the call was the probe of a circuit already open.
+    fn record_failure(&self, endpoint: &Endpoint, id: &str, status: Option<u16>, why: &str) {
+        const REMEMBERED: usize = 8;
         let mut circuit = endpoint.circuit.lock().expect("circuit lock");
-        circuit.probing = false;
+        let probed = std::mem::take(&mut circuit.probing);
         circuit.failures += 1;
+        if circuit.failing.len() < REMEMBERED {
+            circuit.failing.insert(id.to_string());
+        }
         circuit.last_failure = Some((status, why.to_string()));
-        if circuit.failures >= self.settings.circuit_failures.max(1) {
+        let many =
+            circuit.failures >= self.settings.circuit_failures.max(1) && circuit.failing.len() > 1;
+        if probed || many {
             circuit.open_until = Some(Instant::now() + self.settings.circuit_open);
         }
     }
@@ -809,8 +823,8 @@ mod tests {
         let url = format!("{}/status", receiver(status.clone(), calls.clone()).await);
         let client = OutboundClient::new(settings());
         let body = serde_json::json!({});
-        for _ in 0..2 {
-            let err = client.post_json(&url, "id", &body, None).await.unwrap_err();
+        for id in ["a", "b"] {
+            let err = client.post_json(&url, id, &body, None).await.unwrap_err();
             assert_eq!(err.status(), Some(503));
         }
         // Open: no call is made, and the caller is told how long to wait.
@@ -919,5 +933,43 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!bad.to_string().contains("tok-s3cret"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn one_deliverys_failures_count_once_per_call_and_never_close_the_endpoint_to_others() {
+        // Three tries per call, and a circuit that opens after two failed calls.
+        let status = Arc::new(AtomicU16::new(503));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let url = format!("{}/status", receiver(status.clone(), calls.clone()).await);
+        let client = OutboundClient::new(OutboundSettings {
+            max_attempts: 3,
+            ..settings()
+        });
+        let body = serde_json::json!({});
+        // One customer's delivery fails again and again (a 503 for that member alone).
+        for _ in 0..5 {
+            let err = client
+                .post_json(&url, "lonely", &body, None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DeliveryError::Unavailable {
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "the circuit stays closed: {err}"
+            );
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            15,
+            "every try reached the endpoint"
+        );
+        // Another customer is served at once.
+        status.store(200, Ordering::SeqCst);
+        client.post_json(&url, "other", &body, None).await.unwrap();
     }
 }

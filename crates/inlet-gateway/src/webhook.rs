@@ -70,7 +70,7 @@ async fn receive(
     };
     let duplicate = state
         .bus
-        .publish_event_once(&envelope, &keys.dedup_id)
+        .accept_inbound_once(&envelope, &keys.dedup_id)
         .await?;
     if duplicate {
         return Ok(Json(

@@ -181,7 +181,7 @@ async fn receive(
     };
     let duplicate = state
         .bus
-        .publish_event_once(&envelope, &keys.dedup_id)
+        .accept_inbound_once(&envelope, &keys.dedup_id)
         .await?;
     if duplicate {
         return Ok(Json(json!({"ok": true, "duplicate": true})));

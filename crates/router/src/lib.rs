@@ -81,6 +81,25 @@ impl Readiness for Ready {
             )),
             Err(e) => tracing::warn!(error = %e, "stream backlog not read"),
         }
+        match self.bus.stream_usage().await {
+            Ok(usage) => {
+                out.push_str(&gauge_text(
+                    "handoff_jetstream_bytes",
+                    "Bytes stored in each stream (events: what comes in; commands: what goes out).",
+                    usage
+                        .iter()
+                        .map(|(stream, bytes, _)| (vec![("stream", *stream)], *bytes as i64)),
+                ));
+                out.push_str(&gauge_text(
+                    "handoff_jetstream_max_bytes",
+                    "Each stream's size limit (-1: none); new messages are refused before the events stream reaches it.",
+                    usage
+                        .iter()
+                        .map(|(stream, _, max)| (vec![("stream", *stream)], *max)),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "stream usage not read"),
+        }
         out
     }
 }

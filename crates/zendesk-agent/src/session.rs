@@ -487,7 +487,7 @@ async fn store(
     };
     let mut delay = Duration::from_millis(100);
     loop {
-        match bus.publish_event_once(&envelope, &keys.dedup_id).await {
+        match bus.accept_inbound_once(&envelope, &keys.dedup_id).await {
             Ok(duplicate) => {
                 if !duplicate {
                     handoff_bus::metrics::message_in(&channel.id, channel.platform.as_str());

@@ -50,6 +50,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the message could not be stored; try again")]
     Unavailable(String),
+    /// The hub is working through a backlog and takes new messages again shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -68,15 +71,20 @@ impl ApiError {
             ApiError::NotLive(_) => (StatusCode::CONFLICT, "member_not_live"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
+/// What a refused platform is asked to wait before it sends again.
+const RETRY_AFTER_SECS: &str = "5";
+
 impl From<handoff_bus::PublishError> for ApiError {
     fn from(e: handoff_bus::PublishError) -> Self {
         match e {
             handoff_bus::PublishError::Unavailable(why) => ApiError::Unavailable(why),
+            handoff_bus::PublishError::Full { .. } => ApiError::Busy(e.to_string()),
             handoff_bus::PublishError::NoMember => ApiError::Internal(e.to_string()),
         }
     }
@@ -89,13 +97,21 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(detail) | ApiError::Internal(detail) => {
                 tracing::error!(%detail, code, "request failed");
             }
+            ApiError::Busy(detail) => tracing::warn!(%detail, code, "request deferred"),
             _ => tracing::info!(error = %self, code, "request refused"),
         }
         let field = match &self {
             ApiError::InvalidField { field, .. } => Some(field.as_str()),
             _ => None,
         };
-        crate::error_response(status, code, self.to_string(), field)
+        let mut response = crate::error_response(status, code, self.to_string(), field);
+        if matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

@@ -87,6 +87,8 @@ pub struct HubOptions {
     pub unreachable_desk_token: Option<&'static str>,
     /// A NATS server of the test's own (one it may restart) instead of the shared one.
     pub nats_url: Option<String>,
+    /// The events stream's size limit.
+    pub stream_max_bytes: i64,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -118,6 +120,7 @@ impl Default for HubOptions {
             shared_catalog: true,
             unreachable_desk_token: None,
             nats_url: None,
+            stream_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -337,7 +340,8 @@ impl TestHub {
                 partitions: 4,
                 ack_wait_secs: options.ack_wait_secs,
                 duplicate_window_secs: options.duplicate_window_secs,
-                stream_max_bytes: 64 * 1024 * 1024,
+                stream_max_bytes: options.stream_max_bytes,
+                commands_max_bytes: 64 * 1024 * 1024,
                 ..defaults.nats
             },
             database: handoff_config::DatabaseSettings {
@@ -707,6 +711,7 @@ impl TestHub {
             let js = async_nats::jetstream::new(client);
             let prefix = &self.settings.nats.prefix;
             let _ = js.delete_stream(prefix.to_uppercase()).await;
+            let _ = js.delete_stream(handoff_bus::commands_stream(prefix)).await;
             let _ = js.delete_key_value(handoff_bus::lease_bucket(prefix)).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
@@ -742,6 +747,10 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
         (
             "HANDOFF_NATS__STREAM_MAX_BYTES",
             nats.stream_max_bytes.to_string(),
+        ),
+        (
+            "HANDOFF_NATS__COMMANDS_MAX_BYTES",
+            nats.commands_max_bytes.to_string(),
         ),
         (
             "HANDOFF_DATABASE__URL",

@@ -306,16 +306,21 @@ async fn consumers_deleted_under_the_services_are_restarted_and_a_lost_stream_tu
     let js = async_nats::jetstream::new(async_nats::connect(&hub.settings.nats.url).await.unwrap());
     let stream_name = hub.settings.nats.prefix.to_uppercase();
 
-    // Act 1: every consumer of every service is deleted behind its back.
-    let stream = js.get_stream(&stream_name).await.unwrap();
-    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert!(!names.is_empty());
-    for name in &names {
-        stream.delete_consumer(name).await.unwrap();
+    // Act 1: every consumer of every service is deleted behind its back, in both streams.
+    for name in [
+        stream_name.clone(),
+        handoff_bus::commands_stream(&hub.settings.nats.prefix),
+    ] {
+        let stream = js.get_stream(&name).await.unwrap();
+        let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!names.is_empty(), "{name} has consumers");
+        for consumer in &names {
+            stream.delete_consumer(consumer).await.unwrap();
+        }
     }
 
     // Assert 1: they come back by themselves, and messages flow within seconds.
@@ -328,8 +333,10 @@ async fn consumers_deleted_under_the_services_are_restarted_and_a_lost_stream_tu
         started.elapsed()
     );
 
-    // Act 2: the stream itself is gone; the services cannot consume.
-    js.delete_stream(&stream_name).await.unwrap();
+    // Act 2: the stream inlet-gateway consumes is gone; it cannot consume.
+    js.delete_stream(handoff_bus::commands_stream(&hub.settings.nats.prefix))
+        .await
+        .unwrap();
 
     // Assert 2: readiness says so instead of answering 200 while consuming nothing.
     let readyz = format!("{}/readyz", hub.inlet.base_url());
@@ -392,5 +399,63 @@ async fn retention_prunes_old_inbox_ids_and_transcripts_but_keeps_parked_message
     assert_eq!(count("processed_events").await, 0);
     assert_eq!(count("dead_letters").await, 1, "parked messages are kept");
     pool.close().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_filled_while_the_router_is_down_drains_when_it_returns_and_answers_every_accepted_message()
+ {
+    // Arrange: a small events stream, and no router.
+    let mut hub = TestHub::start_with(HubOptions {
+        router: false,
+        stream_max_bytes: 256 * 1024,
+        ..Default::default()
+    })
+    .await;
+
+    // Act: fifty customers write until the hub refuses.
+    let customers: Vec<String> = (0..50).map(|i| format!("full-{i}")).collect();
+    let mut accepted: std::collections::HashMap<&str, usize> = Default::default();
+    let mut refusal = None;
+    'fill: for round in 0.. {
+        for c in &customers {
+            let body = WebhookClient::customer_text(c, INLET, &format!("m{round}"), now_ms());
+            let (status, answer) = hub
+                .inlet
+                .post(INLET, ORG, INLET_TOKEN, &body, &[])
+                .await
+                .unwrap();
+            match status {
+                200 => *accepted.entry(c.as_str()).or_default() += 1,
+                _ => {
+                    refusal = Some((status, answer));
+                    break 'fill;
+                }
+            }
+        }
+    }
+    let total: usize = accepted.values().sum();
+    let (status, answer) = refusal.unwrap();
+    hub.start_router().await;
+
+    // Assert: refused with a clear "come back later" before the stream was full; then
+    // every accepted message is answered, once, in order.
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("busy")),
+        "{answer}"
+    );
+    assert!(total > 100, "only {total} accepted before the refusal");
+    for (c, n) in &accepted {
+        let got = hub.wait_received(c, *n).await;
+        let expected: Vec<String> = (0..*n).map(|i| format!("You said: m{i}")).collect();
+        assert_eq!(got.iter().map(text_of).collect::<Vec<_>>(), expected, "{c}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hub.customer.calls(Api::Send).len(),
+        total,
+        "each answered once"
+    );
     hub.shutdown().await;
 }
