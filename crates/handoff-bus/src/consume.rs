@@ -16,6 +16,15 @@
 //! handler's `Park`) is set aside with its reason and exact bytes (see `Parking`), and the
 //! member's next message goes on. Transient failures are retried in place for as long as
 //! the handler says, without holding an in-flight slot while waiting.
+//!
+//! Nor does a long outage hold the partition: a lane waits in place only `hold_after`
+//! (commands only). Then its member is *held*: the message and every later one of that
+//! member are moved, in order, to the hold stream (`<prefix>.hold.<area>.p<N>.<member>`)
+//! and acknowledged, so they leave the partition's acknowledgement window — which all the
+//! partition's members, of every tenant, share — and a worker delivers them from there in
+//! order, retrying to their horizon. When the hold subject is empty and nothing is on its
+//! way there, the member is released and its lane works in place again. A new owner finds
+//! the held members of its partition by the hold stream's subjects before it consumes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -23,10 +32,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use handoff_proto::{Body, Envelope, Message as _, Parked};
@@ -149,11 +159,39 @@ const DRAIN: Duration = Duration::from_secs(5);
 struct Ctx<H> {
     bus: Bus,
     stream: Stream,
+    /// Where held members' messages wait (see the module's docs).
+    hold: Stream,
+    /// How long a lane retries in place before its member is held (`None`: for ever).
+    hold_after: Option<Duration>,
     area: String,
     name: String,
     handler: Arc<H>,
     permits: Arc<Semaphore>,
 }
+
+/// What handling needs of a stored message, wherever it was read from: a partition's
+/// consumer, or the hold stream.
+struct Stored<'a> {
+    /// Where it was published (a held message: where it was before it was held), which is
+    /// where a replayed parking goes.
+    subject: &'a str,
+    payload: &'a Bytes,
+    headers: Option<&'a HeaderMap>,
+    /// The stream it was read from, and its place there.
+    stream: &'a str,
+    sequence: u64,
+}
+
+/// How a lane's message ended.
+enum Settled {
+    /// Done or parked: acknowledge it.
+    Finished,
+    /// Still failing after `hold_after`: its member is to be held.
+    Held,
+}
+
+/// Header carrying a held message's original subject.
+const HELD_SUBJECT: &str = "Handoff-Subject";
 
 struct Owned {
     revision: u64,
@@ -179,6 +217,12 @@ pub async fn run_consumers<H: Handler>(
         .jetstream()
         .get_stream(bus.stream_of_area(&area))
         .await?;
+    let hold = bus.jetstream().get_stream(bus.hold_stream_name()).await?;
+    // Only deliveries to platforms wait out outages; the router's events never do.
+    let hold_after = area
+        .starts_with("deliver")
+        .then_some(bus.settings().hold_after)
+        .flatten();
     let leases = Leases::open(&bus, &name).await.inspect_err(|e| {
         tracing::error!(service = %name, error = %e, "cannot open the lease bucket");
     })?;
@@ -187,6 +231,8 @@ pub async fn run_consumers<H: Handler>(
         permits: Arc::new(Semaphore::new(bus.settings().max_in_flight)),
         bus,
         stream,
+        hold,
+        hold_after,
         area,
         name,
         handler,
@@ -341,8 +387,21 @@ async fn run_partition<H: Handler>(
         })
         .await?;
     ctx.handler.partition_started(partition).await;
-    ctx.bus.report(&partition_key(&ctx.name, partition), None);
     let mut lanes = Lanes::new(ctx.clone(), partition);
+    // Members held by the previous owner stay held: their messages replayed from the
+    // partition go behind the ones waiting in the hold stream.
+    if ctx.hold_after.is_some() {
+        let filter = hold_subject(&ctx, partition, "*");
+        let mut subjects = ctx.hold.info_with_subjects(&filter).await?;
+        while let Some((subject, count)) = subjects.try_next().await? {
+            if count > 0
+                && let Some(member) = subject.rsplit('.').next()
+            {
+                lanes.hold(member.to_string(), None);
+            }
+        }
+    }
+    ctx.bus.report(&partition_key(&ctx.name, partition), None);
     let mut progress = tokio::time::interval(settings.ack_wait / 3);
     progress.tick().await;
     let result = 'pull: loop {
@@ -360,6 +419,9 @@ async fn run_partition<H: Handler>(
                 () = stop.cancelled() => break 'pull Ok(()),
                 Some(done) = lanes.running.join_next(), if !lanes.running.is_empty() => {
                     lanes.finished(done);
+                }
+                Some(drained) = lanes.workers.join_next(), if !lanes.workers.is_empty() => {
+                    lanes.drained(drained);
                 }
                 next = messages.next() => match next {
                     Some(Ok(message)) => lanes.push(message).await,
@@ -402,6 +464,8 @@ async fn run_partition<H: Handler>(
     if drained.is_err() {
         lanes.running.abort_all();
     }
+    // Held messages stay in the hold stream for the next owner.
+    lanes.workers.abort_all();
     result
 }
 
@@ -419,7 +483,11 @@ struct Lanes<H> {
     queues: HashMap<String, VecDeque<Item>>,
     /// Stream sequences held here, so a redelivery of one of them is not handled twice.
     held: HashSet<u64>,
-    running: JoinSet<String>,
+    /// Lane tasks: the member, and whether it is now to be held.
+    running: JoinSet<(String, bool)>,
+    /// Members whose messages go to the hold stream, and those being delivered from it.
+    holding: HashSet<String>,
+    workers: JoinSet<(String, Option<u64>)>,
 }
 
 impl<H: Handler> Lanes<H> {
@@ -430,6 +498,38 @@ impl<H: Handler> Lanes<H> {
             queues: HashMap::new(),
             held: HashSet::new(),
             running: JoinSet::new(),
+            holding: HashSet::new(),
+            workers: JoinSet::new(),
+        }
+    }
+
+    /// From now on `member`'s messages go to the hold stream, delivered from there from
+    /// sequence `from` on.
+    fn hold(&mut self, member: String, from: Option<u64>) {
+        if self.holding.insert(member.clone()) {
+            self.deliver_held(member, from, Duration::ZERO);
+        }
+    }
+
+    fn deliver_held(&mut self, member: String, from: Option<u64>, after: Duration) {
+        let ctx = self.ctx.clone();
+        let partition = self.partition;
+        self.workers.spawn(async move {
+            tokio::time::sleep(after).await;
+            let next = deliver_held(&ctx, partition, &member, from).await;
+            (member, next)
+        });
+    }
+
+    /// A held member's worker found nothing more to deliver: the member is released,
+    /// unless messages are still on their way to the hold stream (then it goes on).
+    fn drained(&mut self, done: Result<(String, Option<u64>), tokio::task::JoinError>) {
+        let Ok((member, next)) = done else { return };
+        if self.queues.get(&member).is_none_or(VecDeque::is_empty) {
+            self.holding.remove(&member);
+            tracing::info!(member = %member, partition = self.partition, "member released from hold");
+        } else {
+            self.deliver_held(member, next, Duration::from_millis(100));
         }
     }
 
@@ -448,9 +548,10 @@ impl<H: Handler> Lanes<H> {
                 let ctx = self.ctx.clone();
                 self.held.remove(&sequence);
                 self.running.spawn(async move {
-                    park(&ctx, &message, None, format!("undecodable message: {e}")).await;
+                    let stored = Stored::read(&ctx, &message, sequence);
+                    park(&ctx, &stored, None, format!("undecodable message: {e}")).await;
                     ack(&message).await;
-                    UNDECODABLE.to_string()
+                    (UNDECODABLE.to_string(), false)
                 });
                 return;
             }
@@ -473,20 +574,35 @@ impl<H: Handler> Lanes<H> {
         };
         let message = item.message.clone();
         let envelope = item.envelope.clone();
+        let sequence = item.sequence;
         let ctx = self.ctx.clone();
         let partition = self.partition;
+        let holding = self.holding.contains(&member);
         self.running.spawn(async move {
-            handle_until_done(&ctx, &message, envelope, partition).await;
+            let stored = Stored::read(&ctx, &message, sequence);
+            let held = holding
+                || matches!(
+                    handle_until_done(&ctx, &stored, envelope.clone(), partition, ctx.hold_after)
+                        .await,
+                    Settled::Held
+                );
+            if held {
+                move_to_hold(&ctx, &stored, &envelope, partition).await;
+            }
             ack(&message).await;
-            member
+            (member, held && !holding)
         });
     }
 
-    fn finished(&mut self, done: Result<String, tokio::task::JoinError>) {
-        let Ok(member) = done else {
+    fn finished(&mut self, done: Result<(String, bool), tokio::task::JoinError>) {
+        let Ok((member, now_held)) = done else {
             // Only an abort ends a lane task early, and aborts happen on the way out.
             return;
         };
+        if now_held {
+            tracing::warn!(member = %member, partition = self.partition, "deliveries keep failing: the member's messages wait in the hold stream");
+            self.hold(member.clone(), None);
+        }
         let Some(queue) = self.queues.get_mut(&member) else {
             return;
         };
@@ -522,12 +638,140 @@ async fn ack(message: &async_nats::jetstream::Message) {
     }
 }
 
-async fn handle_until_done<H: Handler>(
+impl<'a> Stored<'a> {
+    fn read<H>(
+        ctx: &'a Ctx<H>,
+        message: &'a async_nats::jetstream::Message,
+        sequence: u64,
+    ) -> Self {
+        Self {
+            subject: message.subject.as_str(),
+            payload: &message.payload,
+            headers: message.headers.as_ref(),
+            stream: &ctx.stream.cached_info().config.name,
+            sequence,
+        }
+    }
+}
+
+/// The hold subject of `member` (`*`: all) in `partition`.
+fn hold_subject<H>(ctx: &Ctx<H>, partition: u16, member: &str) -> String {
+    format!(
+        "{}.hold.{}.p{partition}.{member}",
+        ctx.bus.settings().prefix,
+        ctx.area
+    )
+}
+
+/// Whether `member` can name a subject token (member ids are UUIDs; anything else stays
+/// in its lane).
+fn holdable(member: &str) -> bool {
+    !member.is_empty()
+        && member
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Copies a message to its member's hold subject (its trace and original subject kept),
+/// retrying until the hold stream has it: the original is acknowledged only then.
+async fn move_to_hold<H: Handler>(
     ctx: &Ctx<H>,
-    message: &async_nats::jetstream::Message,
-    envelope: Envelope,
+    stored: &Stored<'_>,
+    envelope: &Envelope,
     partition: u16,
 ) {
+    let subject = hold_subject(ctx, partition, &envelope.member_id);
+    let mut headers = stored.headers.cloned().unwrap_or_default();
+    // The same id for a move redone after a crash: JetStream keeps one copy.
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("hold-{}-{}", stored.stream, stored.sequence).as_str(),
+    );
+    headers.insert(HELD_SUBJECT, stored.subject);
+    receipt(
+        ctx,
+        envelope,
+        0,
+        "held",
+        "moved out of the partition while its deliveries fail",
+    );
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match ctx
+            .bus
+            .publish_all([(subject.clone(), headers.clone(), stored.payload.clone())])
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "a message could not be moved to the hold stream yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Delivers `member`'s held messages in order, from sequence `from`, each retried in
+/// place until done or parked and then deleted; returns where to look next once none is
+/// left.
+async fn deliver_held<H: Handler>(
+    ctx: &Ctx<H>,
+    partition: u16,
+    member: &str,
+    mut from: Option<u64>,
+) -> Option<u64> {
+    let subject = hold_subject(ctx, partition, member);
+    let hold_name = ctx.hold.cached_info().config.name.clone();
+    loop {
+        let held = match ctx.hold.direct_get_next_for_subject(&subject, from).await {
+            Ok(held) => held,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return from,
+            Err(e) => {
+                tracing::warn!(error = %e, member, "held messages cannot be read now; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let original = held
+            .headers
+            .get(HELD_SUBJECT)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| held.subject.to_string());
+        let stored = Stored {
+            subject: &original,
+            payload: &held.payload,
+            headers: Some(&held.headers),
+            stream: &hold_name,
+            sequence: held.sequence,
+        };
+        match Envelope::decode(held.payload.as_ref()) {
+            Ok(envelope) => {
+                handle_until_done(ctx, &stored, envelope, partition, None).await;
+            }
+            Err(e) => park(ctx, &stored, None, format!("undecodable message: {e}")).await,
+        }
+        // Gone once delivered; if the delete is lost the message comes again under the
+        // same `webhook-id`, which receivers drop.
+        let mut delay = Duration::from_millis(250);
+        while let Err(e) = ctx.hold.delete_message(held.sequence).await {
+            tracing::warn!(error = %e, "a delivered held message is not deleted yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        from = Some(held.sequence + 1);
+    }
+}
+
+async fn handle_until_done<H: Handler>(
+    ctx: &Ctx<H>,
+    stored: &Stored<'_>,
+    envelope: Envelope,
+    partition: u16,
+    hold_after: Option<Duration>,
+) -> Settled {
+    let hold_after = hold_after.filter(|_| holdable(&envelope.member_id));
+    let started = Instant::now();
     let span = tracing::info_span!(
         "handle",
         kind = envelope.kind(),
@@ -535,7 +779,7 @@ async fn handle_until_done<H: Handler>(
         member_id = %envelope.member_id,
         partition,
     );
-    propagation::extract_into(&span, message.headers.as_ref());
+    propagation::extract_into(&span, stored.headers);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -555,19 +799,22 @@ async fn handle_until_done<H: Handler>(
         let (after, reason) = match outcome {
             Ok(Handled::Done) => {
                 receipt(ctx, &envelope, attempt, "done", "");
-                return;
+                return Settled::Finished;
             }
             Ok(Handled::Park { reason }) => {
                 receipt(ctx, &envelope, attempt, "parked", &reason);
-                park(ctx, message, Some(&envelope), reason)
+                park(ctx, stored, Some(&envelope), reason)
                     .instrument(span.clone())
                     .await;
-                return;
+                return Settled::Finished;
             }
             Ok(Handled::Retry { after, reason }) => (after, reason),
             Err(_) => (Duration::from_secs(5), "handler panicked".to_string()),
         };
         receipt(ctx, &envelope, attempt, "retry", &reason);
+        if hold_after.is_some_and(|h| started.elapsed() + after >= h) {
+            return Settled::Held;
+        }
         span.in_scope(|| {
             tracing::warn!(%reason, attempt, delay_ms = after.as_millis() as u64, "will retry");
         });
@@ -604,17 +851,14 @@ fn receipt<H: Handler>(
 /// moves on, so it must not lose the message either.
 async fn park<H: Handler>(
     ctx: &Ctx<H>,
-    message: &async_nats::jetstream::Message,
+    stored: &Stored<'_>,
     envelope: Option<&Envelope>,
     reason: String,
 ) {
-    let sequence = message
-        .info()
-        .map(|i| i.stream_sequence)
-        .unwrap_or_default();
+    let sequence = stored.sequence;
     let event_id = envelope.map(|e| e.event_id.clone()).unwrap_or_default();
     let room = ctx.bus.max_payload().saturating_sub(PARKING_OVERHEAD);
-    let truncated = message.payload.len() > room;
+    let truncated = stored.payload.len() > room;
     let mut reason = storable(&reason);
     if reason.len() > 2_000 {
         let cut = (0..=2_000)
@@ -625,20 +869,17 @@ async fn park<H: Handler>(
     }
     let parking = Parking {
         parked_id: derived_id(
-            &format!(
-                "{}/{sequence}/{event_id}",
-                ctx.bus.stream_of_area(&ctx.area)
-            ),
+            &format!("{}/{sequence}/{event_id}", stored.stream),
             "parked",
             0,
         ),
         service: ctx.name.clone(),
-        subject: message.subject.to_string(),
+        subject: stored.subject.to_string(),
         member_id: envelope.map(|e| e.member_id.clone()).unwrap_or_default(),
         original_event_id: event_id,
         original_kind: envelope.map(|e| e.kind().to_string()).unwrap_or_default(),
         reason,
-        payload: message.payload.slice(..message.payload.len().min(room)),
+        payload: stored.payload.slice(..stored.payload.len().min(room)),
         truncated,
     };
     tracing::error!(

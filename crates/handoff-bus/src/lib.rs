@@ -94,6 +94,8 @@ pub struct BusSettings {
     pub stream_max_bytes: i64,
     pub commands_max_bytes: i64,
     pub inbound_headroom_percent: u8,
+    /// See `handoff_config::NatsSettings::hold_after_secs` (`None`: never).
+    pub hold_after: Option<Duration>,
 }
 
 /// A connection to the bus. Cheap to clone.
@@ -169,6 +171,12 @@ impl Bus {
     /// The command stream: what the router sends the other services.
     pub fn commands_stream_name(&self) -> String {
         commands_stream(&self.settings.prefix)
+    }
+
+    /// The hold stream: commands of members whose deliveries keep failing, out of their
+    /// partition's acknowledgement window (see `consume`).
+    pub fn hold_stream_name(&self) -> String {
+        hold_stream(&self.settings.prefix)
     }
 
     /// The stream holding consumer area `area` (`events`, `deliver.<service>`).
@@ -270,6 +278,21 @@ impl Bus {
                 })
                 .await?;
         }
+        // Not a work queue: a held member's messages are read in order by subject (direct
+        // get) and deleted one by one once delivered.
+        self.js
+            .create_or_update_stream(stream::Config {
+                name: self.hold_stream_name(),
+                subjects: vec![format!("{prefix}.hold.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: self.settings.duplicate_window,
+                num_replicas: self.settings.replicas,
+                max_bytes: self.settings.commands_max_bytes,
+                discard: stream::DiscardPolicy::New,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await?;
         Ok(())
     }
 
@@ -538,6 +561,7 @@ impl Bus {
     pub async fn delete_stream(&self) -> anyhow::Result<()> {
         self.js.delete_stream(self.stream_name()).await?;
         let _ = self.js.delete_stream(self.commands_stream_name()).await;
+        let _ = self.js.delete_stream(self.hold_stream_name()).await;
         let _ = self.js.delete_key_value(self.lease_bucket()).await;
         let _ = self
             .js
@@ -564,6 +588,11 @@ pub fn partition_of(member_id: &str, partitions: u16) -> u16 {
 /// The command stream of the services using subject prefix `prefix`.
 pub fn commands_stream(prefix: &str) -> String {
     format!("{}_OUT", prefix.to_uppercase())
+}
+
+/// The hold stream of the services using subject prefix `prefix`.
+pub fn hold_stream(prefix: &str) -> String {
+    format!("{}_HOLD", prefix.to_uppercase())
 }
 
 /// Reads how full the events stream is, four times a second, for as long as its bus is
@@ -742,6 +771,8 @@ impl BusSettings {
             stream_max_bytes: nats.stream_max_bytes,
             commands_max_bytes: nats.commands_max_bytes,
             inbound_headroom_percent: nats.inbound_headroom_percent,
+            hold_after: (nats.hold_after_secs > 0)
+                .then(|| Duration::from_secs(nats.hold_after_secs)),
         }
     }
 }

@@ -147,6 +147,11 @@ pub struct NatsSettings {
     /// progress (bot answers, Livechat results, failures): platforms' new messages are
     /// refused before it is used.
     pub inbound_headroom_percent: u8,
+    /// A delivery still failing after this long leaves its partition's acknowledgement
+    /// window: it and its member's later commands move to the hold stream, where they are
+    /// retried in order without taking capacity the partition's other members share
+    /// (0: never).
+    pub hold_after_secs: u64,
 }
 
 impl Default for NatsSettings {
@@ -164,6 +169,7 @@ impl Default for NatsSettings {
             stream_max_bytes: 1024 * 1024 * 1024,
             commands_max_bytes: 1024 * 1024 * 1024,
             inbound_headroom_percent: 10,
+            hold_after_secs: 10,
         }
     }
 }

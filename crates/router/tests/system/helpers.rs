@@ -89,6 +89,11 @@ pub struct HubOptions {
     pub nats_url: Option<String>,
     /// The events stream's size limit.
     pub stream_max_bytes: i64,
+    /// Partitions, each partition's acknowledgement window, and how long a failing
+    /// delivery waits in place before its member's messages move to the hold stream.
+    pub partitions: u16,
+    pub max_ack_pending: i64,
+    pub hold_after_secs: u64,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -121,6 +126,9 @@ impl Default for HubOptions {
             unreachable_desk_token: None,
             nats_url: None,
             stream_max_bytes: 64 * 1024 * 1024,
+            partitions: 4,
+            max_ack_pending: 4_096,
+            hold_after_secs: 10,
         }
     }
 }
@@ -139,6 +147,8 @@ pub struct TestHub {
     pub outlet: WebhookClient,
     /// The customer's web chat (inlet Send API).
     pub customer: CustomPlatform,
+    /// The other org's web chat: a platform of its own, as another tenant's would be.
+    pub other_customer: CustomPlatform,
     /// The live-chat system (outlet Livechat / Relay / Send APIs).
     pub desk: CustomPlatform,
     pub bot: DemoBot,
@@ -161,8 +171,10 @@ pub struct TestHub {
     options: HubOptions,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn channels_yaml(
     customer: &CustomPlatform,
+    other_customer: &CustomPlatform,
     desk: &CustomPlatform,
     bot: &DemoBot,
     selarti: &SelartiSim,
@@ -240,7 +252,7 @@ channels:
     role: inlet
     accessToken: {OTHER_INLET_TOKEN}
     info:
-      sendResponseApi: {send}
+      sendResponseApi: {other_send}
     bot: globex-bot
     outlet: {OTHER_OUTLET}
     handoff:
@@ -263,6 +275,7 @@ channels:
       sendResponseApi: {desk_send}
 "#,
         send = customer.url("/send"),
+        other_send = other_customer.url("/send"),
         bot = bot.url(),
         selarti_base = selarti.api_base(),
         zendesk_endpoint = zendesk.graphql_url(),
@@ -316,13 +329,22 @@ impl TestHub {
         };
 
         let customer = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
+        let other_customer = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
         let desk = CustomPlatform::start("127.0.0.1:0", false).await.unwrap();
         let bot = DemoBot::start("127.0.0.1:0", false).await.unwrap();
         let selarti = SelartiSim::start("127.0.0.1:0", SELARTI_KEY).await.unwrap();
         let zendesk = ZendeskSim::start("127.0.0.1:0", ZENDESK_TOKEN)
             .await
             .unwrap();
-        let yaml = channels_yaml(&customer, &desk, &bot, &selarti, &zendesk, &options);
+        let yaml = channels_yaml(
+            &customer,
+            &other_customer,
+            &desk,
+            &bot,
+            &selarti,
+            &zendesk,
+            &options,
+        );
         let channels_path = std::env::temp_dir().join(format!("handoff-channels-{id}.yaml"));
         std::fs::write(&channels_path, &yaml).unwrap();
 
@@ -337,7 +359,9 @@ impl TestHub {
             nats: handoff_config::NatsSettings {
                 url: options.nats_url.clone().unwrap_or_else(nats_url),
                 prefix: format!("t{id}"),
-                partitions: 4,
+                partitions: options.partitions,
+                max_ack_pending: options.max_ack_pending,
+                hold_after_secs: options.hold_after_secs,
                 ack_wait_secs: options.ack_wait_secs,
                 duplicate_window_secs: options.duplicate_window_secs,
                 stream_max_bytes: options.stream_max_bytes,
@@ -414,6 +438,7 @@ impl TestHub {
             inlet: WebhookClient::new(inlet_url),
             outlet: WebhookClient::new(outlet_url),
             customer,
+            other_customer,
             desk,
             bot,
             selarti,
@@ -483,6 +508,15 @@ impl TestHub {
         let app = router::Application::build(&self.settings, channels)
             .await
             .expect("router replica starts");
+        self.keep_replica(|stop| app.run_until_stopped(stop))
+    }
+
+    /// Starts one more inlet-gateway in this process; returns its index for `stop_replica`.
+    pub async fn add_inlet_replica(&mut self) -> usize {
+        let channels = Channels::load(&self.channels_path).unwrap();
+        let app = inlet_gateway::Application::build(&self.settings, channels)
+            .await
+            .expect("inlet-gateway replica starts");
         self.keep_replica(|stop| app.run_until_stopped(stop))
     }
 
@@ -653,29 +687,22 @@ impl TestHub {
 
     /// Send API calls the customer `external_id` received, in order.
     pub fn received(&self, external_id: &str) -> Vec<Recorded> {
-        self.customer
-            .calls(Api::Send)
-            .into_iter()
-            .filter(|c| c.body["member"]["externalId"] == external_id)
-            .collect()
+        sends_to(&self.customer, external_id)
+    }
+
+    /// Send API calls the other org's customer `external_id` received, in order.
+    pub fn received_elsewhere(&self, external_id: &str) -> Vec<Recorded> {
+        sends_to(&self.other_customer, external_id)
     }
 
     /// Waits until the customer has received `n` responses.
     pub async fn wait_received(&self, external_id: &str, n: usize) -> Vec<Recorded> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.received(external_id);
-            if got.len() >= n || tokio::time::Instant::now() >= deadline {
-                return got;
-            }
-            self.customer
-                .wait_for(
-                    Api::Send,
-                    self.customer.calls(Api::Send).len() + 1,
-                    Duration::from_millis(200),
-                )
-                .await;
-        }
+        wait_sends(&self.customer, external_id, n).await
+    }
+
+    /// Waits until the other org's customer has received `n` responses.
+    pub async fn wait_received_elsewhere(&self, external_id: &str, n: usize) -> Vec<Recorded> {
+        wait_sends(&self.other_customer, external_id, n).await
     }
 
     /// Waits for a bot request matching `pred`.
@@ -751,6 +778,14 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
         (
             "HANDOFF_NATS__COMMANDS_MAX_BYTES",
             nats.commands_max_bytes.to_string(),
+        ),
+        (
+            "HANDOFF_NATS__MAX_ACK_PENDING",
+            nats.max_ack_pending.to_string(),
+        ),
+        (
+            "HANDOFF_NATS__HOLD_AFTER_SECS",
+            nats.hold_after_secs.to_string(),
         ),
         (
             "HANDOFF_DATABASE__URL",
@@ -871,6 +906,32 @@ async fn spawn_service_with(
         .expect("the service came up")
         .expect("the service came up");
     (child, port)
+}
+
+fn sends_to(platform: &CustomPlatform, external_id: &str) -> Vec<Recorded> {
+    platform
+        .calls(Api::Send)
+        .into_iter()
+        .filter(|c| c.body["member"]["externalId"] == external_id)
+        .collect()
+}
+
+/// Waits until `platform` has sent the customer `external_id` `n` responses (or `WAIT`).
+async fn wait_sends(platform: &CustomPlatform, external_id: &str, n: usize) -> Vec<Recorded> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = sends_to(platform, external_id);
+        if got.len() >= n || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        platform
+            .wait_for(
+                Api::Send,
+                platform.calls(Api::Send).len() + 1,
+                Duration::from_millis(200),
+            )
+            .await;
+    }
 }
 
 fn url_without_db(url: &str) -> String {

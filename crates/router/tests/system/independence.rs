@@ -210,3 +210,62 @@ async fn two_routers_and_two_outlet_gateways_joining_and_leaving_keep_every_memb
     assert_eq!(hub.customer.calls(Api::Send).len(), members.len() * N);
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tenant_whose_send_api_is_down_delays_only_its_own_customers_and_loses_nothing() {
+    // Arrange: four partitions with small acknowledgement windows (compressed time), an
+    // hour-like horizon, and failing deliveries held after one second.
+    let mut hub = TestHub::start_with(HubOptions {
+        partitions: 4,
+        max_ack_pending: 10,
+        hold_after_secs: 1,
+        retry_horizon_secs: 300,
+        ..Default::default()
+    })
+    .await;
+    hub.customer.set_failing(Api::Send, Some(503));
+
+    // Act: acme's Send API is down while thirty of its customers write twice; then
+    // globex's customers write.
+    let down: Vec<String> = (0..30).map(|i| format!("down-{i}")).collect();
+    for round in 0..2 {
+        for c in &down {
+            assert_eq!(hub.say(c, &format!("m{round}")).await.0, 200);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    for i in 0..5 {
+        assert_eq!(hub.say_elsewhere(&format!("up-{i}"), "hello").await.0, 200);
+    }
+
+    // Assert: globex is answered at once, whatever acme's backlog.
+    for i in 0..5 {
+        let got = hub.wait_received_elsewhere(&format!("up-{i}"), 1).await;
+        assert_eq!(got.len(), 1, "up-{i} not answered");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "globex waited {waited:?}");
+    // A second inlet-gateway joins and takes partitions over, held members with them.
+    hub.add_inlet_replica().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // acme recovers: every message arrives, in order, each once (a retry that got through
+    // after all comes under the same webhook-id).
+    hub.customer.set_failing(Api::Send, None);
+    for c in &down {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let distinct = || {
+            let mut seen = std::collections::HashSet::new();
+            hub.received(c)
+                .into_iter()
+                .filter(|r| seen.insert(r.webhook_id.clone()))
+                .map(|r| text_of(&r))
+                .collect::<Vec<_>>()
+        };
+        while distinct().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(distinct(), ["You said: m0", "You said: m1"], "{c}");
+    }
+    hub.shutdown().await;
+}
