@@ -24,6 +24,7 @@ mod fuzz;
 pub mod outbound;
 mod platform;
 pub mod selarti;
+pub mod settle;
 pub mod webhook_bot;
 pub mod zendesk;
 

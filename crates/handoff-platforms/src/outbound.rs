@@ -58,6 +58,10 @@ pub enum DeliveryError {
     /// The answer is larger than `max_response_bytes`.
     #[error("the answer is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The platform answered, and its answer says no (or cannot be used): retrying cannot
+    /// help.
+    #[error("{0}")]
+    Declined(String),
     /// Every attempt of this call failed transiently (or the endpoint's circuit is open).
     #[error("unavailable after {attempts} attempts: {last}")]
     Unavailable {
@@ -74,7 +78,9 @@ impl DeliveryError {
         match self {
             DeliveryError::Rejected { status, .. } => Some(*status),
             DeliveryError::Unavailable { status, .. } => *status,
-            DeliveryError::Refused(_) | DeliveryError::TooLarge { .. } => None,
+            DeliveryError::Refused(_)
+            | DeliveryError::TooLarge { .. }
+            | DeliveryError::Declined(_) => None,
         }
     }
 
@@ -88,6 +94,7 @@ impl DeliveryError {
             DeliveryError::Rejected { .. } => "http_4xx",
             DeliveryError::Refused(_) => "refused",
             DeliveryError::TooLarge { .. } => "too_large",
+            DeliveryError::Declined(_) => "declined",
             DeliveryError::Unavailable {
                 status: Some(429), ..
             } => "http_429",

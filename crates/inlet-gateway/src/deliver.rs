@@ -2,6 +2,7 @@
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::send_body;
+use handoff_platforms::settle::{Failure, settle};
 use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope};
 
@@ -43,32 +44,28 @@ impl Handler for Deliverer {
         let url = inlet.send_response_api.as_str();
         let body = send_body(content, member, &channel.info, None);
         let signer = Signer::for_channel(channel);
-        match self
+        let attempt = self
             .client
             .post_json(url, &envelope.event_id, &body, signer.as_ref())
             .await
-        {
-            Ok(_) => {
-                handoff_bus::metrics::delivered(&envelope, channel.platform.as_str());
-                Handled::Done
-            }
-            Err(e) => {
-                if let Some(retry) = self.client.later(&e, &envelope, channel, Horizon::Delivery) {
-                    return retry;
-                }
-                tracing::warn!(error = %e, "delivery to the customer failed for good");
-                let failed = Body::DeliveryFailed(DeliveryFailed {
+            .map(|_| None);
+        settle(
+            &self.client,
+            &self.bus,
+            &envelope,
+            channel,
+            Horizon::Delivery,
+            attempt,
+            |e| Failure {
+                purpose: "delivery_failed",
+                event: Body::DeliveryFailed(DeliveryFailed {
                     content: Some(content.clone()),
                     reason: e.to_string(),
                     status: e.status().unwrap_or_default().into(),
-                });
-                let park = Handled::Park {
-                    reason: format!("delivery to `{}` failed: {e}", channel.id),
-                };
-                self.bus
-                    .publish_then(&envelope, "delivery_failed", &channel.id, failed, park)
-                    .await
-            }
-        }
+                }),
+                park: true,
+            },
+        )
+        .await
     }
 }

@@ -5,10 +5,11 @@
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
+use handoff_platforms::settle::{Delivered, Failure, settle};
 use handoff_platforms::webhook_bot::{
     BotEvent, BotRequest, BotSettings, parse_answer, request_body,
 };
-use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
+use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
@@ -82,55 +83,33 @@ impl BotCaller {
         });
         let url = settings.url.as_str();
         let signer = Signer::for_channel(bot);
-        let result = match self
+        let attempt = self
             .client
             .post_json(url, &envelope.event_id, &body, signer.as_ref())
             .await
-        {
-            Ok(delivered) => {
-                handoff_bus::metrics::delivered(envelope, bot.platform.as_str());
-                parse_answer(&delivered.body)
-                    .map_err(|why| format!("the bot's answer is not valid: {why}"))
-            }
-            Err(e) => {
-                if let Some(retry) = self.client.later(&e, envelope, bot, Horizon::Delivery) {
-                    return retry;
+            .and_then(|delivered| {
+                let answer = parse_answer(&delivered.body).map_err(|why| {
+                    DeliveryError::Declined(format!("the bot's answer is not valid: {why}"))
+                })?;
+                let reply = BotReply {
+                    responses: answer.responses,
+                    handoff: answer.handoff,
+                    close: answer.close,
+                    agent_conversation_id: cmd.agent_conversation_id.clone(),
+                    ..Default::default()
+                };
+                // The answer travels as one bus message: past the server's limit it never
+                // could.
+                let size = reply.encoded_len();
+                if size + ENVELOPE_ROOM > self.bus.max_payload() {
+                    return Err(DeliveryError::Declined(format!(
+                        "the bot's answer ({size} bytes) is larger than a bus message ({} bytes)",
+                        self.bus.max_payload()
+                    )));
                 }
-                Err(e.to_string())
-            }
-        };
-        let reply = result.and_then(|answer| {
-            let reply = BotReply {
-                responses: answer.responses,
-                handoff: answer.handoff,
-                close: answer.close,
-                agent_conversation_id: cmd.agent_conversation_id.clone(),
-                ..Default::default()
-            };
-            // The answer travels as one bus message: past the server's limit it never could.
-            let size = reply.encoded_len();
-            if size + ENVELOPE_ROOM > self.bus.max_payload() {
-                return Err(format!(
-                    "the bot's answer ({size} bytes) is larger than a bus message ({} bytes)",
-                    self.bus.max_payload()
-                ));
-            }
-            Ok(reply)
-        });
-        match reply {
-            Ok(reply) => {
-                self.bus
-                    .publish_then(
-                        envelope,
-                        "bot_result",
-                        &bot.id,
-                        Body::BotReply(reply),
-                        Handled::Done,
-                    )
-                    .await
-            }
-            Err(reason) => self.give_up(envelope, &bot.id, reason).await,
-        }
+                Ok(Some(("bot_result", Body::BotReply(reply))))
+            });
+        self.settle(envelope, bot, attempt).await
     }
 
     /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
@@ -151,44 +130,39 @@ impl BotCaller {
         let Some(body) = body else {
             return Handled::Done;
         };
-        match self
+        let attempt = self
             .selarti
             .send(&self.client, settings, &envelope.event_id, &body)
             .await
-        {
-            Ok(()) => {
-                handoff_bus::metrics::delivered(envelope, bot.platform.as_str());
-                Handled::Done
-            }
-            Err(e) => {
-                if let Some(retry) = self.client.later(&e, envelope, bot, Horizon::Delivery) {
-                    return retry;
-                }
-                self.give_up(envelope, &settings.channel_id, e.to_string())
-                    .await
-            }
-        }
+            .map(|()| None);
+        self.settle(envelope, bot, attempt).await
     }
 
-    /// The bot cannot be reached for good: the router is told (`BotFailed`) and the
-    /// command is parked.
-    async fn give_up(&self, envelope: &Envelope, bot: &str, reason: String) -> Handled {
-        tracing::warn!(%reason, %bot, "bot call failed for good");
-        let park = Handled::Park {
-            reason: format!("bot `{bot}`: {reason}"),
-        };
-        // Its own purpose, not `bot_result`: replaying the parked command may call the bot
-        // successfully, and that answer's id must differ from this failure's, which the
-        // router has already applied (with one id, the answer was dropped as a duplicate).
-        self.bus
-            .publish_then(
-                envelope,
-                "bot_failed",
-                bot,
-                Body::BotFailed(BotFailed { reason }),
-                park,
-            )
-            .await
+    /// Settles a bot call: a bot that cannot be reached (or answers what cannot be used)
+    /// for good is reported to the router (`BotFailed`) and the command parked; replaying
+    /// it calls the bot again, and that answer's id differs from the failure's.
+    async fn settle(
+        &self,
+        envelope: &Envelope,
+        bot: &handoff_config::Channel,
+        attempt: Result<Delivered, DeliveryError>,
+    ) -> Handled {
+        settle(
+            &self.client,
+            &self.bus,
+            envelope,
+            bot,
+            Horizon::Delivery,
+            attempt,
+            |e| Failure {
+                purpose: "bot_failed",
+                event: Body::BotFailed(BotFailed {
+                    reason: e.to_string(),
+                }),
+                park: true,
+            },
+        )
+        .await
     }
 }
 

@@ -3,7 +3,8 @@
 
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
+use handoff_platforms::settle::{Failure, settle};
+use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
 use serde_json::Value;
 
@@ -46,72 +47,67 @@ impl Handler for LiveChatDeliverer {
         let signer = Signer::for_channel(outlet);
         let id = envelope.event_id.as_str();
         let conversation = envelope.conversation_id.as_str();
+        let settle =
+            async |horizon, attempt, failure: &(dyn Fn(&DeliveryError) -> Failure + Sync)| {
+                settle(
+                    &self.client,
+                    &self.bus,
+                    &envelope,
+                    outlet,
+                    horizon,
+                    attempt,
+                    failure,
+                )
+                .await
+            };
         match &envelope.body {
             Some(Body::RequestLivechat(cmd)) => {
                 let url = settings.livechat_api.as_str();
                 let member = cmd.member.clone().unwrap_or_default();
                 let details = cmd.details.clone().unwrap_or_default();
                 let body = livechat_body(&member, &details, &cmd.chat_history_url, conversation);
-                let result = match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(ok) => {
-                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
-                        Body::HandoffAccepted(HandoffAccepted {
-                            external_conversation_id: ticket_id(&ok.body),
-                        })
-                    }
-                    Err(e) => {
-                        if let Some(retry) =
-                            self.client.later(&e, &envelope, outlet, Horizon::Handoff)
-                        {
-                            return retry;
-                        }
-                        // No park: the bot takes the customer back, which is the answer.
-                        Body::HandoffFailed(HandoffFailed {
-                            reason: e.to_string(),
-                            status: e.status().unwrap_or_default().into(),
-                            code: String::new(),
-                        })
-                    }
-                };
-                self.bus
-                    .publish_then(
-                        &envelope,
-                        "livechat_result",
-                        &outlet.id,
-                        result,
-                        Handled::Done,
-                    )
+                let attempt = self
+                    .client
+                    .post_json(url, id, &body, signer.as_ref())
                     .await
+                    .map(|ok| {
+                        let accepted = Body::HandoffAccepted(HandoffAccepted {
+                            external_conversation_id: ticket_id(&ok.body),
+                        });
+                        Some(("livechat_result", accepted))
+                    });
+                // No park: the bot takes the customer back, which is the answer.
+                settle(Horizon::Handoff, attempt, &|e: &DeliveryError| Failure {
+                    purpose: "livechat_result",
+                    event: Body::HandoffFailed(HandoffFailed {
+                        reason: e.to_string(),
+                        status: e.status().unwrap_or_default().into(),
+                        code: String::new(),
+                    }),
+                    park: false,
+                })
+                .await
             }
             Some(Body::RelayToOutlet(cmd)) => {
                 let url = settings.relay_response_api.as_str();
                 let member = cmd.member.clone().unwrap_or_default();
                 let content = cmd.content.clone().unwrap_or_default();
                 let body = relay_body(&content, &member, &outlet.info, conversation);
-                match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(_) => {
-                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
-                        Handled::Done
-                    }
-                    Err(e) => {
-                        if let Some(retry) =
-                            self.client.later(&e, &envelope, outlet, Horizon::Delivery)
-                        {
-                            return retry;
-                        }
-                        let failed = Body::RelayFailed(RelayFailed {
-                            content: Some(content),
-                            reason: e.to_string(),
-                            status: e.status().unwrap_or_default().into(),
-                        });
-                        let park = Handled::Park {
-                            reason: format!("relay to `{}` failed: {e}", outlet.id),
-                        };
-                        self.bus
-                            .publish_then(&envelope, "relay_failed", &outlet.id, failed, park)
-                            .await
-                    }
-                }
+                let attempt = self
+                    .client
+                    .post_json(url, id, &body, signer.as_ref())
+                    .await
+                    .map(|_| None);
+                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| Failure {
+                    purpose: "relay_failed",
+                    event: Body::RelayFailed(RelayFailed {
+                        content: Some(content.clone()),
+                        reason: e.to_string(),
+                        status: e.status().unwrap_or_default().into(),
+                    }),
+                    park: true,
+                })
+                .await
             }
             Some(Body::DeliverToOutlet(cmd)) => {
                 let Some(url) = settings.send_response_api.as_deref() else {
@@ -125,30 +121,21 @@ impl Handler for LiveChatDeliverer {
                 let member = cmd.member.clone().unwrap_or_default();
                 let content = cmd.content.clone().unwrap_or_default();
                 let body = send_body(&content, &member, &outlet.info, Some(&cmd.conversation_ref));
-                match self.client.post_json(url, id, &body, signer.as_ref()).await {
-                    Ok(_) => {
-                        handoff_bus::metrics::delivered(&envelope, outlet.platform.as_str());
-                        Handled::Done
-                    }
-                    Err(e) => {
-                        if let Some(retry) =
-                            self.client.later(&e, &envelope, outlet, Horizon::Delivery)
-                        {
-                            return retry;
-                        }
-                        let failed = Body::DeliveryFailed(DeliveryFailed {
-                            content: Some(content),
-                            reason: e.to_string(),
-                            status: e.status().unwrap_or_default().into(),
-                        });
-                        let park = Handled::Park {
-                            reason: format!("delivery to `{}` failed: {e}", outlet.id),
-                        };
-                        self.bus
-                            .publish_then(&envelope, "delivery_failed", &outlet.id, failed, park)
-                            .await
-                    }
-                }
+                let attempt = self
+                    .client
+                    .post_json(url, id, &body, signer.as_ref())
+                    .await
+                    .map(|_| None);
+                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| Failure {
+                    purpose: "delivery_failed",
+                    event: Body::DeliveryFailed(DeliveryFailed {
+                        content: Some(content.clone()),
+                        reason: e.to_string(),
+                        status: e.status().unwrap_or_default().into(),
+                    }),
+                    park: true,
+                })
+                .await
             }
             _ => Handled::Park {
                 reason: format!("`{}` is not a command for a live chat", envelope.kind()),

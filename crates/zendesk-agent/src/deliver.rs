@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handoff_bus::{Bus, Handled, Handler};
+use handoff_platforms::settle::{Failure, settle};
+use handoff_platforms::zendesk::transform::answer_declined;
 use handoff_platforms::zendesk::{
     DEPARTMENTS_QUERY, DepartmentError, ErrorKind, online_department, send_request,
     transfer_request,
 };
+use handoff_platforms::{DeliveryError, Horizon, OutboundClient};
 use handoff_proto::{
     Body, DeliverToMember, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed,
     RequestLivechat,
@@ -23,6 +26,7 @@ use crate::session::RequestError;
 
 pub(crate) struct Deliverer {
     pub bus: Bus,
+    pub client: OutboundClient,
     pub accounts: HashMap<String, Arc<Account>>,
 }
 
@@ -68,36 +72,31 @@ impl Deliverer {
             return Handled::Done;
         };
         let offer = Offer::new(chat, &request.offered);
-        match self.request(account, &request.query, offer).await {
-            Ok(_) => {
-                handoff_bus::metrics::delivered(envelope, "zendesk");
-                Handled::Done
-            }
-            Err(e) => {
-                let later = later(&e);
-                handoff_bus::metrics::delivery_failed(
-                    &envelope.channel,
-                    "zendesk",
-                    "zendesk",
-                    later.is_some(),
-                );
-                if let Some(later) = later {
-                    return later;
-                }
-                tracing::warn!(error = %e, "Zendesk refused an answer for good");
-                let failed = Body::DeliveryFailed(DeliveryFailed {
+        let attempt = match self.request(account, &request.query, offer).await {
+            Ok(data) if answer_declined(&data) => Err(DeliveryError::Declined(
+                "Zendesk answered `success: false` (the chat is no longer the agent's)".into(),
+            )),
+            Ok(_) => Ok(None),
+            Err(e) => Err(delivery_error(e)),
+        };
+        settle(
+            &self.client,
+            &self.bus,
+            envelope,
+            &account.channel,
+            Horizon::Delivery,
+            attempt,
+            |e| Failure {
+                purpose: "delivery_failed",
+                event: Body::DeliveryFailed(DeliveryFailed {
                     content: Some(content.clone()),
                     reason: e.to_string(),
                     status: 0,
-                });
-                let park = Handled::Park {
-                    reason: e.to_string(),
-                };
-                self.bus
-                    .publish_then(envelope, "delivery_failed", &envelope.channel, failed, park)
-                    .await
-            }
-        }
+                }),
+                park: true,
+            },
+        )
+        .await
     }
 
     /// A handoff inside Zendesk: the configured department, if ONLINE, gets the chat;
@@ -123,28 +122,32 @@ impl Deliverer {
                 code: code.into(),
             })
         };
-        let result = match self
+        let attempt = match self
             .transfer_chat(account, &member.external_id, department)
             .await
         {
-            Ok(id) => Body::HandoffAccepted(HandoffAccepted {
+            Ok(id) => Ok(Body::HandoffAccepted(HandoffAccepted {
                 external_conversation_id: id,
-            }),
-            Err(Transfer::NotNow(e)) => refused(e.code(), e.to_string()),
-            Err(Transfer::Failed(e)) => match later(&e) {
-                Some(later) => return later,
-                None => refused("zendesk_refused", e.to_string()),
+            })),
+            Err(Transfer::NotNow(e)) => Ok(refused(e.code(), e.to_string())),
+            Err(Transfer::Failed(e)) => Err(delivery_error(e)),
+        }
+        .map(|result| Some(("livechat_result", result)));
+        // No park: the bot takes the customer back, which is the answer.
+        settle(
+            &self.client,
+            &self.bus,
+            envelope,
+            &account.channel,
+            Horizon::Handoff,
+            attempt,
+            |e| Failure {
+                purpose: "livechat_result",
+                event: refused("zendesk_refused", e.to_string()),
+                park: false,
             },
-        };
-        self.bus
-            .publish_then(
-                envelope,
-                "livechat_result",
-                &envelope.channel,
-                result,
-                Handled::Done,
-            )
-            .await
+        )
+        .await
     }
 
     /// Transfers `chat` to `department` if it is ONLINE; the department's id.
@@ -199,21 +202,23 @@ impl From<RequestError> for Transfer {
     }
 }
 
-/// A failure worth another try, as a retry of the command; `None` for a refusal for good.
-/// A result that never came means the message may have been shown, and is sent again: at
-/// least once, as with every platform.
-fn later(e: &RequestError) -> Option<Handled> {
+/// A session's failure in the seam's terms. A result that never came means the message may
+/// have been shown, and is sent again: at least once, as with every platform. Only what
+/// seed 002 calls fatal is a refusal for good; the rest is retried to the horizon.
+fn delivery_error(e: RequestError) -> DeliveryError {
+    let status = match &e {
+        RequestError::Refused(r) if r.kind == ErrorKind::RateLimited => Some(429),
+        _ => None,
+    };
     match e {
-        RequestError::NotConnected | RequestError::NoAnswer(_) | RequestError::SessionEnded => {
-            Some(Handled::Retry {
-                after: Duration::from_secs(1),
-                reason: e.to_string(),
-            })
+        RequestError::Refused(ref r) if r.kind == ErrorKind::Fatal => {
+            DeliveryError::Declined(e.to_string())
         }
-        RequestError::Refused(r) if r.kind != ErrorKind::Fatal => Some(Handled::Retry {
-            after: Duration::from_secs(2),
-            reason: e.to_string(),
-        }),
-        RequestError::Refused(_) => None,
+        e => DeliveryError::Unavailable {
+            attempts: 1,
+            status,
+            last: e.to_string(),
+            retry_after: None,
+        },
     }
 }

@@ -36,6 +36,8 @@ impl Readiness for Ready {
 pub struct Application {
     listener: HttpListener,
     bus: Bus,
+    /// Only its retry policy is used: how long a failing delivery is retried.
+    client: handoff_platforms::OutboundClient,
     accounts: HashMap<String, Arc<account::Account>>,
     catalog: Catalog,
     store: Option<CatalogStore>,
@@ -86,6 +88,9 @@ impl Application {
         Ok(Self {
             listener,
             bus,
+            client: handoff_platforms::OutboundClient::new(
+                handoff_platforms::OutboundSettings::from_config(&settings.delivery),
+            ),
             accounts,
             catalog,
             store,
@@ -105,6 +110,7 @@ impl Application {
             .merge(health_router(Ready(self.bus.clone())))
             .layer(http_trace_layer());
         let bus = self.bus;
+        let client = self.client;
         let accounts = self.accounts;
         let listener = self.listener;
         let http = reqwest::Client::builder()
@@ -147,7 +153,11 @@ impl Application {
                 bus.clone(),
                 Service::ZendeskAgent.deliver_area(),
                 "zendesk-agent".into(),
-                Arc::new(deliver::Deliverer { bus, accounts }),
+                Arc::new(deliver::Deliverer {
+                    bus,
+                    client,
+                    accounts,
+                }),
                 stop.clone(),
             );
             parts.push(("the deliver.zendesk-agent consumers", Box::pin(consumers)));

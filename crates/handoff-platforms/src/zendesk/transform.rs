@@ -366,6 +366,17 @@ pub fn transfer_request(channel_id: &str, department_id: &str) -> String {
     )
 }
 
+/// Whether a mutation's answer says it did not happen (`{"sendMessage": {"success":
+/// false}}`): Zendesk answers so for a chat that is no longer the agent's. It is a
+/// refusal, not a delivery.
+pub fn answer_declined(data: &Value) -> bool {
+    data.as_object().is_some_and(|fields| {
+        fields
+            .values()
+            .any(|v| v.get("success").and_then(Value::as_bool) == Some(false))
+    })
+}
+
 /// Whether `query` is one of the operations the hub itself sends on an agent session:
 /// one operation whose one top-level field is `sendMessage`, `sendQuickReplies` or
 /// `transferToDepartment` (mutations) or `departments` (a query). Forwarded requests
@@ -602,5 +613,12 @@ mod tests {
         ] {
             assert!(!is_hub_operation(theirs), "{theirs}");
         }
+    }
+
+    #[test]
+    fn an_answer_of_success_false_is_a_refusal_and_true_is_a_delivery() {
+        assert!(answer_declined(&json!({"sendMessage": {"success": false}})));
+        assert!(!answer_declined(&json!({"sendMessage": {"success": true}})));
+        assert!(!answer_declined(&json!({"departments": {"edges": []}})));
     }
 }

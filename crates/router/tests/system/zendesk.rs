@@ -207,8 +207,13 @@ async fn two_hundred_visitors_writing_at_once_under_a_rate_limit_are_all_answere
 
 #[tokio::test]
 async fn an_answer_whose_request_zendesk_never_answered_is_sent_again_and_shown_once() {
-    // Arrange: the next request is swallowed without being run or answered
-    let hub = TestHub::start().await;
+    // Arrange: the next request is swallowed without being run or answered; the answer's
+    // ten-second wait stays well inside the delivery's horizon.
+    let hub = TestHub::start_with(HubOptions {
+        retry_horizon_secs: 60,
+        ..Default::default()
+    })
+    .await;
     assert!(hub.zendesk.wait_until_listening(WAIT).await);
     let chat = hub.zendesk.visitor_join("Visitor 6");
     hub.zendesk.ignore_next_requests(1);
@@ -366,4 +371,32 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_answer_zendesk_never_takes_is_parked_at_its_horizon_and_the_visitor_moves_on() {
+    // Arrange: every request is swallowed (a session that never answers); two seconds of
+    // horizon.
+    let hub = TestHub::start().await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 9");
+    hub.zendesk.ignore_next_requests(1_000);
+
+    // Act
+    hub.zendesk.visitor_says(&chat, "anyone?");
+
+    // Assert: once its horizon has passed the answer is parked (it was retried for ever),
+    // replayable, and the failure is in the transcript.
+    let letters = hub.wait_dead_letters(1).await;
+    assert_eq!(letters[0]["service"], "zendesk-agent", "{letters:?}");
+    assert_eq!(letters[0]["kind"], "deliver_to_member", "{letters:?}");
+    let mut db = hub.db().await;
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE content->>'event' = 'DELIVERY_FAILED'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(failed, 1);
+    hub.shutdown().await;
 }

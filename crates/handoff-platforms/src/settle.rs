@@ -1,0 +1,75 @@
+//! The one delivery seam: every service that delivers a command to a platform (inlet-
+//! gateway, outlet-gateway, zendesk-agent) hands its adapter's outcome to [`settle`], which
+//! decides the rest the same way for all of them — metrics, the result event the router
+//! must hear of, a retry within the command's horizon, parking. The recipe was copied into
+//! each service and had drifted (one retried some failures with no horizon and labelled
+//! its metrics with a literal); now an adapter says only what happened.
+
+use handoff_bus::{Bus, Handled};
+use handoff_config::Channel;
+use handoff_proto::{Body, Envelope};
+
+use crate::{DeliveryError, Horizon, OutboundClient};
+
+/// What a command's failure for good tells the router, and whether the command itself is
+/// kept as a dead letter (replayable) or is answered by that event alone.
+pub struct Failure {
+    /// The result event's purpose: its id derives from the command's and this.
+    pub purpose: &'static str,
+    pub event: Body,
+    pub park: bool,
+}
+
+/// An adapter's successful attempt: nothing more to say, or a result event for the router
+/// (a bot's answer, a Livechat acceptance).
+pub type Delivered = Option<(&'static str, Body)>;
+
+/// Settles one attempt at command `envelope` to `target`'s platform.
+///
+/// - Success: counted as delivered; its result event, if any, is published before the
+///   command is acknowledged.
+/// - A transient failure within `horizon` (counted from the command's acceptance, so a
+///   restart does not reset it): retried after a delay that grows with the command's age.
+/// - Anything else: `failure` says what the router is told; the command is parked if it
+///   says so, else done.
+pub async fn settle(
+    client: &OutboundClient,
+    bus: &Bus,
+    envelope: &Envelope,
+    target: &Channel,
+    horizon: Horizon,
+    attempt: Result<Delivered, DeliveryError>,
+    failure: impl FnOnce(&DeliveryError) -> Failure,
+) -> Handled {
+    let error = match attempt {
+        Ok(result) => {
+            handoff_bus::metrics::delivered(envelope, target.platform.as_str());
+            return match result {
+                Some((purpose, event)) => {
+                    bus.publish_then(envelope, purpose, &target.id, event, Handled::Done)
+                        .await
+                }
+                None => Handled::Done,
+            };
+        }
+        Err(e) => e,
+    };
+    if let Some(retry) = client.later(&error, envelope, target, horizon) {
+        return retry;
+    }
+    tracing::warn!(error = %error, target = %target.id, kind = envelope.kind(), "a command failed for good");
+    let Failure {
+        purpose,
+        event,
+        park,
+    } = failure(&error);
+    let then = if park {
+        Handled::Park {
+            reason: format!("{} to `{}` failed: {error}", envelope.kind(), target.id),
+        }
+    } else {
+        Handled::Done
+    };
+    bus.publish_then(envelope, purpose, &target.id, event, then)
+        .await
+}
