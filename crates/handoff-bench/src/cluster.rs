@@ -24,6 +24,8 @@ pub const SERVICES: [&str; 3] = ["router", "inlet-gateway", "outlet-gateway"];
 pub struct Cluster {
     pub db_url: String,
     pub nats_url: String,
+    /// Copies of each stream and bucket (the NATS cluster's size).
+    replicas_per_stream: usize,
     pub prefix: String,
     pub customer: CustomPlatform,
     pub bot: DemoBot,
@@ -43,11 +45,23 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Cluster {
+    /// On the machine's Postgres and NATS (or `HANDOFF_TEST_DATABASE_URL` /
+    /// `HANDOFF_TEST_NATS_URL`).
     pub async fn start(bin_dir: PathBuf) -> anyhow::Result<Self> {
         let admin_url = std::env::var("HANDOFF_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let nats_url = std::env::var("HANDOFF_TEST_NATS_URL")
             .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::start_on(bin_dir, admin_url, nats_url, 1).await
+    }
+
+    /// On the given servers; streams and buckets keep `replicas` copies (a NATS cluster).
+    pub async fn start_on(
+        bin_dir: PathBuf,
+        admin_url: String,
+        nats_url: String,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("handoff_bench_{id}");
         let mut admin = PgConnection::connect(&admin_url).await?;
@@ -111,6 +125,7 @@ channels:
             prefix: format!("bench{id}"),
             db_url,
             nats_url,
+            replicas_per_stream: replicas,
             customer,
             bot,
             selarti,
@@ -131,6 +146,10 @@ channels:
             .env("HANDOFF_HTTP__PORT", port.to_string())
             .env("HANDOFF_NATS__URL", &self.nats_url)
             .env("HANDOFF_NATS__PREFIX", &self.prefix)
+            .env(
+                "HANDOFF_NATS__REPLICAS",
+                self.replicas_per_stream.to_string(),
+            )
             .env("HANDOFF_DATABASE__URL", &self.db_url)
             .env("HANDOFF_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
             .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
@@ -198,11 +217,15 @@ channels:
                 let _ = child.wait().await;
             }
         }
-        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+        let first = self.nats_url.split(',').next().unwrap_or_default();
+        if let Ok(client) = async_nats::connect(first).await {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(self.prefix.to_uppercase()).await;
             let _ = js
                 .delete_stream(handoff_bus::commands_stream(&self.prefix))
+                .await;
+            let _ = js
+                .delete_stream(handoff_bus::hold_stream(&self.prefix))
                 .await;
             let _ = js
                 .delete_key_value(handoff_bus::lease_bucket(&self.prefix))

@@ -1,6 +1,7 @@
 //! Under load, kill -9 each service in turn and restart it, first with one replica of each,
-//! then with two; then compare what the customers were told was stored with what their
-//! platform received.
+//! then with two; restart Postgres; kill -9 one node of the three-node NATS cluster and
+//! bring it back; restart every NATS node; then compare what the customers were told was
+//! stored with what their platform received.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::{Cluster, SERVICES};
+use crate::infra::{NatsCluster, OwnPostgres};
 use crate::load::{Customers, Key, Tracker};
 
 #[derive(Debug, Serialize)]
@@ -37,7 +39,12 @@ pub struct FaultReport {
     pub lost_keys: Vec<Key>,
 }
 
-pub async fn run(cluster: &mut Cluster, customers_n: usize) -> anyhow::Result<FaultReport> {
+pub async fn run(
+    cluster: &mut Cluster,
+    nats: &mut NatsCluster,
+    pg: &OwnPostgres,
+    customers_n: usize,
+) -> anyhow::Result<FaultReport> {
     for service in SERVICES {
         cluster.spawn(service).await?;
     }
@@ -96,6 +103,26 @@ pub async fn run(cluster: &mut Cluster, customers_n: usize) -> anyhow::Result<Fa
             tokio::time::sleep(Duration::from_secs(7)).await;
         }
     }
+    // The servers under the services, with two replicas of each service running.
+    let mut fault = |what: &str| {
+        eprintln!("{what}");
+        kills.push(Kill {
+            service: what.to_string(),
+            replicas: 2,
+            at_secs: origin.elapsed().as_secs_f64(),
+        });
+    };
+    fault("Postgres restarted (fast)");
+    pg.restart().await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    fault("kill -9 of one NATS node");
+    nats.kill(1).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.restart(1).await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    fault("every NATS node restarted");
+    nats.restart_all().await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     running.store(false, Ordering::Relaxed);
     let mut accepted: HashMap<Key, Instant> = HashMap::new();
     for w in writers {

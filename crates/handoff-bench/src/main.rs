@@ -6,13 +6,14 @@
 //! ```text
 //! handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]
 //! handoff-bench latency [--rate 50] [--seconds 10]   (profiling: the latency phase alone)
-//! handoff-bench faults [--out docs/bench] [--customers 60]
+//! handoff-bench faults [--out docs/bench] [--customers 60]   (on servers of its own)
 //! ```
 
 mod baseline;
 mod bench;
 mod cluster;
 mod faults;
+mod infra;
 mod load;
 
 use std::path::PathBuf;
@@ -40,7 +41,21 @@ async fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_default();
     std::fs::create_dir_all(&out)?;
-    let mut cluster = cluster::Cluster::start(bin_dir).await?;
+    // The fault run restarts Postgres and NATS nodes: it brings servers of its own, a
+    // three-node JetStream cluster (streams with three replicas, as in production).
+    let mut own = if mode == "faults" {
+        let nats = infra::NatsCluster::start(3).await?;
+        let pg = infra::OwnPostgres::start().await?;
+        Some((nats, pg))
+    } else {
+        None
+    };
+    let mut cluster = match &own {
+        Some((nats, pg)) => {
+            cluster::Cluster::start_on(bin_dir, pg.url("postgres"), nats.url(), nats.len()).await?
+        }
+        None => cluster::Cluster::start(bin_dir).await?,
+    };
     let result = match mode.as_str() {
         "bench" => bench::run(
             &mut cluster,
@@ -77,14 +92,17 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(|_| ())
         }
-        "faults" => faults::run(&mut cluster, number("--customers", 60))
-            .await
-            .and_then(|report| {
-                let json = serde_json::to_string_pretty(&report)?;
-                std::fs::write(out.join("faults.json"), &json)?;
-                println!("{json}");
-                Ok(())
-            }),
+        "faults" => {
+            let (nats, pg) = own.as_mut().expect("the fault run's own servers");
+            faults::run(&mut cluster, nats, pg, number("--customers", 60))
+                .await
+                .and_then(|report| {
+                    let json = serde_json::to_string_pretty(&report)?;
+                    std::fs::write(out.join("faults.json"), &json)?;
+                    println!("{json}");
+                    Ok(())
+                })
+        }
         other => Err(anyhow::anyhow!(
             "unknown mode `{other}`: use bench or faults"
         )),

@@ -126,10 +126,17 @@ impl Bus {
     /// Connects and creates (or updates) the stream; idempotent, so every replica of every
     /// service may call it at start.
     pub async fn connect(settings: BusSettings) -> anyhow::Result<Self> {
+        // A cluster's nodes may be listed, comma-separated: the client then fails over
+        // between them.
+        let servers = settings
+            .url
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("handoff-{}", settings.prefix))
             .retry_on_initial_connect()
-            .connect(&settings.url)
+            .connect(servers)
             .await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(5));
