@@ -157,7 +157,13 @@ channels:
                 "RUST_LOG",
                 std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "error".into()),
             )
-            .stdout(Stdio::null())
+            // `BENCH_LOG_DIR` keeps each replica's log (with `BENCH_SERVICE_LOG` as its filter).
+            .stdout(match std::env::var_os("BENCH_LOG_DIR") {
+                Some(dir) => Stdio::from(std::fs::File::create(
+                    PathBuf::from(dir).join(format!("{service}-{port}.log")),
+                )?),
+                None => Stdio::null(),
+            })
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()

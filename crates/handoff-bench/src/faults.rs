@@ -132,8 +132,8 @@ pub async fn run(
         }
     }
     // Quiet: everything accepted has arrived (and 3 s passed for a late duplicate to
-    // show), or nothing has arrived for 10 s.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // show), or nothing has arrived for 30 s (a stall that long is reported as loss).
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let arrivals = tracker.arrivals();
         let all = accepted.keys().all(|k| arrivals.contains_key(k));
@@ -141,7 +141,7 @@ pub async fn run(
             .last_arrival()
             .map_or(Duration::MAX, |t| t.elapsed());
         if (all && idle > Duration::from_secs(3))
-            || idle > Duration::from_secs(10)
+            || idle > Duration::from_secs(30)
             || Instant::now() > deadline
         {
             break;

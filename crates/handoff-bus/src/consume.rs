@@ -264,14 +264,35 @@ pub async fn run_consumers<H: Handler>(
         for (&p, o) in owned.iter_mut() {
             if o.task.is_finished() {
                 ended.push((p, true));
-                continue;
-            }
-            if !desired[usize::from(p)] && !o.releasing {
+            } else if !desired[usize::from(p)] && !o.releasing {
                 // Another replica should have it: finish what is in hand, then hand it over.
                 o.stop.cancel();
                 o.releasing = true;
             }
-            match leases.renew(p, o.revision).await {
+        }
+        // All at once, each bounded by the tick: one at a time, sixteen slow answers could
+        // outlast the lease itself.
+        let renewals = futures::future::join_all(
+            owned
+                .iter()
+                .filter(|(p, _)| !ended.iter().any(|(e, _)| e == *p))
+                .map(|(&p, o)| {
+                    let leases = &leases;
+                    let revision = o.revision;
+                    async move {
+                        let renewal = tokio::time::timeout(period, leases.renew(p, revision))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Renewal::Failed("no answer within a third of the lease TTL".into())
+                            });
+                        (p, renewal)
+                    }
+                }),
+        )
+        .await;
+        for (p, renewal) in renewals {
+            let Some(o) = owned.get_mut(&p) else { continue };
+            match renewal {
                 Renewal::Renewed(revision) => {
                     o.revision = revision;
                     o.renewed = Instant::now();

@@ -10,6 +10,11 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row as _};
 use uuid::Uuid;
 
+/// The most a transcript page holds: its newest lines up to this many bytes of content…
+const MAX_PAGE_BYTES: i64 = 1024 * 1024;
+/// …and this many lines.
+const MAX_LINES: i64 = 5_000;
+
 pub(crate) fn router(pool: PgPool) -> Router {
     Router::new()
         .route("/history/{token}", get(history))
@@ -60,18 +65,26 @@ async fn history(
     // chat of the member's and nothing after it ended.
     let conversation: Uuid = row.get("id");
     let closed_at: Option<time::OffsetDateTime> = row.get("closed_at");
+    // The newest lines that fit in `MAX_PAGE_BYTES` (and `MAX_LINES`): a long or heavy
+    // dialogue costs the router a bounded page, never its whole history in memory. The
+    // page says how many older lines it leaves out.
     let lines = match sqlx::query(
-        "SELECT author, content, conversation_id, created_at FROM (
-            SELECT id, author, content, conversation_id, created_at FROM messages
+        "SELECT author, content, conversation_id, created_at, omitted FROM (
+            SELECT id, author, content, conversation_id, created_at,
+                   sum(octet_length(content::text)) OVER (ORDER BY id DESC) AS running,
+                   count(*) OVER () - row_number() OVER (ORDER BY id DESC) AS omitted
+            FROM messages
             WHERE member_id = $1
               AND (conversation_id IS NULL OR conversation_id = $2)
-              AND ($3::timestamptz IS NULL OR created_at <= $3)
-            ORDER BY id DESC LIMIT 5000) AS latest
-         ORDER BY id",
+              AND ($3::timestamptz IS NULL OR created_at <= $3)) AS latest
+         WHERE running - octet_length(content::text) < $4
+         ORDER BY id DESC LIMIT $5",
     )
     .bind(member)
     .bind(conversation)
     .bind(closed_at)
+    .bind(MAX_PAGE_BYTES)
+    .bind(MAX_LINES)
     .fetch_all(&pool)
     .await
     {
@@ -81,8 +94,11 @@ async fn history(
             return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
         }
     };
+    // The oldest line shown knows how many lines come before it.
+    let omitted: i64 = lines.last().map(|r| r.get("omitted")).unwrap_or(0);
     let messages: Vec<Value> = lines
         .iter()
+        .rev()
         .map(|r| {
             let at: time::OffsetDateTime = r.get("created_at");
             json!({
@@ -101,10 +117,11 @@ async fn history(
         return Json(json!({
             "member": {"_id": member, "externalId": external_id, "profile": profile},
             "messages": messages,
+            "omittedOlder": omitted,
         }))
         .into_response();
     }
-    Html(render(&external_id, &messages)).into_response()
+    Html(render(&external_id, &messages, omitted)).into_response()
 }
 
 fn escape(s: &str) -> String {
@@ -149,7 +166,7 @@ pub(crate) fn line_text(content: &Value) -> String {
     }
 }
 
-fn render(external_id: &str, messages: &[Value]) -> String {
+fn render(external_id: &str, messages: &[Value], omitted: i64) -> String {
     let mut html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Transcript — {id}</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;color:#222}}\
@@ -160,6 +177,11 @@ fn render(external_id: &str, messages: &[Value]) -> String {
          <p>Customer <code>{id}</code></p>",
         id = escape(external_id)
     );
+    if omitted > 0 {
+        html.push_str(&format!(
+            "<p class=\"m system\">{omitted} older lines are not shown.</p>"
+        ));
+    }
     for m in messages {
         let author = m["author"].as_str().unwrap_or_default();
         html.push_str(&format!(

@@ -417,3 +417,44 @@ async fn a_message_of_an_unknown_shape_held_while_pending_is_relayed_and_the_cha
     assert!(hub.wait_dead_letters(0).await.is_empty(), "nothing parked");
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_heavy_transcript_is_served_as_its_newest_megabyte_saying_how_much_is_left_out() {
+    // Arrange: a customer writes eight messages of 200 KB each, then asks for a human.
+    let hub = TestHub::start().await;
+    let big = "x".repeat(200 * 1024);
+    for i in 0..8 {
+        assert_eq!(hub.say("heavy", &format!("{i}{big}")).await.0, 200);
+    }
+    hub.wait_received("heavy", 8).await;
+    let livechat = hand_off(&hub, "heavy", 1).await;
+    let history = livechat["chatHistoryURL"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:8090", hub.router_url.as_deref().unwrap());
+
+    // Act
+    let response = reqwest::Client::new()
+        .get(&history)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let html = reqwest::get(&history).await.unwrap().text().await.unwrap();
+
+    // Assert: the page holds the newest lines up to about a megabyte, and says so.
+    assert!(bytes.len() < 1_600_000, "{} bytes", bytes.len());
+    let page: Value = serde_json::from_slice(&bytes).unwrap();
+    let lines = page["messages"].as_array().unwrap();
+    let omitted = page["omittedOlder"].as_i64().unwrap();
+    // Sixteen lines of 200 KB (the customer's and the bot's echo): about five fit.
+    assert!(omitted >= 8, "{omitted} older lines left out");
+    assert!(lines.len() as i64 + omitted >= 17, "{} lines", lines.len());
+    assert!(
+        lines.iter().any(|l| l["content"]["text"] == "agent"),
+        "the newest lines are kept"
+    );
+    assert!(html.contains(&format!("{omitted} older lines are not shown")));
+    hub.shutdown().await;
+}
