@@ -76,6 +76,9 @@ pub struct HttpSettings {
     pub host: String,
     /// 0 lets the OS pick (tests); each service's binary supplies its own default.
     pub port: Option<u16>,
+    /// Where operators read `/metrics` and `/readyz` with its reasons (both name channels):
+    /// keep it off any public ingress. Default: the public port's default plus 100.
+    pub ops_port: Option<u16>,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// Webhook API requests handled at once per process; more wait their turn.
@@ -94,6 +97,7 @@ impl Default for HttpSettings {
         Self {
             host: "0.0.0.0".into(),
             port: None,
+            ops_port: None,
             body_limit: 256 * 1024,
             max_concurrent_requests: 1_024,
             request_timeout_ms: 15_000,

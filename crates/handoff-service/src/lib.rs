@@ -16,7 +16,7 @@ use tracing::Span;
 mod serve;
 mod telemetry;
 
-pub use serve::{HttpListener, http_part};
+pub use serve::{HttpListener, http_part, ops_part};
 pub use telemetry::{TelemetryGuard, init_telemetry, metrics_text};
 
 /// Resolves on SIGINT or SIGTERM.
@@ -101,14 +101,85 @@ pub trait Readiness: Clone + Send + Sync + 'static {
     }
 }
 
-/// `/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`
-/// (Prometheus text: this process's metrics, then what `Readiness::gauges` reads at scrape).
+/// The public port's health routes: `/healthz` (the process is alive) and `/readyz` (its
+/// dependencies answer), by status alone. Why it is not ready (partitions, a Zendesk
+/// account by channel) and the metrics (labelled by channel) are for operators only and
+/// live on the ops port ([`ops_router`]): the public port faces platforms and customers.
 pub fn health_router<R: Readiness>(readiness: R) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(public_readyz::<R>))
+        .with_state(Cached::new(readiness))
+}
+
+/// The ops port's routes: `/healthz`, `/readyz` with its reason, and `/metrics` (this
+/// process's metrics, then what `Readiness::gauges` reads at scrape time).
+pub fn ops_router<R: Readiness>(readiness: R) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<R>))
         .route("/metrics", get(metrics::<R>))
-        .with_state(readiness)
+        .with_state(Cached::new(readiness))
+}
+
+/// A readiness whose answers are reused for a moment: a probe or a scrape storm costs the
+/// database and the stream one check per `READY_FOR` (`GAUGES_FOR` for the gauges), not
+/// one per request.
+struct Cached<R> {
+    inner: R,
+    ready: Last<Result<(), String>>,
+    gauges: Last<String>,
+}
+
+/// An answer and when it was computed, shared by the router's handlers.
+type Last<T> = std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, T)>>>;
+
+impl<R: Clone> Clone for Cached<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            ready: self.ready.clone(),
+            gauges: self.gauges.clone(),
+        }
+    }
+}
+
+const READY_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+const GAUGES_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl<R: Readiness> Cached<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            ready: Default::default(),
+            gauges: Default::default(),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        // Held while checking: concurrent requests wait for the one answer.
+        let mut last = self.ready.lock().await;
+        if let Some((at, answer)) = &*last
+            && at.elapsed() < READY_FOR
+        {
+            return answer.clone();
+        }
+        let answer = self.inner.ready().await;
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn gauges(&self) -> String {
+        let mut last = self.gauges.lock().await;
+        if let Some((at, text)) = &*last
+            && at.elapsed() < GAUGES_FOR
+        {
+            return text.clone();
+        }
+        let text = self.inner.gauges().await;
+        *last = Some((std::time::Instant::now(), text.clone()));
+        text
+    }
 }
 
 /// One gauge family in Prometheus' text format, for `Readiness::gauges`. Label values
@@ -129,7 +200,7 @@ pub fn gauge_text<'a>(
     out
 }
 
-async fn metrics<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
+async fn metrics<R: Readiness>(State(r): State<Cached<R>>) -> impl IntoResponse {
     let mut text = metrics_text();
     text.push_str(&r.gauges().await);
     (
@@ -141,10 +212,17 @@ async fn metrics<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
     )
 }
 
-async fn readyz<R: Readiness>(State(r): State<R>) -> impl IntoResponse {
+async fn readyz<R: Readiness>(State(r): State<Cached<R>>) -> impl IntoResponse {
     match r.ready().await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn public_readyz<R: Readiness>(State(r): State<Cached<R>>) -> impl IntoResponse {
+    match r.ready().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }
 }
 

@@ -31,8 +31,18 @@ pub struct HttpListener {
 impl HttpListener {
     /// Binds `settings`' address (`default_port` when none is set; port 0 picks a free one).
     pub async fn bind(settings: &HttpSettings, default_port: u16) -> std::io::Result<Self> {
+        Self::bind_to(settings, settings.address(default_port)).await
+    }
+
+    /// Binds the ops port: `settings.ops_port`, or the public port's default plus 100.
+    pub async fn bind_ops(settings: &HttpSettings, default_port: u16) -> std::io::Result<Self> {
+        let port = settings.ops_port.unwrap_or(default_port + OPS_OFFSET);
+        Self::bind_to(settings, format!("{}:{port}", settings.host)).await
+    }
+
+    async fn bind_to(settings: &HttpSettings, address: String) -> std::io::Result<Self> {
         Ok(Self {
-            listener: TcpListener::bind(settings.address(default_port)).await?,
+            listener: TcpListener::bind(address).await?,
             header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
             max_connections: settings.max_connections.max(1),
         })
@@ -51,6 +61,18 @@ pub fn http_part(
     stop: CancellationToken,
 ) -> (&'static str, Part) {
     ("the HTTP server", Box::pin(serve(listener, app, stop)))
+}
+
+/// Where the ops port is by default: the service's public port plus this.
+const OPS_OFFSET: u16 = 100;
+
+/// The ops port's server (`ops_router`) as one of a service's parts.
+pub fn ops_part(
+    listener: HttpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> (&'static str, Part) {
+    ("the ops HTTP server", Box::pin(serve(listener, app, stop)))
 }
 
 async fn serve(listener: HttpListener, app: Router, stop: CancellationToken) -> anyhow::Result<()> {

@@ -16,7 +16,8 @@ use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_service::{
-    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer,
+    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer, ops_part,
+    ops_router,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,7 @@ impl Readiness for AppState {
 
 pub struct Application {
     listener: HttpListener,
+    ops: HttpListener,
     state: AppState,
     client: OutboundClient,
     store: Option<CatalogStore>,
@@ -54,8 +56,10 @@ impl Application {
             .attach(&bus, settings.catalog_key.as_ref(), None)
             .await?;
         let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
+        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             listener,
+            ops,
             store,
             state: AppState {
                 bus,
@@ -70,6 +74,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.port()
+    }
+
+    /// Where `/metrics` and `/readyz` with its reasons are served.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
     }
 
     /// Serves HTTP and delivers commands until `shutdown`; in-flight work finishes first.
@@ -87,6 +96,7 @@ impl Application {
         let client = self.client;
         let store = self.store;
         let listener = self.listener;
+        let (ops, ops_app) = (self.ops, ops_router(state.clone()));
         handoff_service::run_parts(shutdown, move |stop| {
             let consumers = handoff_bus::run_consumers(
                 state.bus.clone(),
@@ -102,6 +112,7 @@ impl Application {
             let catalog = state.catalog.follow(store, stop.clone(), |_| async {});
             vec![
                 http_part(listener, app, stop.clone()),
+                ops_part(ops, ops_app, stop.clone()),
                 ("the deliver.inlet-gateway consumers", Box::pin(consumers)),
                 ("the channels catalog", Box::pin(catalog)),
             ]

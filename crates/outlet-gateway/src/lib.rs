@@ -23,7 +23,8 @@ use handoff_platforms::selarti::SelartiClient;
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};
 use handoff_service::{
-    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer,
+    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer, ops_part,
+    ops_router,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,7 @@ impl Readiness for AppState {
 
 pub struct Application {
     listener: HttpListener,
+    ops: HttpListener,
     state: AppState,
     client: OutboundClient,
     store: Option<CatalogStore>,
@@ -60,9 +62,11 @@ impl Application {
             .attach(&bus, settings.catalog_key.as_ref(), None)
             .await?;
         let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
+        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             store,
             listener,
+            ops,
             state: AppState {
                 bus,
                 catalog,
@@ -76,6 +80,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.port()
+    }
+
+    /// Where `/metrics` and `/readyz` with its reasons are served.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -103,6 +112,7 @@ impl Application {
             },
         });
         let listener = self.listener;
+        let (ops, ops_app) = (self.ops, ops_router(self.state.clone()));
         let catalog = self.state.catalog.clone();
         let store = self.store;
         handoff_service::run_parts(shutdown, move |stop| {
@@ -116,6 +126,7 @@ impl Application {
             let catalog = catalog.follow(store, stop.clone(), |_| async {});
             vec![
                 http_part(listener, app, stop.clone()),
+                ops_part(ops, ops_app, stop.clone()),
                 ("the deliver.outlet-gateway consumers", Box::pin(consumers)),
                 ("the channels catalog", Box::pin(catalog)),
             ]

@@ -11,7 +11,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let channels = Channels::load(&settings.channels)?;
     let app = outlet_gateway::Application::build(&settings, channels).await?;
-    tracing::info!(port = app.port(), "outlet-gateway listening");
+    tracing::info!(
+        port = app.port(),
+        ops_port = app.ops_port(),
+        "outlet-gateway listening"
+    );
     app.run_until_stopped(handoff_service::shutdown_token())
         .await
 }

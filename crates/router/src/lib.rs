@@ -26,7 +26,9 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
-use handoff_service::{HttpListener, Readiness, gauge_text, health_router, http_trace_layer};
+use handoff_service::{
+    HttpListener, Readiness, gauge_text, health_router, http_trace_layer, ops_router,
+};
 use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 use sqlx::PgPool;
@@ -106,6 +108,7 @@ impl Readiness for Ready {
 
 pub struct Application {
     listener: HttpListener,
+    ops: HttpListener,
     /// The admin API's, when a token is configured.
     admin: Option<(TcpListener, secrecy::SecretString)>,
     store: Option<CatalogStore>,
@@ -159,6 +162,7 @@ impl Application {
             .await?;
         store::sync_channels(&pool, &catalog.load().channels).await?;
         let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
+        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         let admin = match &settings.admin.token {
             Some(token) if !token.expose_secret().is_empty() => {
                 let address = format!("{}:{}", settings.admin.host, settings.admin.port);
@@ -177,6 +181,7 @@ impl Application {
         ));
         Ok(Self {
             listener,
+            ops,
             admin,
             store,
             engine,
@@ -187,6 +192,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.port()
+    }
+
+    /// Where `/metrics` and `/readyz` with its reasons are served.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
     }
 
     /// The admin API's port, when it is served.
@@ -205,9 +215,10 @@ impl Application {
         };
         let app = Router::new()
             .merge(history::router(engine.pool.clone()))
-            .merge(health_router(ready))
+            .merge(health_router(ready.clone()))
             .layer(http_trace_layer());
         let listener = self.listener;
+        let (ops, ops_app) = (self.ops, ops_router(ready));
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
         let admin = self.admin;
@@ -269,6 +280,7 @@ impl Application {
             }
             parts.extend([
                 handoff_service::http_part(listener, app, stop.clone()),
+                handoff_service::ops_part(ops, ops_app, stop.clone()),
                 ("the event consumers", Box::pin(consumers)),
                 ("the look-up service", Box::pin(lookups)),
                 (

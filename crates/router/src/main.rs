@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let app = router::Application::build(&settings, channels).await?;
     tracing::info!(
         port = app.port(),
+        ops_port = app.ops_port(),
         admin_port = app.admin_port(),
         "router listening"
     );

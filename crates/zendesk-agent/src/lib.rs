@@ -19,7 +19,9 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, ChannelSettings, Snapshot};
-use handoff_service::{HttpListener, Readiness, health_router, http_part, http_trace_layer};
+use handoff_service::{
+    HttpListener, Readiness, health_router, http_part, http_trace_layer, ops_part, ops_router,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_PORT: u16 = 8082;
@@ -35,6 +37,7 @@ impl Readiness for Ready {
 
 pub struct Application {
     listener: HttpListener,
+    ops: HttpListener,
     bus: Bus,
     /// Only its retry policy is used: how long a failing delivery is retried.
     client: handoff_platforms::OutboundClient,
@@ -85,8 +88,10 @@ impl Application {
             }
         }
         let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
+        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
             listener,
+            ops,
             bus,
             client: handoff_platforms::OutboundClient::new(
                 handoff_platforms::OutboundSettings::from_config(&settings.delivery),
@@ -101,6 +106,11 @@ impl Application {
         self.listener.port()
     }
 
+    /// Where `/metrics` and `/readyz` with its reasons are served.
+    pub fn ops_port(&self) -> u16 {
+        self.ops.port()
+    }
+
     pub fn accounts(&self) -> usize {
         self.accounts.len()
     }
@@ -113,12 +123,16 @@ impl Application {
         let client = self.client;
         let accounts = self.accounts;
         let listener = self.listener;
+        let (ops, ops_app) = (self.ops, ops_router(Ready(bus.clone())));
         let http = reqwest::Client::builder()
             .user_agent("handoff-zendesk-agent")
             .build()?;
         let (catalog, store) = (self.catalog, self.store);
         handoff_service::run_parts(shutdown, move |stop| {
-            let mut parts = vec![http_part(listener, app, stop.clone())];
+            let mut parts = vec![
+                http_part(listener, app, stop.clone()),
+                ops_part(ops, ops_app, stop.clone()),
+            ];
             // Sessions are long-lived and leased per account: when the catalog's Zendesk
             // accounts change, the service stops (and is restarted by its supervisor)
             // rather than reshuffle live sessions in place. Other channels' changes do

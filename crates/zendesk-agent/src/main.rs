@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let app = zendesk_agent::Application::build(&settings, channels).await?;
     tracing::info!(
         port = app.port(),
+        ops_port = app.ops_port(),
         accounts = app.accounts(),
         "zendesk-agent listening"
     );

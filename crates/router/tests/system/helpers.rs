@@ -155,6 +155,10 @@ pub struct TestHub {
     pub selarti: SelartiSim,
     pub zendesk: ZendeskSim,
     pub router_url: Option<String>,
+    /// Each service's ops port (`/metrics`, `/readyz` with its reasons).
+    pub router_ops: Option<String>,
+    pub inlet_ops: String,
+    pub outlet_ops: String,
     /// The router's admin API (gRPC), where `handoffctl` goes.
     pub admin_url: Option<String>,
     channels_path: PathBuf,
@@ -354,6 +358,7 @@ impl TestHub {
             http: handoff_config::HttpSettings {
                 host: "127.0.0.1".into(),
                 port: Some(0),
+                ops_port: Some(0),
                 ..defaults.http
             },
             nats: handoff_config::NatsSettings {
@@ -405,26 +410,28 @@ impl TestHub {
             options.zendesk_agent = false;
         }
         let (inlet_url, outlet_url) = if options.processes() {
-            let (inlet, inlet_port) = spawn_service(&settings, &options, "inlet-gateway").await;
-            let (outlet, outlet_port) = spawn_service(&settings, &options, "outlet-gateway").await;
+            let (inlet, inlet_port, inlet_ops) =
+                spawn_service(&settings, &options, "inlet-gateway").await;
+            let (outlet, outlet_port, outlet_ops) =
+                spawn_service(&settings, &options, "outlet-gateway").await;
             processes.extend([inlet, outlet]);
-            (
-                format!("http://127.0.0.1:{inlet_port}"),
-                format!("http://127.0.0.1:{outlet_port}"),
-            )
+            ((inlet_port, inlet_ops), (outlet_port, outlet_ops))
         } else {
             let inlet = inlet_gateway::Application::build(&settings, channels.clone())
                 .await
                 .expect("inlet-gateway starts");
-            let inlet_url = format!("http://127.0.0.1:{}", inlet.port());
+            let inlet_ports = (inlet.port(), inlet.ops_port());
             tokio::spawn(inlet.run_until_stopped(gateways.clone()));
             let outlet = outlet_gateway::Application::build(&settings, channels.clone())
                 .await
                 .expect("outlet-gateway starts");
-            let outlet_url = format!("http://127.0.0.1:{}", outlet.port());
+            let outlet_ports = (outlet.port(), outlet.ops_port());
             tokio::spawn(outlet.run_until_stopped(gateways.clone()));
-            (inlet_url, outlet_url)
+            (inlet_ports, outlet_ports)
         };
+        let local = |port: u16| format!("http://127.0.0.1:{port}");
+        let (inlet_url, inlet_ops) = (local(inlet_url.0), local(inlet_url.1));
+        let (outlet_url, outlet_ops) = (local(outlet_url.0), local(outlet_url.1));
         if options.zendesk_agent {
             let agent = zendesk_agent::Application::build(&settings, channels.clone())
                 .await
@@ -437,6 +444,8 @@ impl TestHub {
             settings,
             inlet: WebhookClient::new(inlet_url),
             outlet: WebhookClient::new(outlet_url),
+            inlet_ops,
+            outlet_ops,
             customer,
             other_customer,
             desk,
@@ -444,6 +453,7 @@ impl TestHub {
             selarti,
             zendesk,
             router_url: None,
+            router_ops: None,
             admin_url: None,
             channels_path,
             db_name,
@@ -462,8 +472,10 @@ impl TestHub {
     pub async fn start_router(&mut self) {
         assert!(self.router.is_none(), "router already running");
         if self.options.router_process {
-            let (mut child, port) = spawn_service(&self.settings, &self.options, "router").await;
+            let (mut child, port, ops) =
+                spawn_service(&self.settings, &self.options, "router").await;
             self.router_url = Some(format!("http://127.0.0.1:{port}"));
+            self.router_ops = Some(format!("http://127.0.0.1:{ops}"));
             // Ready once it has migrated and subscribed: its look-up service answers.
             let client = async_nats::connect(&self.settings.nats.url).await.unwrap();
             let subject = router::lookup_subject(&self.settings.nats.prefix);
@@ -493,6 +505,7 @@ impl TestHub {
                 .await
                 .expect("router starts");
             self.router_url = Some(format!("http://127.0.0.1:{}", app.port()));
+            self.router_ops = Some(format!("http://127.0.0.1:{}", app.ops_port()));
             self.admin_url = app
                 .admin_port()
                 .map(|port| format!("http://127.0.0.1:{port}"));
@@ -841,7 +854,7 @@ async fn spawn_service(
     settings: &Settings,
     options: &HubOptions,
     name: &str,
-) -> (tokio::process::Child, u16) {
+) -> (tokio::process::Child, u16, u16) {
     spawn_service_with(settings, options, name, &[]).await
 }
 
@@ -851,7 +864,7 @@ async fn spawn_service_with(
     options: &HubOptions,
     name: &str,
     extra_env: &[(&str, &str)],
-) -> (tokio::process::Child, u16) {
+) -> (tokio::process::Child, u16, u16) {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name(name);
     assert!(
         binary.exists(),
@@ -862,6 +875,7 @@ async fn spawn_service_with(
         .env("HANDOFF_CHANNELS", &settings.channels)
         .env("HANDOFF_HTTP__HOST", "127.0.0.1")
         .env("HANDOFF_HTTP__PORT", "0")
+        .env("HANDOFF_HTTP__OPS_PORT", "0")
         .envs(service_env(settings, options))
         .env("HANDOFF_TELEMETRY__LOG_FORMAT", "json")
         .env(
@@ -895,17 +909,21 @@ async fn spawn_service_with(
             };
             let fields = &log["fields"];
             if fields["message"] == format!("{name} listening")
-                && let (Some(port), Some(up)) = (fields["port"].as_u64(), up.take())
+                && let (Some(port), Some(ops), Some(up)) = (
+                    fields["port"].as_u64(),
+                    fields["ops_port"].as_u64(),
+                    up.take(),
+                )
             {
-                let _ = up.send(port as u16);
+                let _ = up.send((port as u16, ops as u16));
             }
         }
     });
-    let port = tokio::time::timeout(WAIT, started)
+    let (port, ops) = tokio::time::timeout(WAIT, started)
         .await
         .expect("the service came up")
         .expect("the service came up");
-    (child, port)
+    (child, port, ops)
 }
 
 fn sends_to(platform: &CustomPlatform, external_id: &str) -> Vec<Recorded> {

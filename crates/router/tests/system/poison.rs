@@ -190,7 +190,7 @@ async fn a_delivery_the_platform_refused_is_parked_and_delivered_when_replayed_w
     assert_eq!(letters[0]["kind"], "deliver_to_member");
     assert!(letters[0]["reason"].as_str().unwrap().contains("400"));
     let id = letters[0]["id"].as_i64().unwrap().to_string();
-    let metrics = reqwest::get(format!("{}/metrics", hub.router_url.as_deref().unwrap()))
+    let metrics = reqwest::get(format!("{}/metrics", hub.router_ops.as_deref().unwrap()))
         .await
         .unwrap()
         .text()
@@ -339,13 +339,18 @@ async fn consumers_deleted_under_the_services_are_restarted_and_a_lost_stream_tu
         .unwrap();
 
     // Assert 2: readiness says so instead of answering 200 while consuming nothing.
-    let readyz = format!("{}/readyz", hub.inlet.base_url());
+    // Why, on the ops port; the public port says only "not ready".
+    let readyz = format!("{}/readyz", hub.inlet_ops);
+    let public = format!("{}/readyz", hub.inlet.base_url());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let resp = reqwest::get(&readyz).await.unwrap();
         if resp.status() == 503 {
             let why = resp.text().await.unwrap();
             assert!(why.contains("not consuming"), "{why}");
+            let public = reqwest::get(&public).await.unwrap();
+            assert_eq!(public.status(), 503);
+            assert_eq!(public.text().await.unwrap(), "not ready");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "readyz stayed 200");

@@ -262,9 +262,15 @@ async fn every_service_counts_its_messages_and_times_each_hop_for_prometheus_and
     assert_eq!(status, 200);
     hub.wait_received("metrics-1", 1).await;
 
-    let inlet = hub.inlet.base_url();
-    let outlet = hub.outlet.base_url();
-    let router = hub.router_url.clone().unwrap();
+    // Metrics name channels: they are on each service's ops port, not its public one.
+    let inlet = hub.inlet_ops.as_str();
+    let outlet = hub.outlet_ops.as_str();
+    let router = hub.router_ops.clone().unwrap();
+    let public = reqwest::get(format!("{}/metrics", hub.inlet.base_url()))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(public, 404, "no metrics on the public port");
     let customer = [("channel", INLET), ("platform", "custom")];
     assert_eq!(
         wait_for_sample(inlet, "handoff_messages_in_total", &customer, 1.0).await,
