@@ -30,10 +30,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
@@ -167,7 +167,18 @@ struct Ctx<H> {
     name: String,
     handler: Arc<H>,
     permits: Arc<Semaphore>,
+    /// Payload bytes the process's lanes hold, across its partitions (see `max_held_bytes`).
+    held_bytes: Arc<AtomicUsize>,
 }
+
+/// Bytes one pull asks for at most (a quarter of the process's budget, up to this): what
+/// sits fetched but not yet in a lane is bounded too. Never less than a bus message, which
+/// a pull must be able to carry.
+const PULL_BYTES: usize = 4 * 1024 * 1024;
+/// Messages one pull asks for at most, and how long it waits for them: an idle partition
+/// asks again this often.
+const PULL_BATCH: usize = 200;
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// What handling needs of a stored message, wherever it was read from: a partition's
 /// consumer, or the hold stream.
@@ -229,6 +240,7 @@ pub async fn run_consumers<H: Handler>(
     let partitions = bus.settings().partitions;
     let ctx = Arc::new(Ctx {
         permits: Arc::new(Semaphore::new(bus.settings().max_in_flight)),
+        held_bytes: Arc::default(),
         bus,
         stream,
         hold,
@@ -425,45 +437,64 @@ async fn run_partition<H: Handler>(
     ctx.bus.report(&partition_key(&ctx.name, partition), None);
     let mut progress = tokio::time::interval(settings.ack_wait / 3);
     progress.tick().await;
+    let pull_bytes = (settings.max_held_bytes / 4)
+        .min(PULL_BYTES)
+        .max(ctx.bus.max_payload());
+    // Pulls are batches, each asked for only while the process is within its byte budget:
+    // everything fetched goes straight into a lane, where it is counted and kept alive by
+    // progress acks. (A continuous pull left paused would let messages fetched but unread
+    // outlive their ack wait and come again.)
     let result = 'pull: loop {
-        let mut messages = tokio::select! {
-            () = stop.cancelled() => break 'pull Ok(()),
-            // The consumer is gone or the server refuses: end here, and the controller
-            // takes the partition again with a new consumer.
-            m = consumer.messages() => match m {
-                Ok(m) => m,
-                Err(e) => break 'pull Err(anyhow::anyhow!("cannot pull from partition {partition}: {e}")),
-            },
+        let within_budget = ctx.held_bytes.load(Ordering::Relaxed) < settings.max_held_bytes;
+        let mut batch = if within_budget {
+            tokio::select! {
+                () = stop.cancelled() => break 'pull Ok(()),
+                b = consumer
+                    .batch()
+                    .max_messages(PULL_BATCH)
+                    .max_bytes(pull_bytes)
+                    .expires(PULL_EXPIRES)
+                    .messages() => match b {
+                    Ok(b) => Some(b),
+                    // The consumer is gone or the server refuses: end here, and the
+                    // controller takes the partition again with a new consumer.
+                    Err(e) => break 'pull Err(anyhow::anyhow!("cannot pull from partition {partition}: {e}")),
+                },
+            }
+        } else {
+            None
         };
         loop {
             tokio::select! {
                 () = stop.cancelled() => break 'pull Ok(()),
                 Some(done) = lanes.running.join_next(), if !lanes.running.is_empty() => {
                     lanes.finished(done);
+                    if batch.is_none() {
+                        // Out of budget until now: a lane finishing may have made room.
+                        continue 'pull;
+                    }
                 }
                 Some(drained) = lanes.workers.join_next(), if !lanes.workers.is_empty() => {
                     lanes.drained(drained);
                 }
-                next = messages.next() => match next {
+                next = async { batch.as_mut().expect("polled only with a batch").next().await }, if batch.is_some() => match next {
                     Some(Ok(message)) => lanes.push(message).await,
-                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
-                        break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
-                    }
-                    // No heartbeat: the pull may be dead; a new one finds out.
-                    Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
-                        tracing::warn!(partition, "pull heartbeat missed; pulling again");
+                    // The batch was refused or cut short (a 409 from the server, a
+                    // reconnect): ask again, unhurried; a consumer that is gone is found by
+                    // the check on the progress tick.
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, partition, "pull ended early");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue 'pull;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, partition, "pull error"),
-                    // The pull stream ended (e.g. a reconnect): open a new one.
+                    // Its count, bytes or time reached: the next one.
                     None => continue 'pull,
                 },
                 _ = progress.tick() => {
                     lanes.progress().await;
                     // The server's notice that the consumer (or its stream) was deleted
-                    // can be lost under load, and a missed heartbeat takes longer to show:
-                    // asking on this tick turns either into a restart, and a not-ready
-                    // report, within a third of the ack wait.
+                    // can be lost under load: asking on this tick turns either into a
+                    // restart, and a not-ready report, within a third of the ack wait.
                     if let Err(e) = consumer.get_info().await
                         && matches!(
                             e.kind(),
@@ -471,6 +502,9 @@ async fn run_partition<H: Handler>(
                         )
                     {
                         break 'pull Err(anyhow::anyhow!("partition {partition}'s consumer is gone: {e}"));
+                    }
+                    if batch.is_none() {
+                        continue 'pull;
                     }
                 }
             }
@@ -578,6 +612,9 @@ impl<H: Handler> Lanes<H> {
             }
         };
         let member = envelope.member_id.clone();
+        self.ctx
+            .held_bytes
+            .fetch_add(message.payload.len(), Ordering::Relaxed);
         let queue = self.queues.entry(member.clone()).or_default();
         queue.push_back(Item {
             message,
@@ -629,6 +666,9 @@ impl<H: Handler> Lanes<H> {
         };
         if let Some(item) = queue.pop_front() {
             self.held.remove(&item.sequence);
+            self.ctx
+                .held_bytes
+                .fetch_sub(item.message.payload.len(), Ordering::Relaxed);
         }
         if queue.is_empty() {
             self.queues.remove(&member);
@@ -646,6 +686,20 @@ impl<H: Handler> Lanes<H> {
                 .ack_with(async_nats::jetstream::AckKind::Progress)
                 .await;
         }
+    }
+}
+
+impl<H> Drop for Lanes<H> {
+    /// A partition given up leaves its queued messages to the next owner: they no longer
+    /// count against this process's budget.
+    fn drop(&mut self) {
+        let queued: usize = self
+            .queues
+            .values()
+            .flatten()
+            .map(|item| item.message.payload.len())
+            .sum();
+        self.ctx.held_bytes.fetch_sub(queued, Ordering::Relaxed);
     }
 }
 

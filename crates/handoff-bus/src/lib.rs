@@ -78,7 +78,13 @@ pub enum PublishError {
     Full { percent: u64 },
     #[error("event has no member id; it cannot be partitioned")]
     NoMember,
+    /// Larger than a bus message: it can never be stored.
+    #[error("the message ({size} bytes) is larger than the bus takes ({limit} bytes)")]
+    TooLarge { size: usize, limit: usize },
 }
+
+/// Room kept in a bus message for its headers (dedup id, trace context) beside the payload.
+pub const HEADERS_ROOM: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct BusSettings {
@@ -96,6 +102,7 @@ pub struct BusSettings {
     pub inbound_headroom_percent: u8,
     /// See `handoff_config::NatsSettings::hold_after_secs` (`None`: never).
     pub hold_after: Option<Duration>,
+    pub max_held_bytes: usize,
 }
 
 /// A connection to the bus. Cheap to clone.
@@ -400,6 +407,10 @@ impl Bus {
         };
         match self.publish_event(&envelope).await {
             Ok(()) => then,
+            // Never publishable: the command is set aside, not retried for ever.
+            Err(e @ PublishError::TooLarge { .. }) => Handled::Park {
+                reason: format!("its `{purpose}` result: {e}"),
+            },
             Err(e) => {
                 let mut kept = self.kept.lock().expect("kept results lock");
                 if kept.len() < MAX_KEPT_RESULTS {
@@ -464,6 +475,7 @@ impl Bus {
     /// Publishes an event for the router and waits until JetStream has stored it.
     pub async fn publish_event(&self, envelope: &Envelope) -> Result<(), PublishError> {
         let subject = self.event_subject(envelope)?;
+        self.fits(envelope)?;
         self.publish_raw(
             subject,
             &envelope.event_id,
@@ -499,6 +511,7 @@ impl Bus {
         );
         async {
             let subject = self.event_subject(envelope)?;
+            self.fits(envelope)?;
             let ack = self
                 .js
                 .publish_with_headers(
@@ -552,6 +565,16 @@ impl Bus {
     /// The largest message the server accepts.
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload
+    }
+
+    /// Whether `envelope` fits in a bus message with its headers.
+    fn fits(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let size = envelope.encoded_len();
+        let limit = self.max_payload();
+        if size + HEADERS_ROOM > limit {
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        Ok(())
     }
 
     /// Sends a parked message to the router, which keeps it in its dead-letter table.
@@ -780,6 +803,7 @@ impl BusSettings {
             inbound_headroom_percent: nats.inbound_headroom_percent,
             hold_after: (nats.hold_after_secs > 0)
                 .then(|| Duration::from_secs(nats.hold_after_secs)),
+            max_held_bytes: nats.max_held_bytes.max(1),
         }
     }
 }

@@ -156,6 +156,9 @@ pub struct NatsSettings {
     /// retried in order without taking capacity the partition's other members share
     /// (0: never).
     pub hold_after_secs: u64,
+    /// Bytes of messages one service process holds in its member lanes at most (fetched
+    /// and not yet done); past it, its partitions stop fetching until lanes finish.
+    pub max_held_bytes: usize,
 }
 
 impl Default for NatsSettings {
@@ -174,6 +177,7 @@ impl Default for NatsSettings {
             commands_max_bytes: 1024 * 1024 * 1024,
             inbound_headroom_percent: 10,
             hold_after_secs: 10,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     }
 }

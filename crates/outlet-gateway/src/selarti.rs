@@ -68,7 +68,10 @@ async fn receive(
         .bus
         .publish_event_once(&envelope, &keys.dedup_id)
         .await
-        .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+        .map_err(|e| match e {
+            handoff_bus::PublishError::TooLarge { limit, .. } => WebhookError::TooLarge(limit),
+            e => WebhookError::Unavailable(e.to_string()),
+        })?;
     if duplicate {
         return Ok(Json(json!({"ok": true, "duplicate": true})));
     }

@@ -800,7 +800,18 @@ impl Engine {
             members.push(envelope.member_id.parse::<Uuid>()?);
             partitions.push(i32::from(self.bus.partition_of(&envelope.member_id)));
             subjects.push(self.bus.command_subject(*service, envelope)?);
-            payloads.push(envelope.encode_to_vec());
+            let payload = envelope.encode_to_vec();
+            // It could never be published: the event is parked (its member moves on),
+            // rather than retried for ever.
+            if payload.len() + handoff_bus::HEADERS_ROOM > self.bus.max_payload() {
+                return Err(permanent(format!(
+                    "its `{}` command ({} bytes) is larger than a bus message ({} bytes)",
+                    envelope.kind(),
+                    payload.len(),
+                    self.bus.max_payload()
+                )));
+            }
+            payloads.push(payload);
         }
         let seqs: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO outbox (partition, member_id, command_id, subject, payload)

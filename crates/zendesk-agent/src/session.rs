@@ -494,6 +494,11 @@ async fn store(
                 }
                 return Ok(());
             }
+            // Zendesk cannot be told no: what can never be stored is reported and skipped.
+            Err(e @ handoff_bus::PublishError::TooLarge { .. }) => {
+                tracing::error!(error = %e, channel = %channel.id, "an event from Zendesk is too large for the bus; skipped");
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "an event from Zendesk is not stored yet; retrying")
             }

@@ -85,6 +85,7 @@ impl From<handoff_bus::PublishError> for ApiError {
         match e {
             handoff_bus::PublishError::Unavailable(why) => ApiError::Unavailable(why),
             handoff_bus::PublishError::Full { .. } => ApiError::Busy(e.to_string()),
+            handoff_bus::PublishError::TooLarge { limit, .. } => ApiError::PayloadTooLarge(limit),
             handoff_bus::PublishError::NoMember => ApiError::Internal(e.to_string()),
         }
     }

@@ -94,6 +94,8 @@ pub struct HubOptions {
     pub partitions: u16,
     pub max_ack_pending: i64,
     pub hold_after_secs: u64,
+    /// Bytes each service process holds in its lanes at most.
+    pub max_held_bytes: usize,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -129,6 +131,7 @@ impl Default for HubOptions {
             partitions: 4,
             max_ack_pending: 4_096,
             hold_after_secs: 10,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -367,6 +370,7 @@ impl TestHub {
                 partitions: options.partitions,
                 max_ack_pending: options.max_ack_pending,
                 hold_after_secs: options.hold_after_secs,
+                max_held_bytes: options.max_held_bytes,
                 ack_wait_secs: options.ack_wait_secs,
                 duplicate_window_secs: options.duplicate_window_secs,
                 stream_max_bytes: options.stream_max_bytes,
@@ -801,6 +805,10 @@ fn service_env(settings: &Settings, options: &HubOptions) -> Vec<(&'static str, 
             nats.hold_after_secs.to_string(),
         ),
         (
+            "HANDOFF_NATS__MAX_HELD_BYTES",
+            nats.max_held_bytes.to_string(),
+        ),
+        (
             "HANDOFF_DATABASE__URL",
             secrecy::ExposeSecret::expose_secret(&settings.database.url).to_string(),
         ),
@@ -994,11 +1002,17 @@ pub struct OwnNats {
     pub url: String,
     port: u16,
     store: PathBuf,
+    max_payload: Option<usize>,
     process: Option<tokio::process::Child>,
 }
 
 impl OwnNats {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With the server's largest message set to `max_payload` bytes, when given.
+    pub async fn start_with(max_payload: Option<usize>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1009,6 +1023,7 @@ impl OwnNats {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store,
+            max_payload,
             process: None,
         };
         nats.up().await;
@@ -1025,7 +1040,14 @@ impl OwnNats {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("nats-server");
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        if let Some(max) = self.max_payload {
+            // Not a command-line flag: a configuration file says it.
+            let conf = self.store.with_extension("conf");
+            std::fs::write(&conf, format!("max_payload: {max}\n")).unwrap();
+            command.arg("-c").arg(conf);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -1074,5 +1096,6 @@ impl OwnNats {
 impl Drop for OwnNats {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.store);
+        let _ = std::fs::remove_file(self.store.with_extension("conf"));
     }
 }

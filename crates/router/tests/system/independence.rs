@@ -269,3 +269,69 @@ async fn a_tenant_whose_send_api_is_down_delays_only_its_own_customers_and_loses
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_service_holds_a_bounded_number_of_bytes_however_much_waits_for_it() {
+    // Arrange: each process may hold 512 KiB in its lanes; the customers' Send API takes
+    // 1.5 s per call, so one customer's answers queue behind each other.
+    let hub = TestHub::start_with(HubOptions {
+        max_held_bytes: 512 * 1024,
+        ..Default::default()
+    })
+    .await;
+    hub.customer.stall(Api::Send, Duration::from_millis(1500));
+
+    // Act: a hundred messages of 100 KB from one customer (10 MB of answers to deliver).
+    let big = "y".repeat(100 * 1024);
+    for i in 0..100 {
+        assert_eq!(hub.say("flood", &format!("{i} {big}")).await.0, 200);
+    }
+
+    // Assert: while the answers pile up, inlet-gateway has fetched a bounded share of
+    // them; the rest wait in the stream, and all arrive, in order, once the platform is
+    // fast again.
+    let client = async_nats::connect(&hub.settings.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(handoff_bus::commands_stream(&hub.settings.nats.prefix))
+        .await
+        .unwrap();
+    let (mut most_fetched, mut most_waiting) = (0, 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while most_waiting < 60 && tokio::time::Instant::now() < deadline {
+        let mut fetched = 0;
+        let mut consumers = stream.consumers();
+        while let Some(info) = futures::TryStreamExt::try_next(&mut consumers)
+            .await
+            .unwrap()
+        {
+            if info
+                .config
+                .filter_subject
+                .contains(".deliver.inlet-gateway.")
+            {
+                fetched += info.num_ack_pending;
+            }
+        }
+        most_fetched = most_fetched.max(fetched);
+        most_waiting = most_waiting.max(stream.info().await.unwrap().state.messages);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        most_waiting >= 60,
+        "only {most_waiting} answers were ever waiting"
+    );
+    assert!(
+        most_fetched <= 40,
+        "inlet-gateway held {most_fetched} answers of 100 KB"
+    );
+    hub.customer.stall(Api::Send, Duration::ZERO);
+    let got = hub.wait_received("flood", 100).await;
+    let firsts: Vec<String> = got
+        .iter()
+        .map(|r| text_of(r).split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    let expected: Vec<String> = (0..100).map(|i| format!("You said: {i}")).collect();
+    assert_eq!(firsts, expected);
+    hub.shutdown().await;
+}

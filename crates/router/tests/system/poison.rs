@@ -464,3 +464,62 @@ async fn a_stream_filled_while_the_router_is_down_drains_when_it_returns_and_ans
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn what_can_never_fit_a_bus_message_is_refused_at_the_edge_or_parked_and_the_member_moves_on()
+{
+    // Arrange: a bus whose messages are at most 64 KiB, and a live customer with a 40 KB
+    // profile.
+    let nats = OwnNats::start_with(Some(64 * 1024)).await;
+    let hub = TestHub::start_with(HubOptions {
+        nats_url: Some(nats.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let note = "p".repeat(40 * 1024);
+    let mut ask = WebhookClient::customer_text("wide", INLET, "talk to a human", now_ms());
+    ask["profile"]["note"] = json!(note);
+    let (status, body) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &ask, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    hub.wait_conversation_state(member_id("wide").parse().unwrap(), "live")
+        .await;
+
+    // Act: the customer sends what cannot fit with their profile; an agent sends what
+    // cannot reach the customer with it; then a short answer.
+    let mut wide = WebhookClient::customer_text("wide", INLET, &"t".repeat(30 * 1024), now_ms());
+    wide["profile"]["note"] = json!(note);
+    let (refused, error) = hub
+        .inlet
+        .post(INLET, ORG, INLET_TOKEN, &wide, &[])
+        .await
+        .unwrap();
+    let (status, body) = agent_says(&hub, "wide", &"a".repeat(25 * 1024)).await;
+    assert_eq!(status, 200, "{body}");
+    let letters = hub.wait_dead_letters(1).await;
+    let (status, body) = agent_says(&hub, "wide", "Are you still there?").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Assert: the edge says 413 at once (not 503 for ever); the agent's message is parked
+    // with its reason; the next one reaches the customer.
+    assert_eq!(refused, 413, "{error}");
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    assert_eq!(letters[0]["service"], "router", "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("larger than a bus message"),
+        "{letters:?}"
+    );
+    let got = hub.wait_received("wide", 1).await;
+    assert_eq!(
+        got.iter().map(text_of).collect::<Vec<_>>(),
+        ["Are you still there?"]
+    );
+    hub.shutdown().await;
+    drop(nats);
+}
