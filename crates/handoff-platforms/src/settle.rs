@@ -7,7 +7,7 @@
 
 use handoff_bus::{Bus, Handled};
 use handoff_config::Channel;
-use handoff_proto::{Body, Envelope};
+use handoff_proto::{Body, Content, DeliveryFailed, Envelope, RelayFailed};
 
 use crate::{DeliveryError, Horizon, OutboundClient};
 
@@ -18,6 +18,36 @@ pub struct Failure {
     pub purpose: &'static str,
     pub event: Body,
     pub park: bool,
+}
+
+impl Failure {
+    /// A message for a customer or a desk that never got there: the router records it
+    /// (and tells an agent whose message it was); the command is parked, replayable.
+    pub fn delivery_failed(content: &Content, error: &DeliveryError) -> Self {
+        Self {
+            purpose: "delivery_failed",
+            event: Body::DeliveryFailed(DeliveryFailed {
+                content: Some(content.clone()),
+                reason: error.to_string(),
+                status: error.status().unwrap_or_default().into(),
+            }),
+            park: true,
+        }
+    }
+
+    /// A customer's message the desk's Relay API never took: the bot hears of it
+    /// (`relayMessageError`); the command is parked, replayable.
+    pub fn relay_failed(content: &Content, error: &DeliveryError) -> Self {
+        Self {
+            purpose: "relay_failed",
+            event: Body::RelayFailed(RelayFailed {
+                content: Some(content.clone()),
+                reason: error.to_string(),
+                status: error.status().unwrap_or_default().into(),
+            }),
+            park: true,
+        }
+    }
 }
 
 /// An adapter's successful attempt: nothing more to say, or a result event for the router

@@ -4,7 +4,7 @@ use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::send_body;
 use handoff_platforms::settle::{Failure, settle};
 use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
-use handoff_proto::{Body, DeliveryFailed, Envelope};
+use handoff_proto::{Body, Envelope};
 
 pub(crate) struct Deliverer {
     pub bus: Bus,
@@ -56,15 +56,7 @@ impl Handler for Deliverer {
             channel,
             Horizon::Delivery,
             attempt,
-            |e| Failure {
-                purpose: "delivery_failed",
-                event: Body::DeliveryFailed(DeliveryFailed {
-                    content: Some(content.clone()),
-                    reason: e.to_string(),
-                    status: e.status().unwrap_or_default().into(),
-                }),
-                park: true,
-            },
+            |e| Failure::delivery_failed(content, e),
         )
         .await
     }

@@ -5,7 +5,7 @@ use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
 use handoff_platforms::settle::{Failure, settle};
 use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
-use handoff_proto::{Body, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed, RelayFailed};
+use handoff_proto::{Body, Envelope, HandoffAccepted, HandoffFailed};
 use serde_json::Value;
 
 pub(crate) struct LiveChatDeliverer {
@@ -98,14 +98,8 @@ impl Handler for LiveChatDeliverer {
                     .post_json(url, id, &body, signer.as_ref())
                     .await
                     .map(|_| None);
-                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| Failure {
-                    purpose: "relay_failed",
-                    event: Body::RelayFailed(RelayFailed {
-                        content: Some(content.clone()),
-                        reason: e.to_string(),
-                        status: e.status().unwrap_or_default().into(),
-                    }),
-                    park: true,
+                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| {
+                    Failure::relay_failed(&content, e)
                 })
                 .await
             }
@@ -126,14 +120,8 @@ impl Handler for LiveChatDeliverer {
                     .post_json(url, id, &body, signer.as_ref())
                     .await
                     .map(|_| None);
-                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| Failure {
-                    purpose: "delivery_failed",
-                    event: Body::DeliveryFailed(DeliveryFailed {
-                        content: Some(content.clone()),
-                        reason: e.to_string(),
-                        status: e.status().unwrap_or_default().into(),
-                    }),
-                    park: true,
+                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| {
+                    Failure::delivery_failed(&content, e)
                 })
                 .await
             }

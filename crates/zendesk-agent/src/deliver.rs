@@ -16,8 +16,7 @@ use handoff_platforms::zendesk::{
 };
 use handoff_platforms::{DeliveryError, Horizon, OutboundClient};
 use handoff_proto::{
-    Body, DeliverToMember, DeliveryFailed, Envelope, HandoffAccepted, HandoffFailed,
-    RequestLivechat,
+    Body, DeliverToMember, Envelope, HandoffAccepted, HandoffFailed, RequestLivechat,
 };
 use serde_json::Value;
 
@@ -86,15 +85,7 @@ impl Deliverer {
             &account.channel,
             Horizon::Delivery,
             attempt,
-            |e| Failure {
-                purpose: "delivery_failed",
-                event: Body::DeliveryFailed(DeliveryFailed {
-                    content: Some(content.clone()),
-                    reason: e.to_string(),
-                    status: 0,
-                }),
-                park: true,
-            },
+            |e| Failure::delivery_failed(content, e),
         )
         .await
     }

@@ -707,6 +707,17 @@ impl TestHub {
         sends_to(&self.customer, external_id)
     }
 
+    /// The texts the customer `external_id` received, each delivery once: a retry that got
+    /// through after all comes again under the same `webhook-id`, which receivers drop.
+    pub fn received_once(&self, external_id: &str) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.received(external_id)
+            .into_iter()
+            .filter(|r| seen.insert(r.webhook_id.clone()))
+            .map(|r| text_of(&r))
+            .collect()
+    }
+
     /// Send API calls the other org's customer `external_id` received, in order.
     pub fn received_elsewhere(&self, external_id: &str) -> Vec<Recorded> {
         sends_to(&self.other_customer, external_id)
