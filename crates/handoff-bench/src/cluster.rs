@@ -144,6 +144,8 @@ channels:
             .env("HANDOFF_CHANNELS", &self.channels)
             .env("HANDOFF_HTTP__HOST", "127.0.0.1")
             .env("HANDOFF_HTTP__PORT", port.to_string())
+            // Several replicas on one machine: the ops port cannot be the default port + 100.
+            .env("HANDOFF_HTTP__OPS_PORT", free_port()?.to_string())
             .env("HANDOFF_NATS__URL", &self.nats_url)
             .env("HANDOFF_NATS__PREFIX", &self.prefix)
             .env(

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
@@ -175,10 +176,13 @@ struct Ctx<H> {
 /// sits fetched but not yet in a lane is bounded too. Never less than a bus message, which
 /// a pull must be able to carry.
 const PULL_BYTES: usize = 4 * 1024 * 1024;
-/// Messages one pull asks for at most, and how long it waits for them: an idle partition
-/// asks again this often.
+/// Messages one pull asks for at most, and the heartbeat that shows a pull is alive (the
+/// client's defaults).
 const PULL_BATCH: usize = 200;
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Stream sequences a partition remembers as finished, to skip their redelivery.
+const RECENTLY_DONE: usize = 16_384;
 
 /// What handling needs of a stored message, wherever it was read from: a partition's
 /// consumer, or the hold stream.
@@ -440,61 +444,54 @@ async fn run_partition<H: Handler>(
     let pull_bytes = (settings.max_held_bytes / 4)
         .min(PULL_BYTES)
         .max(ctx.bus.max_payload());
-    // Pulls are batches, each asked for only while the process is within its byte budget:
-    // everything fetched goes straight into a lane, where it is counted and kept alive by
-    // progress acks. (A continuous pull left paused would let messages fetched but unread
-    // outlive their ack wait and come again.)
     let result = 'pull: loop {
-        let within_budget = ctx.held_bytes.load(Ordering::Relaxed) < settings.max_held_bytes;
-        let mut batch = if within_budget {
-            tokio::select! {
-                () = stop.cancelled() => break 'pull Ok(()),
-                b = consumer
-                    .batch()
-                    .max_messages(PULL_BATCH)
-                    .max_bytes(pull_bytes)
-                    .expires(PULL_EXPIRES)
-                    .messages() => match b {
-                    Ok(b) => Some(b),
-                    // The consumer is gone or the server refuses: end here, and the
-                    // controller takes the partition again with a new consumer.
-                    Err(e) => break 'pull Err(anyhow::anyhow!("cannot pull from partition {partition}: {e}")),
-                },
-            }
-        } else {
-            None
+        let mut messages = tokio::select! {
+            () = stop.cancelled() => break 'pull Ok(()),
+            // The consumer is gone or the server refuses: end here, and the controller
+            // takes the partition again with a new consumer.
+            m = consumer
+                .stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .max_bytes_per_batch(pull_bytes)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages() => match m {
+                Ok(m) => m,
+                Err(e) => break 'pull Err(anyhow::anyhow!("cannot pull from partition {partition}: {e}")),
+            },
         };
         loop {
             tokio::select! {
                 () = stop.cancelled() => break 'pull Ok(()),
                 Some(done) = lanes.running.join_next(), if !lanes.running.is_empty() => {
                     lanes.finished(done);
-                    if batch.is_none() {
-                        // Out of budget until now: a lane finishing may have made room.
-                        continue 'pull;
-                    }
                 }
                 Some(drained) = lanes.workers.join_next(), if !lanes.workers.is_empty() => {
                     lanes.drained(drained);
                 }
-                next = async { batch.as_mut().expect("polled only with a batch").next().await }, if batch.is_some() => match next {
+                // Past the process's byte budget, lanes finish before more is read; the
+                // pull itself holds at most one batch of bytes meanwhile. Should a message
+                // wait there past its ack wait, it comes again, after itself: the lanes
+                // skip a sequence they have just finished.
+                next = messages.next(), if ctx.held_bytes.load(Ordering::Relaxed) < settings.max_held_bytes => match next {
                     Some(Ok(message)) => lanes.push(message).await,
-                    // The batch was refused or cut short (a 409 from the server, a
-                    // reconnect): ask again, unhurried; a consumer that is gone is found by
-                    // the check on the progress tick.
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, partition, "pull ended early");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
+                    }
+                    // No heartbeat: the pull may be dead; a new one finds out.
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
+                        tracing::warn!(partition, "pull heartbeat missed; pulling again");
                         continue 'pull;
                     }
-                    // Its count, bytes or time reached: the next one.
+                    Some(Err(e)) => tracing::warn!(error = %e, partition, "pull error"),
+                    // The pull stream ended (e.g. a reconnect): open a new one.
                     None => continue 'pull,
                 },
                 _ = progress.tick() => {
                     lanes.progress().await;
                     // The server's notice that the consumer (or its stream) was deleted
-                    // can be lost under load: asking on this tick turns either into a
-                    // restart, and a not-ready report, within a third of the ack wait.
+                    // can be lost under load, and a missed heartbeat takes longer to show:
+                    // asking on this tick turns either into a restart, and a not-ready
+                    // report, within a third of the ack wait.
                     if let Err(e) = consumer.get_info().await
                         && matches!(
                             e.kind(),
@@ -502,9 +499,6 @@ async fn run_partition<H: Handler>(
                         )
                     {
                         break 'pull Err(anyhow::anyhow!("partition {partition}'s consumer is gone: {e}"));
-                    }
-                    if batch.is_none() {
-                        continue 'pull;
                     }
                 }
             }
@@ -538,6 +532,9 @@ struct Lanes<H> {
     queues: HashMap<String, VecDeque<Item>>,
     /// Stream sequences held here, so a redelivery of one of them is not handled twice.
     held: HashSet<u64>,
+    /// Sequences finished lately (oldest first): a redelivery of one is acknowledged and
+    /// skipped (it came again while it waited unread in a pull paused by the budget).
+    done: (HashSet<u64>, VecDeque<u64>),
     /// Lane tasks: the member, and whether it is now to be held.
     running: JoinSet<(String, bool)>,
     /// Members whose messages go to the hold stream, and those being delivered from it.
@@ -552,6 +549,7 @@ impl<H: Handler> Lanes<H> {
             partition,
             queues: HashMap::new(),
             held: HashSet::new(),
+            done: Default::default(),
             running: JoinSet::new(),
             holding: HashSet::new(),
             workers: JoinSet::new(),
@@ -593,6 +591,10 @@ impl<H: Handler> Lanes<H> {
             tracing::error!(subject = %message.subject, "a message without JetStream metadata");
             return;
         };
+        if self.done.0.contains(&sequence) {
+            ack(&message).await;
+            return;
+        }
         if !self.held.insert(sequence) {
             return;
         }
@@ -666,6 +668,14 @@ impl<H: Handler> Lanes<H> {
         };
         if let Some(item) = queue.pop_front() {
             self.held.remove(&item.sequence);
+            if self.done.0.insert(item.sequence) {
+                self.done.1.push_back(item.sequence);
+                if self.done.1.len() > RECENTLY_DONE
+                    && let Some(oldest) = self.done.1.pop_front()
+                {
+                    self.done.0.remove(&oldest);
+                }
+            }
             self.ctx
                 .held_bytes
                 .fetch_sub(item.message.payload.len(), Ordering::Relaxed);
