@@ -195,6 +195,9 @@ pub struct DatabaseSettings {
     /// A transaction left idle this long is ended by Postgres, releasing its locks: what
     /// a frozen (SIGSTOP, long GC-like pause, partitioned) replica holds is given back.
     pub idle_in_transaction_timeout_ms: u64,
+    /// Events waiting while none has been applied for this long make the router not ready
+    /// (a database that refuses or locks every batch).
+    pub stalled_after_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -205,6 +208,7 @@ impl Default for DatabaseSettings {
             lock_timeout_ms: 2_000,
             statement_timeout_ms: 10_000,
             idle_in_transaction_timeout_ms: 5_000,
+            stalled_after_secs: 30,
         }
     }
 }

@@ -90,6 +90,11 @@ pub(crate) struct Engine {
     queue: Mutex<mpsc::UnboundedReceiver<Job>>,
     /// Outbox rows JetStream has, waiting for the next clean-up.
     published: std::sync::Mutex<Vec<i64>>,
+    /// When an event was last handed to the batches, and when one last got an outcome
+    /// (applied or parked): readiness says when events are tried and none gets through.
+    last_attempt_ms: std::sync::atomic::AtomicI64,
+    last_progress_ms: std::sync::atomic::AtomicI64,
+    stalled_after_ms: i64,
 }
 
 struct OutboxRow {
@@ -182,7 +187,13 @@ impl Work<'_> {
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, bus: Bus, catalog: Catalog, public_url: String) -> Self {
+    pub fn new(
+        pool: PgPool,
+        bus: Bus,
+        catalog: Catalog,
+        public_url: String,
+        stalled_after: Duration,
+    ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         Self {
             pool,
@@ -192,7 +203,29 @@ impl Engine {
             jobs,
             queue: Mutex::new(queue),
             published: std::sync::Mutex::new(Vec::new()),
+            last_attempt_ms: std::sync::atomic::AtomicI64::new(0),
+            last_progress_ms: std::sync::atomic::AtomicI64::new(handoff_bus::now_ms()),
+            stalled_after_ms: i64::try_from(stalled_after.as_millis()).unwrap_or(i64::MAX),
         }
+    }
+
+    /// `Err` while events are being tried and none has been applied (or parked) for the
+    /// stall time: every batch failing — a lock held elsewhere, a database refusing
+    /// writes. It clears with the next event that gets through, or a stall time after the
+    /// last try (its partitions moved on).
+    pub fn progressing(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = handoff_bus::now_ms();
+        let progress = self.last_progress_ms.load(Relaxed);
+        let attempt = self.last_attempt_ms.load(Relaxed);
+        let trying = attempt > progress && now - attempt <= self.stalled_after_ms;
+        if trying && now - progress > self.stalled_after_ms {
+            return Err(format!(
+                "events are being tried and none has been applied for {} s",
+                (now - progress) / 1000
+            ));
+        }
+        Ok(())
     }
 
     /// Applies queued events in batches until `shutdown`. Several workers run at once so a
@@ -996,11 +1029,17 @@ impl Handler for Engine {
             span: tracing::Span::current(),
             reply,
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_attempt_ms.store(handoff_bus::now_ms(), Relaxed);
         if self.jobs.send(job).is_err() {
             return retry(&anyhow::anyhow!("the router is shutting down"));
         }
-        outcome
+        let handled = outcome
             .await
-            .unwrap_or_else(|_| retry(&anyhow::anyhow!("the batch was abandoned")))
+            .unwrap_or_else(|_| retry(&anyhow::anyhow!("the batch was abandoned")));
+        if !matches!(handled, Handled::Retry { .. }) {
+            self.last_progress_ms.store(handoff_bus::now_ms(), Relaxed);
+        }
+        handled
     }
 }

@@ -44,11 +44,13 @@ pub const DEFAULT_PORT: u16 = 8090;
 struct Ready {
     pool: PgPool,
     bus: Bus,
+    engine: Arc<engine::Engine>,
 }
 
 impl Readiness for Ready {
     async fn ready(&self) -> Result<(), String> {
         self.bus.ready()?;
+        self.engine.progressing()?;
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -178,6 +180,7 @@ impl Application {
             bus,
             catalog,
             settings.public_url.trim_end_matches('/').to_string(),
+            Duration::from_secs(settings.database.stalled_after_secs.max(1)),
         ));
         Ok(Self {
             listener,
@@ -212,6 +215,7 @@ impl Application {
         let ready = Ready {
             pool: engine.pool.clone(),
             bus: engine.bus.clone(),
+            engine: engine.clone(),
         };
         let app = Router::new()
             .merge(history::router(engine.pool.clone()))

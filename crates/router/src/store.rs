@@ -124,7 +124,13 @@ pub async fn upsert_member(
     Ok(member_from(&row))
 }
 
-/// Merges JSON objects into the member's profile and meta (top-level keys replace).
+/// The most a member's merged profile, or meta, may grow to (its JSON text): every command
+/// for the member carries both, and a bot that keeps adding would otherwise grow them
+/// until no command fits a bus message.
+pub const MAX_MEMBER_JSON_BYTES: i32 = 64 * 1024;
+
+/// Merges JSON objects into the member's profile and meta (top-level keys replace). A
+/// merge that would take either past `MAX_MEMBER_JSON_BYTES` leaves that one as it was.
 pub async fn merge_member(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -132,12 +138,18 @@ pub async fn merge_member(
     meta: &Value,
 ) -> sqlx::Result<MemberRow> {
     let row = sqlx::query(&format!(
-        "UPDATE members SET profile = profile || $2, meta = meta || $3, updated_at = now()
+        "UPDATE members SET
+           profile = CASE WHEN octet_length((profile || $2)::text) <= $4
+                          THEN profile || $2 ELSE profile END,
+           meta = CASE WHEN octet_length((meta || $3)::text) <= $4
+                       THEN meta || $3 ELSE meta END,
+           updated_at = now()
          WHERE id = $1 RETURNING {MEMBER_COLUMNS}"
     ))
     .bind(id)
     .bind(profile)
     .bind(meta)
+    .bind(MAX_MEMBER_JSON_BYTES)
     .fetch_one(db)
     .await?;
     Ok(member_from(&row))

@@ -96,6 +96,8 @@ pub struct HubOptions {
     pub hold_after_secs: u64,
     /// Bytes each service process holds in its lanes at most.
     pub max_held_bytes: usize,
+    /// How long the router may try events without applying one before it is not ready.
+    pub stalled_after_secs: u64,
 }
 
 /// Every line the service processes wrote, as they wrote it.
@@ -132,6 +134,7 @@ impl Default for HubOptions {
             max_ack_pending: 4_096,
             hold_after_secs: 10,
             max_held_bytes: 256 * 1024 * 1024,
+            stalled_after_secs: 30,
         }
     }
 }
@@ -380,6 +383,7 @@ impl TestHub {
             database: handoff_config::DatabaseSettings {
                 url: db_url.into(),
                 max_connections: 5,
+                stalled_after_secs: options.stalled_after_secs,
                 ..defaults.database
             },
             delivery: handoff_config::DeliverySettings {

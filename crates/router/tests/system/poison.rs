@@ -523,3 +523,48 @@ async fn what_can_never_fit_a_bus_message_is_refused_at_the_edge_or_parked_and_t
     hub.shutdown().await;
     drop(nats);
 }
+
+#[tokio::test]
+async fn a_router_whose_events_stop_getting_through_says_so_and_recovers_when_they_do() {
+    // Arrange: two seconds without an applied event, while events are tried, is a stall.
+    let hub = TestHub::start_with(HubOptions {
+        stalled_after_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(hub.say("stuck", "one").await.0, 200);
+    hub.wait_received("stuck", 1).await;
+    let readyz = format!("{}/readyz", hub.router_ops.as_deref().unwrap());
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+
+    // Act: someone holds the inbox table locked; the customer writes again.
+    let mut blocker = hub.db().await;
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(hub.say("stuck", "two").await.0, 200);
+
+    // Assert: readiness says so within the stall time and some; then, with the lock
+    // gone, the message is applied and readiness comes back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let why = loop {
+        let resp = reqwest::get(&readyz).await.unwrap();
+        if resp.status() == 503 {
+            break resp.text().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readyz stayed 200");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(why.contains("none has been applied"), "{why}");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let got = hub.wait_received("stuck", 2).await;
+    assert_eq!(text_of(&got[1]), "You said: two");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(&readyz).await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "readyz stayed 503");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    hub.shutdown().await;
+}

@@ -335,3 +335,44 @@ async fn the_api_key_its_tokens_and_the_webhook_secret_appear_in_no_log_line() {
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bot_cannot_grow_a_members_profile_past_its_bound_and_the_answer_still_arrives() {
+    // Arrange: a customer of the AI, with a phone number in their profile.
+    let hub = TestHub::start().await;
+    hub.say_to_ai("sel-big", "my phone is 5551234").await;
+    hub.wait_received("sel-big", 1).await;
+    let member = ai_member_id("sel-big");
+
+    // Act: the AI sends contacts of 100 KB with its answer.
+    let (status, body) = hub
+        .selarti
+        .post_webhook(&json!({
+            "message_id": "huge-contacts",
+            "external_chat_id": member,
+            "message_type": "bot",
+            "message_text": "Noted.",
+            "contacts": {"notes": "n".repeat(100 * 1024)},
+        }))
+        .await
+        .unwrap();
+
+    // Assert: the answer is delivered; the profile keeps what it had, under its bound.
+    assert_eq!(status, 200, "{body}");
+    let got = hub.wait_received("sel-big", 2).await;
+    assert_eq!(text_of(&got[1]), "Noted.");
+    let mut db = hub.db().await;
+    let (profile, size): (Value, i32) = sqlx::query_as(
+        "SELECT profile, octet_length(profile::text) FROM members WHERE id = $1::uuid",
+    )
+    .bind(&member)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(size < 64 * 1024, "the profile grew to {size} bytes");
+    assert_eq!(
+        profile["contacts"]["phone"], "my phone is 5551234",
+        "{profile}"
+    );
+    hub.shutdown().await;
+}
