@@ -29,6 +29,16 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_else(|| "bench".into());
+    // Answered before anything starts: the modes start servers and services.
+    if matches!(mode.as_str(), "--help" | "-h" | "help") {
+        println!(
+            "handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]\n\
+             handoff-bench latency [--rate 50] [--seconds 10]\n\
+             handoff-bench faults [--out docs/bench] [--customers 60]\n\n\
+             Use scripts/bench and scripts/faults: they build the release binaries first."
+        );
+        return Ok(());
+    }
     let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "docs/bench".into()));
     let number = |name: &str, default: usize| {
         arg(&args, name)

@@ -19,6 +19,42 @@ mod telemetry;
 pub use serve::{HttpListener, http_part, ops_part};
 pub use telemetry::{TelemetryGuard, init_telemetry, metrics_text};
 
+/// Answers `--help` and `--version` (and refuses any other argument) before a service
+/// does anything: a newcomer's first command must not start it, bind ports or connect.
+/// Services are configured by environment and file only.
+pub fn answer_arguments(service: &str, about: &str) {
+    let usage = format!(
+        "{service} {version}: {about}\n\n\
+         Usage: {service} [--help | --version]\n\n\
+         Configured by built-in defaults, then the YAML file named by HANDOFF_CONFIG, then\n\
+         HANDOFF_* environment variables (two underscores between levels), for example:\n  \
+         HANDOFF_CHANNELS               the channels file (default channels.yaml)\n  \
+         HANDOFF_NATS__URL              NATS server(s), comma-separated\n  \
+         HANDOFF_DATABASE__URL          Postgres (router only)\n  \
+         HANDOFF_HTTP__PORT             the public port; HANDOFF_HTTP__OPS_PORT the ops port\n  \
+         HANDOFF_CATALOG_KEY            seals the shared channels catalog\n  \
+         RUST_LOG                       log filter\n\n\
+         Every setting, with its default: README.md, \"Configuration\".\n",
+        version = env!("CARGO_PKG_VERSION"),
+    );
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None => {}
+        Some("--help" | "-h") => {
+            print!("{usage}");
+            std::process::exit(0);
+        }
+        Some("--version" | "-V") => {
+            println!("{service} {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Some(other) => {
+            eprintln!("{service}: unexpected argument `{other}`\n\n{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

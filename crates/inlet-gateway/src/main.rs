@@ -2,6 +2,10 @@ use handoff_config::{Channels, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    handoff_service::answer_arguments(
+        "inlet-gateway",
+        "the edge for customers' platforms: the Stella-compatible Webhook API and their Send API",
+    );
     let settings = Settings::load()?;
     let _telemetry = handoff_service::init_telemetry(
         "inlet-gateway",

@@ -2,6 +2,10 @@ use handoff_config::{Channels, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    handoff_service::answer_arguments(
+        "outlet-gateway",
+        "the edge for live-chat systems and bots: Livechat, Relay and Send APIs, bot calls, Selarti's webhook",
+    );
     let settings = Settings::load()?;
     let _telemetry = handoff_service::init_telemetry(
         "outlet-gateway",

@@ -2,6 +2,10 @@ use handoff_config::{Channels, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    handoff_service::answer_arguments(
+        "router",
+        "owns who serves each customer: applies every event in Postgres and sends the commands",
+    );
     let settings = Settings::load()?;
     let _telemetry = handoff_service::init_telemetry(
         "router",

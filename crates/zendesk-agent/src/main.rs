@@ -2,6 +2,10 @@ use handoff_config::{Channels, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    handoff_service::answer_arguments(
+        "zendesk-agent",
+        "serves Zendesk Chat visitors as an agent over the Conversations API",
+    );
     let settings = Settings::load()?;
     let _telemetry = handoff_service::init_telemetry(
         "zendesk-agent",

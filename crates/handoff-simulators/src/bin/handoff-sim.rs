@@ -15,10 +15,33 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use handoff_simulators::{CustomPlatform, DemoBot, SelartiSim, ZendeskSim};
 
+/// What `handoff-sim --help` says.
+const USAGE: &str = "handoff-sim: the simulated platforms of the Handoff demo (scripts/run)
+
+Usage: handoff-sim            the custom platform (:9100), the demo bot (:9200), Selarti's
+                              API (:9400) and Zendesk Chat (:9300, visitors on :9301)
+       handoff-sim zendesk    only Zendesk Chat, with one visitor typing in this terminal
+       handoff-sim --help | --version
+
+Environment: SIM_PLATFORM_ADDR, SIM_BOT_ADDR, SIM_SELARTI_ADDR, SIM_SELARTI_KEY,
+SIM_SELARTI_WEBHOOK, SIM_ZENDESK_ADDR, SIM_ZENDESK_TOKEN, SIM_VISITORS_ADDR (see the
+source's defaults, which match scripts/run and deploy/channels.local*.yaml).
+";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("zendesk") {
-        return zendesk().await;
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("zendesk") => return zendesk().await,
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some("--version" | "-V") => {
+            println!("handoff-sim {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("unexpected argument `{other}`\n\n{USAGE}"),
     }
     let platform_addr =
         std::env::var("SIM_PLATFORM_ADDR").unwrap_or_else(|_| "127.0.0.1:9100".into());

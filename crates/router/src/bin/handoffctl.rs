@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "handoffctl", about = "Operate a Handoff deployment")]
+#[command(name = "handoffctl", version, about = "Operate a Handoff deployment")]
 struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]

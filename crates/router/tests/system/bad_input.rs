@@ -302,3 +302,55 @@ async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_other
     stop.cancel();
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_binary_answers_help_and_version_and_starts_nothing() {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_router"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for binary in [
+        "router",
+        "inlet-gateway",
+        "outlet-gateway",
+        "zendesk-agent",
+        "handoffctl",
+        "handoff-sim",
+    ] {
+        let path = dir.join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/test, or `cargo build --bins` first",
+            path.display()
+        );
+        for (flag, expect) in [("--help", "Usage"), ("--version", "0.1.0")] {
+            // Nothing may start: no server, no connection; it answers and exits at once,
+            // with no configuration and no servers to talk to.
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::process::Command::new(&path)
+                    .arg(flag)
+                    .env("HANDOFF_NATS__URL", "nats://127.0.0.1:1")
+                    .env(
+                        "HANDOFF_DATABASE__URL",
+                        "postgres://nobody@127.0.0.1:1/none",
+                    )
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{binary} {flag} did not exit"))
+            .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{binary} {flag}: {:?} {text}",
+                out.status
+            );
+            assert!(text.contains(expect), "{binary} {flag}: {text}");
+            if flag == "--help" && binary != "handoffctl" && binary != "handoff-sim" {
+                assert!(text.contains("HANDOFF_NATS__URL"), "{binary}: {text}");
+            }
+        }
+    }
+}
