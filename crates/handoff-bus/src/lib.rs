@@ -84,7 +84,7 @@ pub enum PublishError {
 }
 
 /// Room kept in a bus message for its headers (dedup id, trace context) beside the payload.
-pub const HEADERS_ROOM: usize = 1024;
+const HEADERS_ROOM: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct BusSettings {
@@ -117,6 +117,8 @@ pub struct Bus {
     receipts: tokio::sync::mpsc::UnboundedSender<handoff_proto::Receipt>,
     /// Bytes in the events stream, as last read (see `watch_fill`).
     events_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Started by the first message an edge accepts: only processes with an edge read it.
+    watching_fill: std::sync::Arc<tokio::sync::OnceCell<()>>,
     /// Results of commands that could not be published, by the command's event id: a
     /// retried command publishes its kept result instead of doing its work again (calling
     /// a bot twice).
@@ -160,16 +162,10 @@ impl Bus {
             problems: Default::default(),
             receipts,
             events_bytes: Default::default(),
+            watching_fill: Default::default(),
             kept: Default::default(),
         };
         bus.ensure_stream().await?;
-        if bus.settings.stream_max_bytes > 0 {
-            tokio::spawn(watch_fill(
-                bus.js.clone(),
-                bus.stream_name(),
-                std::sync::Arc::downgrade(&bus.events_bytes),
-            ));
-        }
         Ok(bus)
     }
 
@@ -456,6 +452,24 @@ impl Bus {
         envelope: &Envelope,
         dedup_id: &str,
     ) -> Result<bool, PublishError> {
+        if self.settings.stream_max_bytes > 0 {
+            // The first decision already rests on a reading; the watcher keeps it fresh.
+            self.watching_fill
+                .get_or_init(|| async {
+                    if let Ok(stream) = self.js.get_stream(self.stream_name()).await {
+                        self.events_bytes.store(
+                            stream.cached_info().state.bytes,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    tokio::spawn(watch_fill(
+                        self.js.clone(),
+                        self.stream_name(),
+                        std::sync::Arc::downgrade(&self.events_bytes),
+                    ));
+                })
+                .await;
+        }
         let percent = self.events_percent();
         if percent >= 100 - u64::from(self.settings.inbound_headroom_percent.min(90)) {
             return Err(PublishError::Full { percent });
@@ -475,13 +489,9 @@ impl Bus {
     /// Publishes an event for the router and waits until JetStream has stored it.
     pub async fn publish_event(&self, envelope: &Envelope) -> Result<(), PublishError> {
         let subject = self.event_subject(envelope)?;
-        self.fits(envelope)?;
-        self.publish_raw(
-            subject,
-            &envelope.event_id,
-            Bytes::from(envelope.encode_to_vec()),
-        )
-        .await
+        let payload = self.encode_fitting(envelope)?;
+        self.publish_raw(subject, &envelope.event_id, payload.into())
+            .await
     }
 
     /// Publishes an event under a JetStream dedup id other than its event id, and says
@@ -511,14 +521,10 @@ impl Bus {
         );
         async {
             let subject = self.event_subject(envelope)?;
-            self.fits(envelope)?;
+            let payload = self.encode_fitting(envelope)?;
             let ack = self
                 .js
-                .publish_with_headers(
-                    subject,
-                    headers(dedup_id),
-                    Bytes::from(envelope.encode_to_vec()),
-                )
+                .publish_with_headers(subject, headers(dedup_id), payload.into())
                 .await
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?
                 .await
@@ -567,14 +573,17 @@ impl Bus {
         self.client.server_info().max_payload
     }
 
-    /// Whether `envelope` fits in a bus message with its headers.
-    fn fits(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        let size = envelope.encoded_len();
+    /// `envelope`'s bytes, if they fit in a bus message with its headers.
+    pub fn encode_fitting(&self, envelope: &Envelope) -> Result<Vec<u8>, PublishError> {
+        let payload = envelope.encode_to_vec();
         let limit = self.max_payload();
-        if size + HEADERS_ROOM > limit {
-            return Err(PublishError::TooLarge { size, limit });
+        if payload.len() + HEADERS_ROOM > limit {
+            return Err(PublishError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
         }
-        Ok(())
+        Ok(payload)
     }
 
     /// Sends a parked message to the router, which keeps it in its dead-letter table.

@@ -137,25 +137,28 @@ pub trait Readiness: Clone + Send + Sync + 'static {
     }
 }
 
-/// The public port's health routes: `/healthz` (the process is alive) and `/readyz` (its
-/// dependencies answer), by status alone. Why it is not ready (partitions, a Zendesk
-/// account by channel) and the metrics (labelled by channel) are for operators only and
-/// live on the ops port ([`ops_router`]): the public port faces platforms and customers.
-pub fn health_router<R: Readiness>(readiness: R) -> Router {
-    Router::new()
+/// The health routes of both ports, over one cached readiness (so a probe on one port and
+/// a scrape on the other share a check):
+/// - the public port's: `/healthz` (the process is alive) and `/readyz` (its dependencies
+///   answer), by status alone;
+/// - the ops port's: `/healthz`, `/readyz` with its reason, and `/metrics` (this process's
+///   metrics, then what `Readiness::gauges` reads at scrape time).
+///
+/// Why a service is not ready (partitions, a Zendesk account by channel) and the metrics
+/// (labelled by channel) are for operators only: the public port faces platforms and
+/// customers.
+pub fn health_routers<R: Readiness>(readiness: R) -> (Router, Router) {
+    let cached = Cached::new(readiness);
+    let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(public_readyz::<R>))
-        .with_state(Cached::new(readiness))
-}
-
-/// The ops port's routes: `/healthz`, `/readyz` with its reason, and `/metrics` (this
-/// process's metrics, then what `Readiness::gauges` reads at scrape time).
-pub fn ops_router<R: Readiness>(readiness: R) -> Router {
-    Router::new()
+        .with_state(cached.clone());
+    let ops = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<R>))
         .route("/metrics", get(metrics::<R>))
-        .with_state(Cached::new(readiness))
+        .with_state(cached);
+    (public, ops)
 }
 
 /// A readiness whose answers are reused for a moment: a probe or a scrape storm costs the

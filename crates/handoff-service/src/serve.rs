@@ -66,7 +66,7 @@ pub fn http_part(
 /// Where the ops port is by default: the service's public port plus this.
 const OPS_OFFSET: u16 = 100;
 
-/// The ops port's server (`ops_router`) as one of a service's parts.
+/// The ops port's server (the second router of `health_routers`) as one of a service's parts.
 pub fn ops_part(
     listener: HttpListener,
     app: Router,

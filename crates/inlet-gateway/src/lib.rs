@@ -16,8 +16,7 @@ use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_service::{
-    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer, ops_part,
-    ops_router,
+    HttpListener, Readiness, bounded_edge, health_routers, http_part, http_trace_layer, ops_part,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -83,20 +82,21 @@ impl Application {
 
     /// Serves HTTP and delivers commands until `shutdown`; in-flight work finishes first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health, ops_app) = health_routers(self.state.clone());
         let app = Router::new()
             .merge(bounded_edge(
                 webhook::router(self.state.clone()),
                 self.state.max_concurrent_requests,
                 self.state.request_timeout,
             ))
-            .merge(health_router(self.state.clone()))
+            .merge(health)
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(http_trace_layer());
         let state = self.state;
         let client = self.client;
         let store = self.store;
         let listener = self.listener;
-        let (ops, ops_app) = (self.ops, ops_router(state.clone()));
+        let ops = self.ops;
         handoff_service::run_parts(shutdown, move |stop| {
             let consumers = handoff_bus::run_consumers(
                 state.bus.clone(),

@@ -23,8 +23,7 @@ use handoff_platforms::selarti::SelartiClient;
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};
 use handoff_service::{
-    HttpListener, Readiness, bounded_edge, health_router, http_part, http_trace_layer, ops_part,
-    ops_router,
+    HttpListener, Readiness, bounded_edge, health_routers, http_part, http_trace_layer, ops_part,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -88,13 +87,14 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health, ops_app) = health_routers(self.state.clone());
         let app = Router::new()
             .merge(bounded_edge(
                 webhook::router(self.state.clone()).merge(selarti::router(self.state.clone())),
                 self.state.max_concurrent_requests,
                 self.state.request_timeout,
             ))
-            .merge(health_router(self.state.clone()))
+            .merge(health)
             .layer(DefaultBodyLimit::max(self.state.body_limit))
             .layer(http_trace_layer());
         let bus = self.state.bus.clone();
@@ -112,7 +112,7 @@ impl Application {
             },
         });
         let listener = self.listener;
-        let (ops, ops_app) = (self.ops, ops_router(self.state.clone()));
+        let ops = self.ops;
         let catalog = self.state.catalog.clone();
         let store = self.store;
         handoff_service::run_parts(shutdown, move |stop| {

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use handoff_bus::{Bus, Handled, Handler, Parking, Service, derived_id, now_ms, storable};
+use handoff_bus::{
+    Bus, Handled, Handler, Parking, PublishError, Service, derived_id, now_ms, storable,
+};
 use handoff_config::Channel;
 use handoff_platforms::Catalog;
 use handoff_platforms::content::{content_from_response, content_to_response};
 use handoff_proto::{
-    Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, Message as _,
-    RelayToOutlet, RequestLivechat, SendToBot,
+    Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, RelayToOutlet,
+    RequestLivechat, SendToBot,
 };
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
@@ -833,17 +835,15 @@ impl Engine {
             members.push(envelope.member_id.parse::<Uuid>()?);
             partitions.push(i32::from(self.bus.partition_of(&envelope.member_id)));
             subjects.push(self.bus.command_subject(*service, envelope)?);
-            let payload = envelope.encode_to_vec();
-            // It could never be published: the event is parked (its member moves on),
-            // rather than retried for ever.
-            if payload.len() + handoff_bus::HEADERS_ROOM > self.bus.max_payload() {
-                return Err(permanent(format!(
-                    "its `{}` command ({} bytes) is larger than a bus message ({} bytes)",
-                    envelope.kind(),
-                    payload.len(),
-                    self.bus.max_payload()
-                )));
-            }
+            // One that could never be published parks the event (its member moves on)
+            // rather than being retried for ever.
+            let payload = self.bus.encode_fitting(envelope).map_err(|e| match e {
+                PublishError::TooLarge { size, limit } => permanent(format!(
+                    "its `{}` command ({size} bytes) is larger than a bus message ({limit} bytes)",
+                    envelope.kind()
+                )),
+                other => anyhow::Error::from(other),
+            })?;
             payloads.push(payload);
         }
         let seqs: Vec<i64> = sqlx::query_scalar(

@@ -26,9 +26,7 @@ use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
-use handoff_service::{
-    HttpListener, Readiness, gauge_text, health_router, http_trace_layer, ops_router,
-};
+use handoff_service::{HttpListener, Readiness, gauge_text, health_routers, http_trace_layer};
 use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 use sqlx::PgPool;
@@ -217,12 +215,13 @@ impl Application {
             bus: engine.bus.clone(),
             engine: engine.clone(),
         };
+        let (health, ops_app) = health_routers(ready);
         let app = Router::new()
             .merge(history::router(engine.pool.clone()))
-            .merge(health_router(ready.clone()))
+            .merge(health)
             .layer(http_trace_layer());
         let listener = self.listener;
-        let (ops, ops_app) = (self.ops, ops_router(ready));
+        let ops = self.ops;
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
         let admin = self.admin;

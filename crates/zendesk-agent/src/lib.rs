@@ -20,7 +20,7 @@ use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::{Catalog, ChannelSettings, Snapshot};
 use handoff_service::{
-    HttpListener, Readiness, health_router, http_part, http_trace_layer, ops_part, ops_router,
+    HttpListener, Readiness, health_routers, http_part, http_trace_layer, ops_part,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -116,14 +116,13 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let app = Router::new()
-            .merge(health_router(Ready(self.bus.clone())))
-            .layer(http_trace_layer());
+        let (health, ops_app) = health_routers(Ready(self.bus.clone()));
+        let app = Router::new().merge(health).layer(http_trace_layer());
         let bus = self.bus;
         let client = self.client;
         let accounts = self.accounts;
         let listener = self.listener;
-        let (ops, ops_app) = (self.ops, ops_router(Ready(bus.clone())));
+        let ops = self.ops;
         let http = reqwest::Client::builder()
             .user_agent("handoff-zendesk-agent")
             .build()?;

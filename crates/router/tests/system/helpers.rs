@@ -672,6 +672,16 @@ impl TestHub {
         }
     }
 
+    /// How many system lines of `event` (`DELIVERY_FAILED`, …) the transcripts hold.
+    pub async fn transcript_events(&self, event: &str) -> i64 {
+        let mut db = self.db().await;
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE content->>'event' = $1")
+            .bind(event)
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    }
+
     pub async fn db(&self) -> PgConnection {
         PgConnection::connect(secrecy::ExposeSecret::expose_secret(
             &self.settings.database.url,

@@ -167,13 +167,7 @@ async fn a_twenty_second_send_api_outage_delays_every_answer_and_loses_none() {
             "{who}"
         );
     }
-    let mut db = hub.db().await;
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM messages WHERE content->>'event' = 'DELIVERY_FAILED'",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
+    let failed = hub.transcript_events("DELIVERY_FAILED").await;
     assert_eq!(failed, 0);
     assert!(hub.wait_dead_letters(0).await.is_empty());
     hub.shutdown().await;

@@ -390,13 +390,7 @@ async fn an_answer_zendesk_never_takes_is_parked_at_its_horizon_and_the_visitor_
     let letters = hub.wait_dead_letters(1).await;
     assert_eq!(letters[0]["service"], "zendesk-agent", "{letters:?}");
     assert_eq!(letters[0]["kind"], "deliver_to_member", "{letters:?}");
-    let mut db = hub.db().await;
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM messages WHERE content->>'event' = 'DELIVERY_FAILED'",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
+    let failed = hub.transcript_events("DELIVERY_FAILED").await;
     assert_eq!(failed, 1);
     hub.shutdown().await;
 }
