@@ -59,7 +59,7 @@ async fn commit(
     store.put(entry, revision).await.map_err(|_| {
         Status::aborted("the channels catalog changed meanwhile; read it again and retry")
     })?;
-    crate::store::sync_channels(pool, &snapshot.channels)
+    crate::store::channels::sync(pool, &snapshot.channels)
         .await
         .map_err(unavailable)?;
     catalog.swap(snapshot);

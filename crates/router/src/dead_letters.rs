@@ -5,7 +5,10 @@
 use async_nats::HeaderMap;
 use handoff_bus::{Bus, now_ms};
 use handoff_proto::admin::DeadLetter;
-use sqlx::{PgPool, Row as _};
+use sqlx::PgPool;
+
+use crate::model::DeadLetterState;
+use crate::store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -21,114 +24,71 @@ pub enum DeadLetterError {
     Bus(String),
 }
 
-const COLUMNS: &str = "id, parked_at, service, subject, member_id, event_id, kind, reason,
-    length(payload) AS size, truncated, state";
-
-/// Dead letters, newest first; only the parked ones unless `all`.
 pub async fn list(pool: &PgPool, all: bool, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE $1 OR state = 'parked'
-         ORDER BY id DESC LIMIT $2"
-    ))
-    .bind(all)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(from_row).collect())
+    let rows = store::dead_letters::list(pool, all, limit).await?;
+    Ok(rows.into_iter().map(shown).collect())
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetter>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.as_ref().map(from_row))
+    Ok(store::dead_letters::get(pool, id).await?.map(shown))
 }
 
-fn from_row(r: &sqlx::postgres::PgRow) -> DeadLetter {
-    let at: time::OffsetDateTime = r.get("parked_at");
+fn shown(r: store::dead_letters::Listed) -> DeadLetter {
     DeadLetter {
-        id: r.get("id"),
-        parked_at: at
+        id: r.id,
+        parked_at: r
+            .parked_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        service: r.get("service"),
-        subject: r.get("subject"),
-        member_id: r.get("member_id"),
-        event_id: r.get("event_id"),
-        kind: r.get("kind"),
-        reason: r.get("reason"),
-        size: i64::from(r.get::<i32, _>("size")),
-        truncated: r.get("truncated"),
-        state: r.get("state"),
+        service: r.service,
+        subject: r.subject,
+        member_id: r.member_id,
+        event_id: r.event_id,
+        kind: r.kind,
+        reason: r.reason,
+        size: i64::from(r.size),
+        truncated: r.truncated,
+        state: r.state.as_str().into(),
     }
 }
 
-/// Publishes a parked message again where it was consumed from, as it was. It goes to
-/// the back of its member's lane; receivers recognise it if an earlier try got through.
 pub async fn replay(pool: &PgPool, bus: &Bus, id: i64) -> Result<(), DeadLetterError> {
-    let row = sqlx::query(
-        "SELECT parked_id, subject, payload, truncated, state FROM dead_letters WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(DeadLetterError::NotFound(id))?;
-    let state: String = row.get("state");
-    if state != "parked" {
-        return Err(DeadLetterError::NotParked(id, state));
+    let letter = store::dead_letters::for_replay(pool, id)
+        .await?
+        .ok_or(DeadLetterError::NotFound(id))?;
+    if letter.state != DeadLetterState::Parked {
+        return Err(DeadLetterError::NotParked(id, letter.state.as_str().into()));
     }
-    if row.get::<bool, _>("truncated") {
+    if letter.truncated {
         return Err(DeadLetterError::Truncated(id));
     }
-    let parked_id: uuid::Uuid = row.get("parked_id");
-    // A new dedup id per replay: the original's may still be in JetStream's window.
     let mut headers = HeaderMap::new();
     headers.insert(
         "Nats-Msg-Id",
-        format!("replay-{parked_id}-{}", now_ms()).as_str(),
+        format!("replay-{}-{}", letter.parked_id, now_ms()).as_str(),
     );
-    let payload: Vec<u8> = row.get("payload");
-    bus.publish_all([(row.get::<String, _>("subject"), headers, payload.into())])
+    bus.publish_all([(letter.subject, headers, letter.payload.into())])
         .await
         .map_err(|e| DeadLetterError::Bus(e.to_string()))?;
-    resolve(pool, id, "replayed").await
+    resolve(pool, id, DeadLetterState::Replayed).await
 }
 
-/// Marks a parked message as dropped: it stays listed (with `--all`) until retention.
 pub async fn drop(pool: &PgPool, id: i64) -> Result<(), DeadLetterError> {
-    resolve(pool, id, "dropped").await
+    resolve(pool, id, DeadLetterState::Dropped).await
 }
 
-async fn resolve(pool: &PgPool, id: i64, state: &str) -> Result<(), DeadLetterError> {
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT state FROM dead_letters WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    match current.as_deref() {
+async fn resolve(pool: &PgPool, id: i64, to: DeadLetterState) -> Result<(), DeadLetterError> {
+    match store::dead_letters::state(pool, id).await? {
         None => return Err(DeadLetterError::NotFound(id)),
-        Some("parked") => {}
-        Some(other) => return Err(DeadLetterError::NotParked(id, other.to_string())),
+        Some(DeadLetterState::Parked) => {}
+        Some(other) => return Err(DeadLetterError::NotParked(id, other.as_str().into())),
     }
-    sqlx::query(
-        "UPDATE dead_letters SET state = $2, resolved_at = now() WHERE id = $1 AND state = 'parked'",
-    )
-    .bind(id)
-    .bind(state)
-    .execute(pool)
-    .await?;
+    store::dead_letters::resolve(pool, id, to).await?;
     Ok(())
 }
 
-/// Dead letters by state and service, in the Prometheus text format.
 pub async fn metrics(pool: &PgPool) -> sqlx::Result<String> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT state, service, count(*) AS n FROM dead_letters GROUP BY state, service
-         ORDER BY state, service",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = store::dead_letters::counts(pool).await?;
     Ok(handoff_service::gauge_text(
         "handoff_dead_letters",
         "Messages parked because they could not be handled, by state.",

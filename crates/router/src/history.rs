@@ -7,8 +7,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row as _};
-use uuid::Uuid;
+use sqlx::PgPool;
+
+use crate::store;
 
 /// The most a transcript page holds: its newest lines up to this many bytes of content…
 const MAX_PAGE_BYTES: i64 = 1024 * 1024;
@@ -34,15 +35,7 @@ async fn history(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let conv = sqlx::query(
-        "SELECT c.id, c.member_id, c.closed_at, c.history_expires_at > now() AS valid,
-                m.external_id, m.profile
-         FROM conversations c JOIN members m ON m.id = c.member_id
-         WHERE c.history_token = $1",
-    )
-    .bind(&token)
-    .fetch_optional(&pool)
-    .await;
+    let conv = store::conversations::by_history_token(&pool, &token).await;
     let row = match conv {
         Ok(Some(row)) => row,
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such transcript"),
@@ -51,41 +44,29 @@ async fn history(
             return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
         }
     };
-    if !row.get::<bool, _>("valid") {
+    if !row.valid {
         return error(
             StatusCode::GONE,
             "expired",
             "this transcript link has expired",
         );
     }
-    let member: Uuid = row.get("member_id");
-    let external_id: String = row.get("external_id");
-    let profile: Value = row.get("profile");
-    // The link is for one conversation: the bot dialogue around it, never another live
-    // chat of the member's and nothing after it ended.
-    let conversation: Uuid = row.get("id");
-    let closed_at: Option<time::OffsetDateTime> = row.get("closed_at");
-    // The newest lines that fit in `MAX_PAGE_BYTES` (and `MAX_LINES`): a long or heavy
-    // dialogue costs the router a bounded page, never its whole history in memory. The
-    // page says how many older lines it leaves out.
-    let lines = match sqlx::query(
-        "SELECT author, content, conversation_id, created_at, omitted FROM (
-            SELECT id, author, content, conversation_id, created_at,
-                   sum(octet_length(content::text)) OVER (ORDER BY id DESC) AS running,
-                   count(*) OVER () - row_number() OVER (ORDER BY id DESC) AS omitted
-            FROM messages
-            WHERE member_id = $1
-              AND (conversation_id IS NULL OR conversation_id = $2)
-              AND ($3::timestamptz IS NULL OR created_at <= $3)) AS latest
-         WHERE running - octet_length(content::text) < $4
-         ORDER BY id DESC LIMIT $5",
+    let store::conversations::HistoryLink {
+        id: conversation,
+        member_id: member,
+        closed_at,
+        external_id,
+        profile,
+        ..
+    } = row;
+    let lines = match store::messages::page(
+        &pool,
+        member,
+        conversation,
+        closed_at,
+        MAX_PAGE_BYTES,
+        MAX_LINES,
     )
-    .bind(member)
-    .bind(conversation)
-    .bind(closed_at)
-    .bind(MAX_PAGE_BYTES)
-    .bind(MAX_LINES)
-    .fetch_all(&pool)
     .await
     {
         Ok(rows) => rows,
@@ -95,17 +76,16 @@ async fn history(
         }
     };
     // The oldest line shown knows how many lines come before it.
-    let omitted: i64 = lines.last().map(|r| r.get("omitted")).unwrap_or(0);
+    let omitted: i64 = lines.last().map_or(0, |r| r.omitted);
     let messages: Vec<Value> = lines
         .iter()
         .rev()
         .map(|r| {
-            let at: time::OffsetDateTime = r.get("created_at");
             json!({
-                "author": r.get::<String, _>("author"),
-                "content": r.get::<Value, _>("content"),
-                "conversationId": r.get::<Option<Uuid>, _>("conversation_id"),
-                "at": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "author": r.author.as_str(),
+                "content": r.content,
+                "conversationId": r.conversation_id,
+                "at": r.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             })
         })
         .collect();

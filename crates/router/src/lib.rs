@@ -13,6 +13,7 @@ mod engine;
 mod history;
 mod lookup;
 mod machine;
+mod model;
 mod receipts;
 pub mod retention;
 mod store;
@@ -49,17 +50,15 @@ impl Readiness for Ready {
     async fn ready(&self) -> Result<(), String> {
         self.bus.ready()?;
         self.engine.progressing()?;
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        store::ping(&self.pool)
             .await
-            .map(|_| ())
             .map_err(|e| format!("Postgres: {e}"))
     }
 
     /// Every router replica reports the same numbers; dashboards take their `max`.
     async fn gauges(&self) -> String {
         let mut out = String::new();
-        match store::open_conversations_by_state(&self.pool).await {
+        match store::conversations::count_open(&self.pool).await {
             Ok(counts) => out.push_str(&gauge_text(
                 "handoff_conversations",
                 "Open conversations, by state.",
@@ -160,7 +159,7 @@ impl Application {
         let store = catalog
             .attach(&bus, settings.catalog_key.as_ref(), file.as_deref())
             .await?;
-        store::sync_channels(&pool, &catalog.load().channels).await?;
+        store::channels::sync(&pool, &catalog.load().channels).await?;
         let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
         let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         let admin = match &settings.admin.token {
@@ -258,7 +257,7 @@ impl Application {
                 move |snapshot| {
                     let pool = pool.clone();
                     async move {
-                        if let Err(e) = store::sync_channels(&pool, &snapshot.channels).await {
+                        if let Err(e) = store::channels::sync(&pool, &snapshot.channels).await {
                             tracing::warn!(error = %e, "channels not mirrored into Postgres yet");
                         }
                     }

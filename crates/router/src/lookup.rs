@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use handoff_config::Role;
 
 use crate::engine::Engine;
+use crate::model::ConvState;
+use crate::store;
 
 /// Outside the stream's `<prefix>.>` on purpose: a request on a stream subject would be
 /// stored and answered by JetStream's publish acknowledgement instead of the router.
@@ -101,61 +102,40 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
         let Ok(id) = member.parse::<Uuid>() else {
             return Ok(LookupReply::default());
         };
-        sqlx::query(
-            "SELECT m.id AS member_id, m.channel_id AS inlet, c.id AS conversation_id, c.state,
-                    c.outlet_channel_id
-             FROM members m LEFT JOIN conversations c ON c.member_id = m.id AND c.state <> 'closed'
-             WHERE m.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&engine.pool)
-        .await?
+        store::members::whereabouts(&engine.pool, id).await?
     } else if let (Some(outlet), Some(reference)) = (&q.outlet_channel, &q.conversation_ref) {
         if q.caller.as_deref() != Some(outlet) {
             return Ok(LookupReply::default());
         }
-        sqlx::query(
-            "SELECT c.member_id, m.channel_id AS inlet, c.id AS conversation_id, c.state,
-                    c.outlet_channel_id
-             FROM conversations c JOIN members m ON m.id = c.member_id
-             WHERE c.outlet_channel_id = $1 AND (c.id::text = $2 OR c.external_id = $2)
-             ORDER BY (c.state <> 'closed') DESC, c.opened_at DESC LIMIT 1",
-        )
-        .bind(outlet)
-        .bind(reference)
-        .fetch_optional(&engine.pool)
-        .await?
+        store::conversations::by_outlet_reference(&engine.pool, outlet, reference).await?
     } else {
         None
     };
     let Some(row) = row else {
         return Ok(LookupReply::default());
     };
-    let outlet_channel: Option<String> = row.get("outlet_channel_id");
-    let inlet: String = row.get("inlet");
     if !may_act_on(
         engine,
         q.caller.as_deref(),
-        &inlet,
-        outlet_channel.as_deref(),
+        &row.inlet,
+        row.outlet_channel_id.as_deref(),
     ) {
         return Ok(LookupReply::default());
     }
-    let state: Option<String> = row.get("state");
     Ok(LookupReply {
         found: true,
-        member_id: row.get::<Uuid, _>("member_id").to_string(),
-        state: match state.as_deref() {
-            Some("pending") => "pending",
-            Some("live") => "live",
-            _ => "bot",
+        member_id: row.member_id.to_string(),
+        state: match row.state {
+            Some(ConvState::Pending) => "pending",
+            Some(ConvState::Live) => "live",
+            Some(ConvState::Closed) | None => "bot",
         }
         .into(),
         conversation_id: row
-            .get::<Option<Uuid>, _>("conversation_id")
+            .conversation_id
             .map(|c| c.to_string())
             .unwrap_or_default(),
-        outlet_channel: outlet_channel.unwrap_or_default(),
+        outlet_channel: row.outlet_channel_id.unwrap_or_default(),
         error: None,
     })
 }

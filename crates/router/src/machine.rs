@@ -19,14 +19,14 @@ use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::store::{ConvState, ConversationRow};
+use crate::model::{Author, OpenConversation, OpenState};
 
 /// What is known when an event arrives.
 pub(crate) struct Facts<'a> {
     /// The member's inlet channel.
     pub inlet: &'a Channel,
     /// The member's open conversation (PENDING or LIVE), if any.
-    pub conversation: Option<&'a ConversationRow>,
+    pub conversation: Option<&'a OpenConversation>,
     /// That conversation's outlet channel, when it is still configured.
     pub outlet: Option<&'a Channel>,
     /// Where a handoff goes: the inlet's outlet, or the inlet itself when its platform has
@@ -80,7 +80,7 @@ pub(crate) enum Event<'a> {
 /// A transcript line.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Line {
-    pub author: &'static str,
+    pub author: Author,
     pub channel: String,
     pub conversation: Option<Uuid>,
     pub content: Content,
@@ -153,14 +153,14 @@ pub(crate) enum Step {
     /// PENDING or LIVE → closed; ends the steps unless still in `from`.
     Close {
         conversation: Uuid,
-        from: ConvState,
+        from: OpenState,
         reason: String,
     },
     /// Ends the steps unless the conversation is still overdue: a message may have
     /// arrived since the sweeper looked.
     IfOverdue {
         conversation: Uuid,
-        state: ConvState,
+        state: OpenState,
         limit_secs: u64,
     },
     /// Held customer messages, oldest first, are no longer held and go to `to`.
@@ -203,7 +203,7 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
         Event::HandoffRequested(details) => d.open_handoff(details),
         Event::HandoffAccepted { external_id } => d.handoff_accepted(external_id),
         Event::HandoffFailed { error } => {
-            if let Some(c) = d.named(ConvState::Pending) {
+            if let Some(c) = d.named(OpenState::Pending) {
                 d.ended_before_live(c, "livechat_failed", error);
             }
         }
@@ -237,11 +237,11 @@ impl<'a> Decision<'_, 'a> {
     }
 
     fn live(&self) -> bool {
-        matches!(self.facts.conversation, Some(c) if c.state == ConvState::Live)
+        matches!(self.facts.conversation, Some(c) if c.state == OpenState::Live)
     }
 
     /// The open conversation, if it is the one the event names and is in `state`.
-    fn named(&self, state: ConvState) -> Option<&'a ConversationRow> {
+    fn named(&self, state: OpenState) -> Option<&'a OpenConversation> {
         self.facts
             .conversation
             .filter(|c| c.id.to_string() == self.facts.named_conversation && c.state == state)
@@ -254,9 +254,9 @@ impl<'a> Decision<'_, 'a> {
             .unwrap_or_default()
     }
 
-    fn record(&mut self, author: &'static str, channel: &str, content: &Content, first: bool) {
-        let held = author == "customer"
-            && matches!(self.facts.conversation, Some(c) if c.state == ConvState::Pending);
+    fn record(&mut self, author: Author, channel: &str, content: &Content, first: bool) {
+        let held = author == Author::Customer
+            && matches!(self.facts.conversation, Some(c) if c.state == OpenState::Pending);
         self.steps.push(Step::Record {
             line: Line {
                 author,
@@ -272,7 +272,7 @@ impl<'a> Decision<'_, 'a> {
     fn system(&mut self, event: &str, detail: Value, conversation: Option<Uuid>) {
         self.steps.push(Step::Record {
             line: Line {
-                author: "system",
+                author: Author::System,
                 channel: self.facts.inlet.id.clone(),
                 conversation,
                 content: event_content(event, detail),
@@ -299,9 +299,9 @@ impl<'a> Decision<'_, 'a> {
 
     fn inbound(&mut self, content: &Content) {
         let inlet = self.facts.inlet;
-        self.record("customer", &inlet.id, content, true);
+        self.record(Author::Customer, &inlet.id, content, true);
         match self.facts.conversation {
-            Some(c) if c.state == ConvState::Live => {
+            Some(c) if c.state == OpenState::Live => {
                 self.steps.push(Step::Touch(c.id));
                 self.send(Command::Relay {
                     outlet: c.outlet_channel_id.clone(),
@@ -369,7 +369,11 @@ impl<'a> Decision<'_, 'a> {
             return;
         }
         // A human answering inside the bot's own platform (Selarti's panel) is an agent.
-        let author = if r.author == "agent" { "agent" } else { "bot" };
+        let author = if r.author == "agent" {
+            Author::Agent
+        } else {
+            Author::Bot
+        };
         let live = self.live();
         let source = self.facts.source;
         for response in &r.responses {
@@ -409,7 +413,7 @@ impl<'a> Decision<'_, 'a> {
             self.system("CUSTOMER_LEFT", json!({}), None);
             return;
         };
-        if c.state == ConvState::Live {
+        if c.state == OpenState::Live {
             self.send(Command::Relay {
                 outlet: c.outlet_channel_id.clone(),
                 conversation: c.id,
@@ -421,7 +425,7 @@ impl<'a> Decision<'_, 'a> {
     }
 
     fn handoff_accepted(&mut self, external_id: &str) {
-        let Some(c) = self.named(ConvState::Pending) else {
+        let Some(c) = self.named(OpenState::Pending) else {
             self.steps.push(Step::Ignore("late livechat acceptance"));
             return;
         };
@@ -442,10 +446,10 @@ impl<'a> Decision<'_, 'a> {
 
     /// PENDING → BOT (the Livechat API failed, or nobody answered in time): the bot is told
     /// why and gets the messages the customer sent meanwhile.
-    fn ended_before_live(&mut self, c: &ConversationRow, reason: &str, error: Value) {
+    fn ended_before_live(&mut self, c: &OpenConversation, reason: &str, error: Value) {
         self.steps.push(Step::Close {
             conversation: c.id,
-            from: ConvState::Pending,
+            from: OpenState::Pending,
             reason: reason.to_string(),
         });
         self.system("HANDOFF_FAILED", error.clone(), Some(c.id));
@@ -464,7 +468,7 @@ impl<'a> Decision<'_, 'a> {
         let Some(c) = self
             .facts
             .conversation
-            .filter(|c| c.state == ConvState::Live)
+            .filter(|c| c.state == OpenState::Live)
         else {
             self.steps.push(Step::Ignore(
                 "agent message for a member not in a live chat",
@@ -475,7 +479,7 @@ impl<'a> Decision<'_, 'a> {
             self.refuse("an agent message from an outlet that does not hold the live chat");
             return;
         }
-        self.record("agent", self.facts.source, content, true);
+        self.record(Author::Agent, self.facts.source, content, true);
         self.steps.push(Step::Touch(c.id));
         self.send(Command::ToMember {
             live: true,
@@ -493,7 +497,7 @@ impl<'a> Decision<'_, 'a> {
             self.refuse("an agent command from an outlet that does not hold the conversation");
             return;
         }
-        self.record("agent", &c.outlet_channel_id, content, true);
+        self.record(Author::Agent, &c.outlet_channel_id, content, true);
         let text = match &content.kind {
             Some(content::Kind::Text(t)) => t.text.trim(),
             Some(content::Kind::Postback(p)) => p.payload.trim(),
@@ -510,7 +514,7 @@ impl<'a> Decision<'_, 'a> {
             reference.to_string()
         };
         self.tell_bot_as(
-            c.state == ConvState::Live,
+            c.state == OpenState::Live,
             SendToBot {
                 content: Some(content.clone()),
                 agent_conversation_id: reference,
@@ -521,21 +525,21 @@ impl<'a> Decision<'_, 'a> {
 
     /// LIVE (or PENDING) → BOT: the customer is told (the outlet's end text), the bot gets
     /// what was still held and is told.
-    fn close(&mut self, c: &ConversationRow, reason: &str) {
+    fn close(&mut self, c: &OpenConversation, reason: &str) {
         self.end(c, reason, true);
     }
 
     /// Closes `c`; the customer hears the end text only if they are still there to hear.
-    fn end(&mut self, c: &ConversationRow, reason: &str, customer_there: bool) {
+    fn end(&mut self, c: &OpenConversation, reason: &str, customer_there: bool) {
         self.steps.push(Step::Close {
             conversation: c.id,
-            from: c.state.clone(),
+            from: c.state,
             reason: reason.to_string(),
         });
         let ended = json!({"reason": reason});
         self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
         let end_text = self.rules().end_text;
-        if customer_there && c.state == ConvState::Live && !end_text.is_empty() {
+        if customer_there && c.state == OpenState::Live && !end_text.is_empty() {
             self.send(Command::ToMember {
                 live: false,
                 content: text_content(&end_text),
@@ -576,21 +580,21 @@ impl<'a> Decision<'_, 'a> {
         if state.is_some() {
             let rules = &self.facts.inlet.handoff;
             let limit_secs = match c.state {
-                ConvState::Pending => rules.pending_timeout_secs,
-                ConvState::Live => rules.live_idle_timeout_secs,
+                OpenState::Pending => rules.pending_timeout_secs,
+                OpenState::Live => rules.live_idle_timeout_secs,
             };
             self.steps.push(Step::IfOverdue {
                 conversation: c.id,
-                state: c.state.clone(),
+                state: c.state,
                 limit_secs,
             });
         }
         match c.state {
-            ConvState::Pending => {
+            OpenState::Pending => {
                 let error = json!({"reason": reason, "message": "no agent accepted in time"});
                 self.ended_before_live(c, reason, error);
             }
-            ConvState::Live => {
+            OpenState::Live => {
                 // The agent's side learns the chat is over too.
                 self.send(Command::Relay {
                     outlet: c.outlet_channel_id.clone(),
@@ -611,7 +615,7 @@ impl<'a> Decision<'_, 'a> {
             && let Some(c) = self
                 .facts
                 .conversation
-                .filter(|c| c.state == ConvState::Live)
+                .filter(|c| c.state == OpenState::Live)
         {
             let mut notice = detail;
             if let Some(content) = content {
@@ -687,17 +691,17 @@ mod tests {
 
     struct World {
         channels: Channels,
-        conversation: Option<ConversationRow>,
+        conversation: Option<OpenConversation>,
         source: String,
         named: String,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
 
-    fn world(state: Option<ConvState>) -> World {
+    fn world(state: Option<OpenState>) -> World {
         World {
             channels: Channels::parse(CHANNELS).unwrap(),
-            conversation: state.map(|state| ConversationRow {
+            conversation: state.map(|state| OpenConversation {
                 id: CONV,
                 state,
                 outlet_channel_id: "desk".into(),
@@ -740,7 +744,7 @@ mod tests {
         steps
             .iter()
             .filter_map(|s| match s {
-                Step::Record { line, .. } if line.author == "system" => {
+                Step::Record { line, .. } if line.author == Author::System => {
                     let v = handoff_platforms::content::content_to_response(&line.content);
                     Some(v["event"].as_str().unwrap_or_default().to_string())
                 }
@@ -753,7 +757,7 @@ mod tests {
     fn a_customer_message_with_no_human_involved_goes_to_the_bot() {
         let steps = world(None).decide("web", Event::Inbound(&text("hello")));
         assert!(
-            matches!(&steps[0], Step::Record { line, first: true } if line.author == "customer" && !line.held)
+            matches!(&steps[0], Step::Record { line, first: true } if line.author == Author::Customer && !line.held)
         );
         assert!(
             matches!(sends(&steps)[..], [Command::ToBot { bot, live: false, .. }] if bot == "bot")
@@ -762,7 +766,7 @@ mod tests {
 
     #[test]
     fn a_customer_message_while_pending_is_held_and_goes_nowhere() {
-        let steps = world(Some(ConvState::Pending)).decide("web", Event::Inbound(&text("hi")));
+        let steps = world(Some(OpenState::Pending)).decide("web", Event::Inbound(&text("hi")));
         assert_eq!(steps.len(), 1);
         assert!(
             matches!(&steps[0], Step::Record { line, .. } if line.held && line.conversation == Some(CONV))
@@ -771,7 +775,7 @@ mod tests {
 
     #[test]
     fn a_customer_message_while_live_is_relayed_and_keeps_the_chat_alive() {
-        let steps = world(Some(ConvState::Live)).decide("web", Event::Inbound(&text("hi")));
+        let steps = world(Some(OpenState::Live)).decide("web", Event::Inbound(&text("hi")));
         assert!(steps.contains(&Step::Touch(CONV)));
         assert!(
             matches!(sends(&steps)[..], [Command::Relay { outlet, live: true, .. }] if outlet == "desk")
@@ -799,14 +803,14 @@ mod tests {
 
     #[test]
     fn a_second_handoff_while_one_is_open_is_ignored() {
-        let steps = world(Some(ConvState::Pending))
+        let steps = world(Some(OpenState::Pending))
             .decide("web", Event::HandoffRequested(HandoffDetails::default()));
         assert!(matches!(steps[..], [Step::Ignore(_)]));
     }
 
     #[test]
     fn an_acceptance_makes_the_chat_live_and_relays_what_was_held() {
-        let mut w = world(Some(ConvState::Pending));
+        let mut w = world(Some(OpenState::Pending));
         w.named = CONV.to_string();
         let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
         assert!(
@@ -820,7 +824,7 @@ mod tests {
 
     #[test]
     fn a_late_acceptance_of_another_conversation_is_ignored() {
-        let mut w = world(Some(ConvState::Pending));
+        let mut w = world(Some(OpenState::Pending));
         w.named = Uuid::from_u128(8).to_string();
         let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
         assert!(matches!(steps[..], [Step::Ignore(_)]));
@@ -828,7 +832,7 @@ mod tests {
 
     #[test]
     fn a_failed_livechat_returns_the_member_and_the_held_messages_to_the_bot() {
-        let mut w = world(Some(ConvState::Pending));
+        let mut w = world(Some(OpenState::Pending));
         w.named = CONV.to_string();
         let steps = w.decide(
             "web",
@@ -837,7 +841,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(&steps[0], Step::Close { from: ConvState::Pending, reason, .. } if reason == "livechat_failed")
+            matches!(&steps[0], Step::Close { from: OpenState::Pending, reason, .. } if reason == "livechat_failed")
         );
         assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
         assert!(
@@ -847,7 +851,7 @@ mod tests {
 
     #[test]
     fn the_agents_end_command_closes_the_chat_and_hands_the_member_back() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.source = "desk".into();
         let steps = w.decide(
             "web",
@@ -857,7 +861,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(&steps[1], Step::Close { from: ConvState::Live, reason, .. } if reason == "agent_ended")
+            matches!(&steps[1], Step::Close { from: OpenState::Live, reason, .. } if reason == "agent_ended")
         );
         let sent = sends(&steps);
         assert!(
@@ -870,7 +874,7 @@ mod tests {
 
     #[test]
     fn any_other_agent_command_goes_to_the_bot_naming_the_conversation() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.source = "desk".into();
         let steps = w.decide(
             "web",
@@ -886,7 +890,7 @@ mod tests {
 
     #[test]
     fn the_bots_answer_to_an_agent_command_goes_to_the_live_chat() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.source = "bot".into();
         let reply = BotReply {
             responses: vec![text("order #12 refunded")],
@@ -901,13 +905,13 @@ mod tests {
 
     #[test]
     fn an_agent_message_outside_a_live_chat_is_ignored() {
-        let steps = world(Some(ConvState::Pending)).decide("web", Event::AgentMessage(&text("hi")));
+        let steps = world(Some(OpenState::Pending)).decide("web", Event::AgentMessage(&text("hi")));
         assert!(matches!(steps[..], [Step::Ignore(_)]));
     }
 
     #[test]
     fn a_pending_timeout_first_checks_the_handoff_is_still_overdue() {
-        let mut w = world(Some(ConvState::Pending));
+        let mut w = world(Some(OpenState::Pending));
         w.named = CONV.to_string();
         let steps = w.decide(
             "web",
@@ -922,7 +926,7 @@ mod tests {
 
     #[test]
     fn a_live_idle_timeout_tells_the_agent_and_the_customer() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.named = CONV.to_string();
         let steps = w.decide(
             "web",
@@ -939,7 +943,7 @@ mod tests {
 
     #[test]
     fn a_customer_leaving_a_live_chat_tells_the_agent_and_sends_the_customer_nothing() {
-        let steps = world(Some(ConvState::Live)).decide("web", Event::CustomerLeft);
+        let steps = world(Some(OpenState::Live)).decide("web", Event::CustomerLeft);
         let sent = sends(&steps);
         assert!(matches!(sent[0], Command::Relay { live: false, .. }));
         assert!(
@@ -962,7 +966,7 @@ mod tests {
 
     #[test]
     fn a_bot_closing_a_live_chat_closes_it_as_bot_closed() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.source = "bot".into();
         let reply = BotReply {
             close: true,
@@ -992,7 +996,7 @@ mod tests {
 
     #[test]
     fn an_agent_message_or_command_from_an_outlet_not_holding_the_chat_is_refused() {
-        let mut w = world(Some(ConvState::Live));
+        let mut w = world(Some(OpenState::Live));
         w.source = "another-desk".into();
         let message = w.decide("web", Event::AgentMessage(&text("hi")));
         let command = w.decide(

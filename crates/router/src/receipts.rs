@@ -8,6 +8,8 @@ use futures::StreamExt as _;
 use handoff_bus::{Bus, storable};
 use handoff_proto::{Message as _, Receipt, Receipts};
 use sqlx::PgPool;
+
+use crate::store;
 use tokio_util::sync::CancellationToken;
 
 const MAX_BATCH: usize = 1_000;
@@ -54,31 +56,20 @@ async fn store(pool: &PgPool, batch: Vec<Receipt>) {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     };
-    let inserted = sqlx::query(
-        "INSERT INTO message_steps (event_id, causation_id, member_id, kind, service, channel,
-                                    outcome, detail, attempt, accepted_at, at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::text[], $9::int4[],
-                              $10::timestamptz[], $11::timestamptz[])",
-    )
-    .bind(column(|r| &r.event_id))
-    .bind(column(|r| &r.causation_id))
-    .bind(column(|r| &r.member_id))
-    .bind(column(|r| &r.kind))
-    .bind(column(|r| &r.service))
-    .bind(column(|r| &r.channel))
-    .bind(column(|r| &r.outcome))
-    .bind(column(|r| &r.detail))
-    .bind(batch.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
-    .bind(
-        batch
-            .iter()
-            .map(|r| at(r.accepted_at_ms))
-            .collect::<Vec<_>>(),
-    )
-    .bind(batch.iter().map(|r| at(r.at_ms)).collect::<Vec<_>>())
-    .execute(pool)
-    .await;
+    let steps = store::steps::NewSteps {
+        event_ids: column(|r| &r.event_id),
+        causation_ids: column(|r| &r.causation_id),
+        member_ids: column(|r| &r.member_id),
+        kinds: column(|r| &r.kind),
+        services: column(|r| &r.service),
+        channels: column(|r| &r.channel),
+        outcomes: column(|r| &r.outcome),
+        details: column(|r| &r.detail),
+        attempts: batch.iter().map(|r| r.attempt as i32).collect(),
+        accepted_at: batch.iter().map(|r| at(r.accepted_at_ms)).collect(),
+        at: batch.iter().map(|r| at(r.at_ms)).collect(),
+    };
+    let inserted = store::steps::insert(pool, &steps).await;
     if let Err(e) = inserted {
         tracing::warn!(error = %e, receipts = batch.len(), "receipts not stored; those traces will miss steps");
     }

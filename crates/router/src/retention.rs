@@ -8,6 +8,8 @@ use handoff_config::RetentionSettings;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::store;
+
 /// Advisory-lock key for "this replica is pruning".
 const PRUNE_LOCK: i64 = 0x0048_4650_5255_4e45; // "HFPRUNE"
 
@@ -46,93 +48,42 @@ impl Pruned {
     }
 }
 
+/// Runs a chunked delete until a chunk comes back short; the rows deleted in all.
+macro_rules! chunked {
+    ($delete:expr) => {{
+        let mut total = 0;
+        loop {
+            let n = $delete.await?;
+            total += n;
+            if n < CHUNK as u64 {
+                break total;
+            }
+        }
+    }};
+}
+
 /// Deletes what is past its retention: the inbox's processed event ids, transcript lines
 /// and closed conversations, and dead letters already replayed or dropped. Parked dead
 /// letters and open conversations are never pruned.
 pub async fn prune(pool: &PgPool, settings: &RetentionSettings) -> sqlx::Result<Pruned> {
     let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(PRUNE_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
+    if !store::try_lock(&mut *conn, PRUNE_LOCK).await? {
         return Ok(Pruned::default());
     }
+    let days = |d: u32| f64::from(d) * 86_400.0;
+    let steps = days(settings.processed_events_days);
+    let transcripts = days(settings.transcript_days);
+    let resolved = days(settings.resolved_dead_letters_days);
     let result = async {
-        let days = |d: u32| f64::from(d) * 86_400.0;
         Ok(Pruned {
-            processed_events: chunked(
-                &mut conn,
-                "DELETE FROM processed_events WHERE event_id IN (
-                   SELECT event_id FROM processed_events
-                   WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
-                days(settings.processed_events_days),
-            )
-            .await?,
-            // A message's trace lives as long as the inbox remembers the message.
-            message_steps: chunked(
-                &mut conn,
-                "DELETE FROM message_steps WHERE id IN (
-                   SELECT id FROM message_steps
-                   WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
-                days(settings.processed_events_days),
-            )
-            .await?,
-            messages: chunked(
-                &mut conn,
-                "DELETE FROM messages WHERE id IN (
-                   SELECT m.id FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
-                   WHERE m.created_at < now() - make_interval(secs => $1)
-                     AND NOT m.held AND (c.id IS NULL OR c.state = 'closed')
-                   LIMIT $2)",
-                days(settings.transcript_days),
-            )
-            .await?,
-            conversations: chunked(
-                &mut conn,
-                "DELETE FROM conversations WHERE id IN (
-                   SELECT c.id FROM conversations c
-                   WHERE c.state = 'closed' AND c.closed_at < now() - make_interval(secs => $1)
-                     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
-                   LIMIT $2)",
-                days(settings.transcript_days),
-            )
-            .await?,
-            dead_letters: chunked(
-                &mut conn,
-                "DELETE FROM dead_letters WHERE id IN (
-                   SELECT id FROM dead_letters
-                   WHERE state <> 'parked' AND resolved_at < now() - make_interval(secs => $1)
-                   LIMIT $2)",
-                days(settings.resolved_dead_letters_days),
-            )
-            .await?,
+            processed_events: chunked!(store::inbox::prune(&mut *conn, steps, CHUNK)),
+            message_steps: chunked!(store::steps::prune(&mut *conn, steps, CHUNK)),
+            messages: chunked!(store::messages::prune(&mut *conn, transcripts, CHUNK)),
+            conversations: chunked!(store::conversations::prune(&mut *conn, transcripts, CHUNK)),
+            dead_letters: chunked!(store::dead_letters::prune(&mut *conn, resolved, CHUNK)),
         })
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(PRUNE_LOCK)
-        .execute(&mut *conn)
-        .await;
+    let _ = store::unlock(&mut *conn, PRUNE_LOCK).await;
     result
-}
-
-async fn chunked(
-    conn: &mut sqlx::PgConnection,
-    statement: &str,
-    age_secs: f64,
-) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query(statement)
-            .bind(age_secs)
-            .bind(CHUNK)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        total += n;
-        if n < CHUNK as u64 {
-            return Ok(total);
-        }
-    }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use handoff_bus::{derived_id, now_ms};
 use handoff_proto::{Body, ConversationTimeout, Envelope};
-use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::engine::Engine;
+use crate::model::OpenState;
+use crate::store;
 
 pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
@@ -30,41 +30,29 @@ pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: Cancella
 }
 
 async fn sweep(engine: &Engine) -> anyhow::Result<()> {
-    let rows = sqlx::query(
-        "SELECT c.id, c.member_id, c.state, m.channel_id,
-                EXTRACT(EPOCH FROM now() - c.state_changed_at)::float8 AS in_state,
-                EXTRACT(EPOCH FROM now() - c.last_activity_at)::float8 AS idle,
-                (EXTRACT(EPOCH FROM c.last_activity_at) * 1000)::int8 AS quiet_since
-         FROM conversations c JOIN members m ON m.id = c.member_id
-         WHERE c.state IN ('pending', 'live')",
-    )
-    .fetch_all(&engine.pool)
-    .await?;
+    let rows = store::conversations::waiting(&engine.pool).await?;
     for row in rows {
-        let channel_id: String = row.get("channel_id");
+        let channel_id = row.channel_id;
         let Some(inlet) = engine.catalog.load().channels.get(&channel_id).cloned() else {
             continue;
         };
-        let state: String = row.get("state");
-        let (elapsed, limit, reason) = if state == "pending" {
-            (
-                row.get::<f64, _>("in_state"),
+        let (elapsed, limit, reason) = match row.state {
+            OpenState::Pending => (
+                row.in_state,
                 inlet.handoff.pending_timeout_secs,
                 "pending_timeout",
-            )
-        } else {
-            (
-                row.get::<f64, _>("idle"),
+            ),
+            OpenState::Live => (
+                row.idle,
                 inlet.handoff.live_idle_timeout_secs,
                 "live_idle_timeout",
-            )
+            ),
         };
         if elapsed < limit as f64 {
             continue;
         }
-        let conv: Uuid = row.get("id");
-        let member: Uuid = row.get("member_id");
-        let quiet_since: i64 = row.get("quiet_since");
+        let (conv, member, quiet_since, state) =
+            (row.id, row.member_id, row.quiet_since, row.state.as_str());
         let envelope = Envelope {
             event_id: derived_id(&format!("{conv}/{state}/{quiet_since}"), "timeout", 0),
             org: inlet.org.clone(),
@@ -73,7 +61,7 @@ async fn sweep(engine: &Engine) -> anyhow::Result<()> {
             conversation_id: conv.to_string(),
             accepted_at_ms: now_ms(),
             body: Some(Body::ConversationTimeout(ConversationTimeout {
-                state,
+                state: state.into(),
                 reason: reason.into(),
             })),
             ..Default::default()

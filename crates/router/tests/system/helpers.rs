@@ -605,7 +605,10 @@ impl TestHub {
 
     /// Runs `handoffctl` against this hub; returns its exit status and standard output.
     pub async fn handoffctl(&self, args: &[&str]) -> (bool, String) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handoffctl"))
+        // Its own package: found beside the router's binary (scripts/test builds it).
+        let handoffctl =
+            std::path::Path::new(env!("CARGO_BIN_EXE_router")).with_file_name("handoffctl");
+        let out = tokio::process::Command::new(handoffctl)
             .args(args)
             .envs(self.service_env())
             .env(

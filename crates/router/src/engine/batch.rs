@@ -1,0 +1,196 @@
+//! The batch runtime: events queue up as jobs, workers take up to `MAX_BATCH` of them
+//! (each of a different member) into one transaction, and each job learns its outcome.
+
+use std::sync::Arc;
+
+use handoff_bus::{Handled, Service};
+use handoff_proto::Envelope;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::outbox::{OUTBOX_CLEANUP, OutboxRow, Scope};
+use super::steps::Work;
+use super::{Engine, is_permanent, permanent, retry};
+use crate::store;
+
+/// Events applied in one transaction at most.
+const MAX_BATCH: usize = 16;
+
+/// Transactions the router runs at once (each a batch).
+const BATCH_WORKERS: usize = 8;
+
+/// An event waiting for a batch, and where its outcome goes.
+pub(super) struct Job {
+    pub envelope: Envelope,
+    pub span: tracing::Span,
+    pub reply: oneshot::Sender<Handled>,
+}
+
+pub(super) enum Applied {
+    New(Vec<OutboxRow>),
+    Duplicate,
+}
+
+impl Engine {
+    /// Applies queued events in batches until `shutdown`. Several workers run at once so a
+    /// batch waiting for its commit does not hold the next one.
+    pub async fn run_batches(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut workers = JoinSet::new();
+        for _ in 0..BATCH_WORKERS {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            workers.spawn(async move {
+                loop {
+                    let batch = {
+                        let mut queue = engine.queue.lock().await;
+                        let first = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            job = queue.recv() => match job { Some(j) => j, None => return },
+                        };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match queue.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    engine.run_batch(batch).await;
+                }
+            });
+        }
+        let mut cleanup = tokio::time::interval(OUTBOX_CLEANUP);
+        cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = workers.join_next() => if done.is_none() { break },
+                _ = cleanup.tick() => self.clean_outbox().await,
+            }
+        }
+        self.clean_outbox().await;
+    }
+
+    pub(super) async fn run_batch(&self, batch: Vec<Job>) {
+        let envelopes: Vec<&Envelope> = batch.iter().map(|j| &j.envelope).collect();
+        match self.apply_batch(&envelopes).await {
+            Ok(outcomes) => {
+                let mut rows = Vec::new();
+                let mut duplicate = Vec::with_capacity(outcomes.len());
+                for (job, outcome) in batch.iter().zip(outcomes) {
+                    match outcome {
+                        Applied::New(new) => {
+                            // Each command carries the trace of the event it derives from.
+                            let _entered = job.span.enter();
+                            rows.extend(new.into_iter().map(|r| {
+                                let headers = handoff_bus::headers(&r.id);
+                                (r, headers)
+                            }));
+                            duplicate.push(false);
+                        }
+                        Applied::Duplicate => duplicate.push(true),
+                    }
+                }
+                let published = self.publish(rows).await;
+                for (job, duplicate) in batch.into_iter().zip(duplicate) {
+                    let handled = match &published {
+                        Err(e) => retry(e),
+                        Ok(()) if !duplicate => Handled::Done,
+                        // A redelivery: publish what its first run may have left behind.
+                        Ok(()) => match self
+                            .flush_outbox(Scope::Member(&job.envelope.member_id))
+                            .await
+                        {
+                            Ok(()) => Handled::Done,
+                            Err(e) => retry(&e),
+                        },
+                    };
+                    let _ = job.reply.send(handled);
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let job = batch.into_iter().next().expect("one job");
+                let handled = if is_permanent(&e) {
+                    Handled::Park {
+                        reason: format!("{e:#}"),
+                    }
+                } else {
+                    retry(&e)
+                };
+                let _ = job.reply.send(handled);
+            }
+            Err(_) => {
+                // One event spoiled the batch: apply each alone, so only its member waits.
+                // All at once (they are different members): one by one, a batch of fifty
+                // would make the last wait fifty transactions.
+                futures::future::join_all(
+                    batch
+                        .into_iter()
+                        .map(|job| Box::pin(self.run_batch(vec![job]))),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Applies a batch of events (each of a different member) in one transaction: the
+    /// member locks, the inbox and the outbox are one statement each for the whole batch,
+    /// and the batch pays for one commit. Returns, per event, the commands to publish.
+    async fn apply_batch(&self, batch: &[&Envelope]) -> anyhow::Result<Vec<Applied>> {
+        let mut tx = self.pool.begin().await?;
+        let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
+        members.sort_unstable();
+        members.dedup();
+        let ids = batch
+            .iter()
+            .map(|e| {
+                e.event_id
+                    .parse::<Uuid>()
+                    .map_err(|_| permanent(format!("event id `{}` is not a UUID", e.event_id)))
+            })
+            .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        // A member's events are applied one at a time across replicas (a takeover replays
+        // what the previous owner may still be finishing).
+        let fresh = store::inbox::lock_and_record(&mut *tx, &members, &ids).await?;
+        let mut commands: Vec<(usize, Service, Envelope)> = Vec::new();
+        let mut settled = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (i, envelope) in batch.iter().enumerate() {
+            if !fresh.contains(&ids[i]) {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            let mut work = Work {
+                tx: &mut tx,
+                cause: envelope,
+                commands: Vec::new(),
+                messages: 0,
+                settled: Vec::new(),
+            };
+            // `false`: a duplicate by another key (the same platform message id under a new
+            // event id); it was detected before any effect, so nothing is published.
+            if self.dispatch(&mut work).await? {
+                commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
+            }
+            settled.append(&mut work.settled);
+            outcomes.push(Applied::New(Vec::new()));
+        }
+        for (i, row) in self.write_outbox(&mut tx, commands).await? {
+            if let Applied::New(rows) = &mut outcomes[i] {
+                rows.push(row);
+            }
+        }
+        tx.commit().await?;
+        for (envelope, outcome) in batch.iter().zip(&outcomes) {
+            if matches!(outcome, Applied::New(_)) {
+                handoff_bus::metrics::routed(envelope);
+            }
+        }
+        for (outcome, seconds) in settled {
+            handoff_bus::metrics::handoff_settled(outcome, seconds);
+        }
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,386 @@
+//! The step interpreter: applies the machine's steps inside the batch's transaction, in
+//! order. A transition whose compare-and-set finds the state moved ends the steps.
+
+use handoff_bus::{Service, derived_id, now_ms};
+use handoff_config::Channel;
+use handoff_platforms::content::{content_from_response, content_to_response};
+use handoff_proto::{
+    Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, RelayToOutlet,
+    RequestLivechat, SendToBot,
+};
+use serde_json::{Value, json};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Engine;
+use crate::machine::{Command, Release, Step, event_content};
+use crate::model::{Author, OpenState};
+use crate::store::{self, members::MemberRow};
+
+/// One event's unit of work: the batch's open transaction and the commands it derives.
+pub(super) struct Work<'a> {
+    pub tx: &'a mut Transaction<'static, Postgres>,
+    pub cause: &'a Envelope,
+    pub commands: Vec<(Service, Envelope)>,
+    pub messages: usize,
+    /// Handoffs this event settled: outcome and seconds since the request, recorded once
+    /// the transaction commits.
+    pub settled: Vec<(&'static str, f64)>,
+}
+
+impl Work<'_> {
+    /// Queues a command; its id derives from the cause, so re-processing re-emits it as-is.
+    fn command(&mut self, service: Service, channel: &str, conversation: Option<Uuid>, body: Body) {
+        let index = self.commands.len();
+        let envelope = Envelope {
+            event_id: derived_id(&self.cause.event_id, "command", index),
+            org: self.cause.org.clone(),
+            channel: channel.to_string(),
+            member_id: self.cause.member_id.clone(),
+            conversation_id: conversation.map(|c| c.to_string()).unwrap_or_default(),
+            causation_id: self.cause.event_id.clone(),
+            occurred_at_ms: self.cause.occurred_at_ms,
+            accepted_at_ms: now_ms(),
+            origin_accepted_at_ms: handoff_bus::origin_of(self.cause),
+            body: Some(body),
+            ..Default::default()
+        };
+        self.commands.push((service, envelope));
+    }
+
+    /// Appends a transcript line. The first line of a customer or agent message carries the
+    /// platform's message id; `false` means that id was already recorded (a duplicate).
+    async fn record(
+        &mut self,
+        member: Uuid,
+        conversation: Option<Uuid>,
+        channel: &str,
+        author: Author,
+        content: &Value,
+        held: bool,
+    ) -> sqlx::Result<bool> {
+        let index = self.messages;
+        self.messages += 1;
+        let event_id: Uuid = if index == 0 && author == Author::Customer {
+            self.cause
+                .event_id
+                .parse()
+                .unwrap_or_else(|_| Uuid::now_v7())
+        } else {
+            derived_id(&self.cause.event_id, "message", index)
+                .parse()
+                .expect("derived ids are UUIDs")
+        };
+        let source = (matches!(author, Author::Customer | Author::Agent) && index == 0)
+            .then_some(self.cause.source_message_id.as_str())
+            .filter(|s| !s.is_empty());
+        store::messages::insert(
+            &mut **self.tx,
+            store::messages::NewLine {
+                event_id,
+                member_id: member,
+                conversation_id: conversation,
+                channel_id: channel,
+                source_message_id: source,
+                author,
+                content,
+                held,
+            },
+        )
+        .await
+    }
+}
+
+impl Engine {
+    /// Applies the machine's steps in order. A transition whose compare-and-set finds the
+    /// state moved ends the steps; a duplicate platform message id ends the event with no
+    /// effect at all (`false`).
+    pub(super) async fn apply(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        inlet: &Channel,
+        steps: Vec<Step>,
+    ) -> anyhow::Result<bool> {
+        for step in steps {
+            match step {
+                Step::Record { line, first } => {
+                    let content = content_to_response(&line.content);
+                    let recorded = work
+                        .record(
+                            member.id,
+                            line.conversation,
+                            &line.channel,
+                            line.author,
+                            &content,
+                            line.held,
+                        )
+                        .await?;
+                    if first && !recorded {
+                        return Ok(false);
+                    }
+                }
+                Step::Touch(conversation) => {
+                    store::conversations::touch(&mut **work.tx, conversation).await?;
+                }
+                Step::OpenHandoff { outlet, details } => {
+                    if !self
+                        .open_handoff(work, member, inlet, &outlet, details)
+                        .await?
+                    {
+                        tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
+                        return Ok(true);
+                    }
+                }
+                Step::BecomeLive {
+                    conversation,
+                    external_id,
+                } => {
+                    let waited = store::conversations::become_live(
+                        &mut **work.tx,
+                        conversation,
+                        &external_id,
+                    )
+                    .await?;
+                    let Some(waited) = waited else {
+                        return Ok(true);
+                    };
+                    work.settled.push(("accepted", waited));
+                }
+                Step::Close {
+                    conversation,
+                    from,
+                    reason,
+                } => {
+                    let lasted =
+                        store::conversations::close(&mut **work.tx, conversation, from, &reason)
+                            .await?;
+                    let Some(lasted) = lasted else {
+                        return Ok(true);
+                    };
+                    // A handoff closed before anyone took it went back to the bot.
+                    let outcome = match from {
+                        OpenState::Pending => "returned_to_bot",
+                        OpenState::Live => "closed",
+                    };
+                    work.settled.push((outcome, lasted));
+                }
+                Step::IfOverdue {
+                    conversation,
+                    state,
+                    limit_secs,
+                } => {
+                    let overdue = store::conversations::is_overdue(
+                        &mut **work.tx,
+                        conversation,
+                        state,
+                        limit_secs as f64,
+                    )
+                    .await?;
+                    if !overdue {
+                        return Ok(true);
+                    }
+                }
+                Step::ReleaseHeld { conversation, to } => {
+                    for content in release_held(work, conversation).await? {
+                        let command = match &to {
+                            Release::Outlet(outlet) => Command::Relay {
+                                outlet: outlet.clone(),
+                                conversation,
+                                live: true,
+                                content,
+                            },
+                            Release::Bot(None) => continue,
+                            Release::Bot(Some(bot)) => Command::ToBot {
+                                bot: bot.clone(),
+                                live: false,
+                                send: SendToBot {
+                                    content: Some(content),
+                                    ..Default::default()
+                                },
+                            },
+                        };
+                        self.send(work, member, command)?;
+                    }
+                }
+                Step::Send(command) => self.send(work, member, command)?,
+                Step::Ignore(why) => {
+                    tracing::info!(member = %member.id, kind = work.cause.kind(), "{why}; ignored");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues a command for the service that serves its channel's platform.
+    pub(super) fn send(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        command: Command,
+    ) -> anyhow::Result<()> {
+        let (channel, conversation, body) = match command {
+            Command::ToBot {
+                bot,
+                live,
+                mut send,
+            } => {
+                send.member = Some(member.to_proto(live));
+                (bot, None, Body::SendToBot(send))
+            }
+            Command::ToMember { live, content } => (
+                member.channel_id.clone(),
+                None,
+                Body::DeliverToMember(DeliverToMember {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                }),
+            ),
+            Command::Relay {
+                outlet,
+                conversation,
+                live,
+                content,
+            } => (
+                outlet,
+                Some(conversation),
+                Body::RelayToOutlet(RelayToOutlet {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                }),
+            ),
+            Command::ToOutlet {
+                outlet,
+                conversation,
+                live,
+                content,
+                reference,
+            } => (
+                outlet,
+                Some(conversation),
+                Body::DeliverToOutlet(DeliverToOutlet {
+                    member: Some(member.to_proto(live)),
+                    content: Some(content),
+                    conversation_ref: reference,
+                }),
+            ),
+        };
+        work.command(self.service_of(&channel)?, &channel, conversation, body);
+        Ok(())
+    }
+
+    /// BOT → PENDING: the conversation, its HANDOFF_REQUESTED line and the Livechat request.
+    /// `false` when the member already has an open conversation.
+    pub(super) async fn open_handoff(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        inlet: &Channel,
+        outlet: &str,
+        mut details: HandoffDetails,
+    ) -> anyhow::Result<bool> {
+        if details.summary.is_empty() {
+            details.summary = dialog_summary(work, member.id).await?;
+        }
+        let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
+        let token = history_token();
+        let ttl = inlet.handoff.history_link_ttl_secs as f64;
+        let meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+        let opened = store::conversations::open(
+            &mut **work.tx,
+            store::conversations::NewConversation {
+                id: conv_id,
+                member_id: member.id,
+                outlet_channel_id: outlet,
+                summary: &details.summary,
+                group_name: &details.group_name,
+                label: &details.label,
+                meta: &meta,
+                trigger: &details.trigger,
+                history_token: &token,
+                history_ttl_secs: ttl,
+            },
+        )
+        .await?;
+        if !opened {
+            return Ok(false);
+        }
+        let content = event_content(
+            "HANDOFF_REQUESTED",
+            json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),
+        );
+        work.record(
+            member.id,
+            Some(conv_id),
+            &member.channel_id,
+            Author::System,
+            &content_to_response(&content),
+            false,
+        )
+        .await?;
+        work.command(
+            self.service_of(outlet)?,
+            outlet,
+            Some(conv_id),
+            Body::RequestLivechat(RequestLivechat {
+                member: Some(member.to_proto(false)),
+                details: Some(details),
+                chat_history_url: format!("{}/history/{token}", self.public_url),
+            }),
+        );
+        Ok(true)
+    }
+}
+
+/// Customer messages held while PENDING, oldest first, no longer held.
+async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Content>> {
+    let rows = store::messages::release_held(&mut **work.tx, conv).await?;
+    // A line is stored as the platform sent it when the model has no form for it (a
+    // `type` the model does not know, even one that is not a string): it is released in
+    // that same raw form, as it would have been relayed had the chat been live already.
+    // Refusing it would park the desk's acceptance and strand the member in PENDING.
+    Ok(rows
+        .into_iter()
+        .map(|stored| {
+            content_from_response(&stored).unwrap_or_else(|_| Content {
+                kind: None,
+                raw_json: stored.to_string(),
+            })
+        })
+        .collect())
+}
+
+fn history_token() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lines of the dialog before a handoff, oldest first, for an agent who gets no summary
+/// from the bot (Selarti hands over without one).
+async fn dialog_summary(work: &mut Work<'_>, member: Uuid) -> sqlx::Result<String> {
+    const LINES: i64 = 6;
+    const MAX_CHARS: usize = 1_000;
+    let rows = store::messages::last_dialog(&mut **work.tx, member, LINES).await?;
+    let mut lines: Vec<String> = rows
+        .into_iter()
+        .rev()
+        .filter_map(|(author, text)| {
+            let who = match author {
+                Author::Customer => "Customer",
+                Author::Bot => "Bot",
+                Author::Agent | Author::System => "Agent",
+            };
+            text.filter(|t| !t.trim().is_empty())
+                .map(|t| format!("{who}: {}", t.trim()))
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("The bot handed the customer over.".into());
+    }
+    let mut summary = lines.join("\n");
+    if summary.chars().count() > MAX_CHARS {
+        summary = summary.chars().take(MAX_CHARS - 1).collect::<String>() + "…";
+    }
+    Ok(summary)
+}

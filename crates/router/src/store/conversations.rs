@@ -1,0 +1,297 @@
+//! `conversations`: one bot → human → bot cycle of a member. Every transition is a
+//! compare-and-set on `state`, so a duplicated or late event cannot apply twice.
+
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::members::Whereabouts;
+use crate::model::{ConvState, OpenConversation, OpenState};
+
+/// The member's open conversation, locked for this transaction.
+pub async fn open_for_update(
+    db: impl PgExecutor<'_>,
+    member_id: Uuid,
+) -> sqlx::Result<Option<OpenConversation>> {
+    sqlx::query_as!(
+        OpenConversation,
+        r#"SELECT id, state AS "state: OpenState", outlet_channel_id FROM conversations
+           WHERE member_id = $1 AND state <> 'closed' FOR UPDATE"#,
+        member_id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A PENDING conversation about to be opened.
+pub struct NewConversation<'a> {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub outlet_channel_id: &'a str,
+    pub summary: &'a str,
+    pub group_name: &'a str,
+    pub label: &'a str,
+    pub meta: &'a Value,
+    pub trigger: &'a str,
+    pub history_token: &'a str,
+    pub history_ttl_secs: f64,
+}
+
+/// BOT → PENDING. `false` when the member already has an open conversation (or this one
+/// was opened before).
+pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Result<bool> {
+    let opened = sqlx::query!(
+        "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+           group_name, label, meta, trigger, history_token, history_expires_at)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
+                 now() + make_interval(secs => $10))
+         ON CONFLICT DO NOTHING",
+        c.id,
+        c.member_id,
+        c.outlet_channel_id,
+        c.summary,
+        c.group_name,
+        c.label,
+        c.meta,
+        c.trigger,
+        c.history_token,
+        c.history_ttl_secs,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(opened == 1)
+}
+
+/// The conversation saw activity (its idle timeout starts again).
+pub async fn touch(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE conversations SET last_activity_at = now() WHERE id = $1",
+        id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// PENDING → LIVE. Seconds the customer waited, or `None` when it was no longer PENDING.
+pub async fn become_live(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    external_id: &str,
+) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar!(
+        r#"UPDATE conversations SET state = 'live',
+             external_id = COALESCE(NULLIF($2, ''), external_id),
+             state_changed_at = now(), last_activity_at = now()
+           WHERE id = $1 AND state = 'pending'
+           RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8 AS "waited!""#,
+        id,
+        external_id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// `from` → closed. Seconds the conversation lasted, or `None` when it was no longer in
+/// `from`.
+pub async fn close(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    from: OpenState,
+    reason: &str,
+) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar!(
+        r#"UPDATE conversations SET state = 'closed', closed_at = now(),
+             state_changed_at = now(), close_reason = $3
+           WHERE id = $1 AND state = $2
+           RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8 AS "lasted!""#,
+        id,
+        from.as_str(),
+        reason,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Whether the conversation has been in `state` (PENDING), or quiet (LIVE), for
+/// `limit_secs`: a message may have arrived since the sweeper looked.
+pub async fn is_overdue(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    state: OpenState,
+    limit_secs: f64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT (CASE WHEN $2 = 'pending' THEN state_changed_at ELSE last_activity_at END
+                   <= now() - make_interval(secs => $3)) AS "overdue!"
+           FROM conversations WHERE id = $1"#,
+        id,
+        state.as_str(),
+        limit_secs,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// An open conversation as the timeout sweeper sees it.
+#[derive(Debug)]
+pub struct Waiting {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub state: OpenState,
+    pub channel_id: String,
+    /// Seconds since the state changed, and since the last activity.
+    pub in_state: f64,
+    pub idle: f64,
+    /// When it went quiet (ms since the epoch): the timeout event's id derives from it.
+    pub quiet_since: i64,
+}
+
+pub async fn waiting(pool: &PgPool) -> sqlx::Result<Vec<Waiting>> {
+    sqlx::query_as!(
+        Waiting,
+        r#"SELECT c.id, c.member_id, c.state AS "state: OpenState", m.channel_id,
+                  EXTRACT(EPOCH FROM now() - c.state_changed_at)::float8 AS "in_state!",
+                  EXTRACT(EPOCH FROM now() - c.last_activity_at)::float8 AS "idle!",
+                  (EXTRACT(EPOCH FROM c.last_activity_at) * 1000)::int8 AS "quiet_since!"
+           FROM conversations c JOIN members m ON m.id = c.member_id
+           WHERE c.state IN ('pending', 'live')"#
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Open conversations per state, every state present (a zero is a reading too).
+pub async fn count_open(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, i64)>> {
+    let rows = sqlx::query!(
+        r#"SELECT state AS "state: OpenState", count(*) AS "n!" FROM conversations
+           WHERE state <> 'closed' GROUP BY state"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok([OpenState::Pending, OpenState::Live]
+        .into_iter()
+        .map(|state| {
+            let n = rows.iter().find(|r| r.state == state).map_or(0, |r| r.n);
+            (state.as_str(), n)
+        })
+        .collect())
+}
+
+/// The conversation an outlet names by its own reference or by Handoff's id, the open one
+/// first.
+pub async fn by_outlet_reference(
+    pool: &PgPool,
+    outlet: &str,
+    reference: &str,
+) -> sqlx::Result<Option<Whereabouts>> {
+    sqlx::query_as!(
+        Whereabouts,
+        r#"SELECT c.member_id, m.channel_id AS inlet, c.id AS "conversation_id?",
+                  c.state AS "state?: ConvState", c.outlet_channel_id AS "outlet_channel_id?"
+           FROM conversations c JOIN members m ON m.id = c.member_id
+           WHERE c.outlet_channel_id = $1 AND (c.id::text = $2 OR c.external_id = $2)
+           ORDER BY (c.state <> 'closed') DESC, c.opened_at DESC LIMIT 1"#,
+        outlet,
+        reference,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// A conversation as the admin API shows it.
+#[derive(Debug)]
+pub struct ConversationView {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub inlet: String,
+    pub external_id: String,
+    pub outlet_channel_id: String,
+    pub state: ConvState,
+    pub trigger: String,
+    pub opened_at: OffsetDateTime,
+    pub state_changed_at: OffsetDateTime,
+    pub closed_at: Option<OffsetDateTime>,
+    pub close_reason: Option<String>,
+    pub outlet_ref: Option<String>,
+}
+
+/// The newest conversations in `state` (`None`: the open ones), of `channel` (inlet or
+/// outlet) when given.
+pub async fn list(
+    pool: &PgPool,
+    state: Option<ConvState>,
+    channel: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ConversationView>> {
+    sqlx::query_as!(
+        ConversationView,
+        r#"SELECT c.id, c.member_id, m.channel_id AS inlet, m.external_id,
+                  c.outlet_channel_id, c.state AS "state: ConvState", c.trigger, c.opened_at,
+                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref
+           FROM conversations c JOIN members m ON m.id = c.member_id
+           WHERE (($1::text IS NULL AND c.state <> 'closed') OR c.state = $1)
+             AND ($2::text IS NULL OR m.channel_id = $2 OR c.outlet_channel_id = $2)
+           ORDER BY c.opened_at DESC LIMIT $3"#,
+        state.map(ConvState::as_str),
+        channel,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ConversationView>> {
+    sqlx::query_as!(
+        ConversationView,
+        r#"SELECT c.id, c.member_id, m.channel_id AS inlet, m.external_id,
+                  c.outlet_channel_id, c.state AS "state: ConvState", c.trigger, c.opened_at,
+                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref
+           FROM conversations c JOIN members m ON m.id = c.member_id WHERE c.id = $1"#,
+        id,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// What a transcript link opens: its conversation and member.
+#[derive(Debug)]
+pub struct HistoryLink {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub closed_at: Option<OffsetDateTime>,
+    pub valid: bool,
+    pub external_id: String,
+    pub profile: Value,
+}
+
+pub async fn by_history_token(pool: &PgPool, token: &str) -> sqlx::Result<Option<HistoryLink>> {
+    sqlx::query_as!(
+        HistoryLink,
+        r#"SELECT c.id, c.member_id, c.closed_at, c.history_expires_at > now() AS "valid!",
+                  m.external_id, m.profile
+           FROM conversations c JOIN members m ON m.id = c.member_id
+           WHERE c.history_token = $1"#,
+        token,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Closed conversations older than `age_secs` with no transcript left, at most `chunk`.
+pub async fn prune(db: impl PgExecutor<'_>, age_secs: f64, chunk: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM conversations WHERE id IN (
+           SELECT c.id FROM conversations c
+           WHERE c.state = 'closed' AND c.closed_at < now() - make_interval(secs => $1)
+             AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
+           LIMIT $2)",
+        age_secs,
+        chunk,
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,150 @@
+//! `members`: one row per customer of an inlet, keyed by Handoff's `_id`.
+
+use handoff_proto::Member;
+use serde_json::Value;
+use sqlx::PgExecutor;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::ConvState;
+
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub id: Uuid,
+    pub channel_id: String,
+    pub external_id: String,
+    pub profile: Value,
+    pub meta: Value,
+    pub temp_data: Value,
+}
+
+impl MemberRow {
+    pub fn to_proto(&self, live_chat: bool) -> Member {
+        Member {
+            id: self.id.to_string(),
+            external_id: self.external_id.clone(),
+            profile_json: self.profile.to_string(),
+            meta_json: self.meta.to_string(),
+            live_chat,
+            temp_data_json: self.temp_data.to_string(),
+            inlet_channel: self.channel_id.clone(),
+        }
+    }
+}
+
+/// Creates the member or refreshes its profile (an empty profile keeps the stored one).
+pub async fn upsert(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    channel_id: &str,
+    external_id: &str,
+    profile: &Value,
+) -> sqlx::Result<MemberRow> {
+    sqlx::query_as!(
+        MemberRow,
+        "INSERT INTO members (id, channel_id, external_id, profile) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET
+           profile = CASE WHEN excluded.profile = '{}'::jsonb THEN members.profile
+                          ELSE excluded.profile END,
+           updated_at = now()
+         RETURNING id, channel_id, external_id, profile, meta, temp_data",
+        id,
+        channel_id,
+        external_id,
+        profile,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The most a member's merged profile, or meta, may grow to (its JSON text): every command
+/// for the member carries both, and a bot that keeps adding would otherwise grow them
+/// until no command fits a bus message.
+pub const MAX_MEMBER_JSON_BYTES: i32 = 64 * 1024;
+
+/// Merges JSON objects into the member's profile and meta (top-level keys replace). A
+/// merge that would take either past `MAX_MEMBER_JSON_BYTES` leaves that one as it was.
+pub async fn merge(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    profile: &Value,
+    meta: &Value,
+) -> sqlx::Result<MemberRow> {
+    sqlx::query_as!(
+        MemberRow,
+        "UPDATE members SET
+           profile = CASE WHEN octet_length((profile || $2)::text) <= $4
+                          THEN profile || $2 ELSE profile END,
+           meta = CASE WHEN octet_length((meta || $3)::text) <= $4
+                       THEN meta || $3 ELSE meta END,
+           updated_at = now()
+         WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data",
+        id,
+        profile,
+        meta,
+        MAX_MEMBER_JSON_BYTES,
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<MemberRow>> {
+    sqlx::query_as!(
+        MemberRow,
+        "SELECT id, channel_id, external_id, profile, meta, temp_data FROM members
+         WHERE id = $1",
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A member as the admin API shows it: with its open conversation, if any.
+#[derive(Debug)]
+pub struct MemberView {
+    pub channel_id: String,
+    pub external_id: String,
+    pub profile: Value,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub conversation_id: Option<Uuid>,
+    pub state: Option<ConvState>,
+}
+
+pub async fn view(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<MemberView>> {
+    sqlx::query_as!(
+        MemberView,
+        r#"SELECT m.channel_id, m.external_id, m.profile, m.created_at, m.updated_at,
+                  c.id AS "conversation_id?", c.state AS "state?: ConvState"
+           FROM members m
+           LEFT JOIN conversations c ON c.member_id = m.id AND c.state <> 'closed'
+           WHERE m.id = $1"#,
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Who a look-up is about: the member, its inlet, and its open conversation if any.
+#[derive(Debug)]
+pub struct Whereabouts {
+    pub member_id: Uuid,
+    pub inlet: String,
+    pub conversation_id: Option<Uuid>,
+    pub state: Option<ConvState>,
+    pub outlet_channel_id: Option<String>,
+}
+
+pub async fn whereabouts(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Whereabouts>> {
+    sqlx::query_as!(
+        Whereabouts,
+        r#"SELECT m.id AS member_id, m.channel_id AS inlet, c.id AS "conversation_id?",
+                  c.state AS "state?: ConvState", c.outlet_channel_id AS "outlet_channel_id?"
+           FROM members m
+           LEFT JOIN conversations c ON c.member_id = m.id AND c.state <> 'closed'
+           WHERE m.id = $1"#,
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}

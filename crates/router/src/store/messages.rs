@@ -1,0 +1,169 @@
+//! `messages`: the transcript, every turn of customer, bot, agent and the hub itself.
+
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::Author;
+
+pub struct NewLine<'a> {
+    pub event_id: Uuid,
+    pub member_id: Uuid,
+    pub conversation_id: Option<Uuid>,
+    pub channel_id: &'a str,
+    /// The platform's message id, on the first line of a customer's or agent's message.
+    pub source_message_id: Option<&'a str>,
+    pub author: Author,
+    pub content: &'a Value,
+    pub held: bool,
+}
+
+/// Appends a line; `false` when its event id, or its platform message id for the member
+/// and channel, was recorded before (a duplicate).
+pub async fn insert(db: impl PgExecutor<'_>, line: NewLine<'_>) -> sqlx::Result<bool> {
+    let inserted = sqlx::query!(
+        "INSERT INTO messages (event_id, member_id, conversation_id, channel_id,
+           source_message_id, author, content, held)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        line.event_id,
+        line.member_id,
+        line.conversation_id,
+        line.channel_id,
+        line.source_message_id,
+        line.author.as_str(),
+        line.content,
+        line.held,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Customer messages held while PENDING, oldest first; they are no longer held.
+pub async fn release_held(db: impl PgExecutor<'_>, conversation: Uuid) -> sqlx::Result<Vec<Value>> {
+    sqlx::query_scalar!(
+        r#"WITH released AS (
+              UPDATE messages SET held = false WHERE conversation_id = $1 AND held
+              RETURNING id, content)
+           SELECT content AS "content!" FROM released ORDER BY id"#,
+        conversation,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The member's last `lines` lines of dialog (customer, bot, agent), newest first: who,
+/// and the text when the line has one.
+pub async fn last_dialog(
+    db: impl PgExecutor<'_>,
+    member_id: Uuid,
+    lines: i64,
+) -> sqlx::Result<Vec<(Author, Option<String>)>> {
+    let rows = sqlx::query!(
+        r#"SELECT author AS "author: Author", content->>'text' AS text FROM messages
+           WHERE member_id = $1 AND author IN ('customer', 'bot', 'agent')
+           ORDER BY id DESC LIMIT $2"#,
+        member_id,
+        lines,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.author, r.text)).collect())
+}
+
+/// A line as the admin API shows it.
+#[derive(Debug)]
+pub struct TranscriptLine {
+    pub id: i64,
+    pub created_at: OffsetDateTime,
+    pub author: Author,
+    pub channel_id: String,
+    pub content: Value,
+    pub event_id: Uuid,
+    pub source_message_id: Option<String>,
+}
+
+pub async fn of_conversation(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<TranscriptLine>> {
+    sqlx::query_as!(
+        TranscriptLine,
+        r#"SELECT id, created_at, author AS "author: Author", channel_id, content, event_id,
+                  source_message_id
+           FROM messages WHERE conversation_id = $1 ORDER BY id"#,
+        id,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A line of a transcript page, with how many older lines the page leaves out.
+#[derive(Debug)]
+pub struct PageLine {
+    pub author: Author,
+    pub content: Value,
+    pub conversation_id: Option<Uuid>,
+    pub created_at: OffsetDateTime,
+    pub omitted: i64,
+}
+
+/// The newest lines of the member's bot dialog and of `conversation`, up to
+/// `closed_at` when it is over, newest first: at most `max_lines`, and at most `max_bytes`
+/// of content.
+pub async fn page(
+    pool: &PgPool,
+    member_id: Uuid,
+    conversation: Uuid,
+    closed_at: Option<OffsetDateTime>,
+    max_bytes: i64,
+    max_lines: i64,
+) -> sqlx::Result<Vec<PageLine>> {
+    sqlx::query_as!(
+        PageLine,
+        r#"SELECT author AS "author!: Author", content AS "content!",
+                  conversation_id, created_at AS "created_at!", omitted AS "omitted!" FROM (
+              SELECT id, author, content, conversation_id, created_at,
+                     sum(octet_length(content::text)) OVER (ORDER BY id DESC) AS running,
+                     count(*) OVER () - row_number() OVER (ORDER BY id DESC) AS omitted
+              FROM messages
+              WHERE member_id = $1
+                AND (conversation_id IS NULL OR conversation_id = $2)
+                AND ($3::timestamptz IS NULL OR created_at <= $3)) AS latest
+           WHERE running - octet_length(content::text) < $4
+           ORDER BY id DESC LIMIT $5"#,
+        member_id,
+        conversation,
+        closed_at,
+        max_bytes,
+        max_lines,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The event id of the newest line with the platform's message id `source`.
+pub async fn event_with_source_id(pool: &PgPool, source: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        r#"SELECT event_id::text AS "event_id!" FROM messages WHERE source_message_id = $1
+           ORDER BY id DESC LIMIT 1"#,
+        source
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Lines older than `age_secs` that no open conversation needs, at most `chunk`.
+pub async fn prune(db: impl PgExecutor<'_>, age_secs: f64, chunk: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM messages WHERE id IN (
+           SELECT m.id FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
+           WHERE m.created_at < now() - make_interval(secs => $1)
+             AND NOT m.held AND (c.id IS NULL OR c.state = 'closed')
+           LIMIT $2)",
+        age_secs,
+        chunk,
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
