@@ -18,6 +18,8 @@ pub struct Throughput {
     pub seconds: f64,
     pub answered: u64,
     pub answered_per_sec: f64,
+    /// The machine's CPU over the measured window (`/proc/stat`), per answered message.
+    pub cpu: crate::cpu::Usage,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,10 +124,13 @@ async fn throughput(customers: &Customers, tracker: &Tracker, o: &Options) -> Th
     tokio::time::sleep(Duration::from_secs(2)).await;
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_start = crate::cpu::read();
     tokio::time::sleep(o.run).await;
+    let cpu_end = crate::cpu::read();
     counting.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     let n = answered.load(Ordering::Relaxed);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for w in workers {
         let _ = w.await;
     }
@@ -135,6 +140,7 @@ async fn throughput(customers: &Customers, tracker: &Tracker, o: &Options) -> Th
         seconds,
         answered: n,
         answered_per_sec: n as f64 / seconds,
+        cpu: crate::cpu::usage(&cpu_start, &cpu_end, seconds, cpus, n),
     }
 }
 
@@ -297,7 +303,15 @@ pub async fn run(cluster: &mut Cluster, o: Options) -> anyhow::Result<Report> {
 
     eprintln!("flat out, instant bot…");
     let tp = throughput(&customers, &tracker, &o).await;
-    eprintln!("  {:.0} answered/s", tp.answered_per_sec);
+    eprintln!(
+        "  {:.0} answered/s; machine {:.0} % busy, {:.2} core-ms per answered message",
+        tp.answered_per_sec,
+        tp.cpu.busy_share * 100.0,
+        tp.cpu.ms_per_unit
+    );
+    for (process, ms) in &tp.cpu.by_process_ms_per_unit {
+        eprintln!("    {process:<16} {ms:.3} core-ms per answered message");
+    }
     cluster.customer.clear();
 
     let rate = tp.answered_per_sec / 2.0;

@@ -12,6 +12,7 @@
 mod baseline;
 mod bench;
 mod cluster;
+mod cpu;
 mod faults;
 mod infra;
 mod load;
