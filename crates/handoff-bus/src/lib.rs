@@ -19,10 +19,8 @@
 //! own lane, so a member's messages are handled strictly in stream order while any number of
 //! members are in flight (see `consume` and `lease`).
 
-pub mod catalog;
 mod consume;
 mod lease;
-pub mod metrics;
 mod propagation;
 
 use std::time::Duration;
@@ -596,16 +594,29 @@ impl Bus {
         lease_bucket(&self.settings.prefix)
     }
 
+    /// Name of the KV bucket holding the channels catalog (`handoff_platforms::catalog_store`).
+    pub fn catalog_bucket(&self) -> String {
+        format!("{}_catalog", self.settings.prefix)
+    }
+
+    /// A KV bucket keeping the last value of each key, entries living `max_age` (zero: for
+    /// good), created if missing.
+    pub async fn open_kv(
+        &self,
+        bucket: &str,
+        max_age: std::time::Duration,
+        storage: jetstream::stream::StorageType,
+    ) -> anyhow::Result<jetstream::kv::Store> {
+        lease::open_kv(self, bucket, max_age, storage).await
+    }
+
     /// Removes the streams and the lease bucket (tests clean up after themselves with this).
     pub async fn delete_stream(&self) -> anyhow::Result<()> {
         self.js.delete_stream(self.stream_name()).await?;
         let _ = self.js.delete_stream(self.commands_stream_name()).await;
         let _ = self.js.delete_stream(self.hold_stream_name()).await;
         let _ = self.js.delete_key_value(self.lease_bucket()).await;
-        let _ = self
-            .js
-            .delete_key_value(catalog::bucket(&self.settings.prefix))
-            .await;
+        let _ = self.js.delete_key_value(self.catalog_bucket()).await;
         Ok(())
     }
 

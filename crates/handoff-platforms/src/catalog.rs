@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::catalog_store::{CatalogEntry, CatalogStore};
 use futures::StreamExt as _;
 use handoff_bus::Bus;
-use handoff_bus::catalog::{CatalogEntry, CatalogStore};
 use handoff_config::Channels;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio_util::sync::CancellationToken;

@@ -17,10 +17,12 @@
 //! inside each adapter; the rest of Handoff sees `handoff_proto` types.
 
 pub mod catalog;
+pub mod catalog_store;
 pub mod content;
 pub mod custom;
 #[cfg(test)]
 mod fuzz;
+pub mod metrics;
 pub mod outbound;
 mod platform;
 pub mod selarti;

@@ -491,7 +491,7 @@ impl OutboundClient {
         horizon: Horizon,
     ) -> Option<handoff_bus::Handled> {
         let after = self.retry_later(error, envelope.accepted_at_ms, horizon);
-        handoff_bus::metrics::delivery_failed(
+        crate::metrics::delivery_failed(
             &target.id,
             target.platform.as_str(),
             error.reason(),

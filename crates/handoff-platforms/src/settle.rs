@@ -73,7 +73,7 @@ pub async fn settle(
 ) -> Handled {
     let error = match attempt {
         Ok(result) => {
-            handoff_bus::metrics::delivered(envelope, target.platform.as_str());
+            crate::metrics::delivered(envelope, target.platform.as_str());
             return match result {
                 Some((purpose, event)) => {
                     bus.publish_then(envelope, purpose, &target.id, event, Handled::Done)

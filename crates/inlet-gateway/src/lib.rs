@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, Service};
 use handoff_config::{Channels, Settings};
+use handoff_platforms::catalog_store::CatalogStore;
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_service::{
     HttpListener, Readiness, bounded_edge, health_routers, http_part, http_trace_layer, ops_part,

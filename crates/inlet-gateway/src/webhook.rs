@@ -77,7 +77,7 @@ async fn receive(
             json!({"ok": true, "duplicate": true, "memberId": member_id}),
         ));
     }
-    handoff_bus::metrics::message_in(&channel.id, channel.platform.as_str());
+    handoff_platforms::metrics::message_in(&channel.id, channel.platform.as_str());
     Ok(Json(
         json!({"ok": true, "eventId": envelope.event_id, "memberId": member_id}),
     ))

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, Handled, Handler, Service};
 use handoff_config::{Channels, Settings};
+use handoff_platforms::catalog_store::CatalogStore;
 use handoff_platforms::selarti::SelartiClient;
 use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};

@@ -75,6 +75,6 @@ async fn receive(
     if duplicate {
         return Ok(Json(json!({"ok": true, "duplicate": true})));
     }
-    handoff_bus::metrics::message_in(&bot.id, bot.platform.as_str());
+    handoff_platforms::metrics::message_in(&bot.id, bot.platform.as_str());
     Ok(Json(json!({"ok": true, "eventId": envelope.event_id})))
 }

@@ -186,6 +186,6 @@ async fn receive(
     if duplicate {
         return Ok(Json(json!({"ok": true, "duplicate": true})));
     }
-    handoff_bus::metrics::message_in(&outlet.id, outlet.platform.as_str());
+    handoff_platforms::metrics::message_in(&outlet.id, outlet.platform.as_str());
     Ok(Json(json!({"ok": true, "eventId": envelope.event_id})))
 }

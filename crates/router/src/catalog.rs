@@ -3,7 +3,7 @@
 //! unseen), mirrored into Postgres before the call returns. Every service follows the
 //! catalog and swaps to the new channels by itself.
 
-use handoff_bus::catalog::{CatalogEntry, CatalogStore};
+use handoff_platforms::catalog_store::{CatalogEntry, CatalogStore};
 use handoff_platforms::{Catalog, Snapshot};
 use handoff_proto::admin as api;
 use serde_yaml::Value;

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings};
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
+use handoff_platforms::catalog_store::CatalogStore;
 use handoff_service::{HttpListener, Readiness, gauge_text, health_routers, http_trace_layer};
 use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use handoff_bus::catalog::CatalogStore;
 use handoff_bus::{Bus, BusSettings, NamedLease, Service};
 use handoff_config::{Channels, Settings};
+use handoff_platforms::catalog_store::CatalogStore;
 use handoff_platforms::{Catalog, ChannelSettings, Snapshot};
 use handoff_service::{
     HttpListener, Readiness, health_routers, http_part, http_trace_layer, ops_part,

@@ -490,7 +490,7 @@ async fn store(
         match bus.accept_inbound_once(&envelope, &keys.dedup_id).await {
             Ok(duplicate) => {
                 if !duplicate {
-                    handoff_bus::metrics::message_in(&channel.id, channel.platform.as_str());
+                    handoff_platforms::metrics::message_in(&channel.id, channel.platform.as_str());
                 }
                 return Ok(());
             }

@@ -27,7 +27,7 @@ pub(crate) struct AdminService {
     pub bus: Bus,
     pub catalog: Catalog,
     /// The shared channels catalog, when a key is configured.
-    pub store: Option<handoff_bus::catalog::CatalogStore>,
+    pub store: Option<handoff_platforms::catalog_store::CatalogStore>,
 }
 
 /// Serves the admin API on `listener` until `stop`.

@@ -1,6 +1,7 @@
 //! The batch runtime: events queue up as jobs, workers take up to `MAX_BATCH` of them
 //! (each of a different member) into one transaction, and each job learns its outcome.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use handoff_bus::{Handled, Service};
@@ -11,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::outbox::{OUTBOX_CLEANUP, OutboxRow, Scope};
-use super::steps::Work;
+use super::steps::{Pending, Work, push_line};
 use super::{Engine, is_permanent, permanent, retry};
+use crate::machine::Step;
 use crate::store;
 
 /// Events applied in one transaction at most.
@@ -74,6 +76,19 @@ impl Engine {
     }
 
     pub(super) async fn run_batch(&self, batch: Vec<Job>) {
+        // A batch loads its members' state once, before any of its events applies, so it
+        // holds one event per member. Lanes hand over one event per member at a time; should
+        // two of a member meet anyway, they are applied one after the other, in order.
+        let mut members = HashSet::new();
+        if !batch
+            .iter()
+            .all(|j| members.insert(j.envelope.member_id.as_str()))
+        {
+            for job in batch {
+                Box::pin(self.run_batch(vec![job])).await;
+            }
+            return;
+        }
         let envelopes: Vec<&Envelope> = batch.iter().map(|j| &j.envelope).collect();
         match self.apply_batch(&envelopes).await {
             Ok(outcomes) => {
@@ -135,9 +150,12 @@ impl Engine {
         }
     }
 
-    /// Applies a batch of events (each of a different member) in one transaction: the
-    /// member locks, the inbox and the outbox are one statement each for the whole batch,
-    /// and the batch pays for one commit. Returns, per event, the commands to publish.
+    /// Applies a batch of events (each of a different member) in one transaction, with a
+    /// statement per step of the batch rather than per event: the member locks and the
+    /// inbox, the members, their open conversations, the lines that decide duplicates,
+    /// the other lines, the outbox; then one commit. Only what an event alone calls for
+    /// (a handoff, a transition, a merge) is a statement of its own. Returns, per event,
+    /// the commands to publish.
     async fn apply_batch(&self, batch: &[&Envelope]) -> anyhow::Result<Vec<Applied>> {
         let mut tx = self.pool.begin().await?;
         let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
@@ -154,29 +172,81 @@ impl Engine {
         // A member's events are applied one at a time across replicas (a takeover replays
         // what the previous owner may still be finishing).
         let fresh = store::inbox::lock_and_record(&mut *tx, &members, &ids).await?;
+        let mut outcomes: Vec<Applied> = ids
+            .iter()
+            .map(|id| {
+                if fresh.contains(id) {
+                    Applied::New(Vec::new())
+                } else {
+                    Applied::Duplicate
+                }
+            })
+            .collect();
+        let new: Vec<(usize, &Envelope)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fresh.contains(&ids[*i]))
+            .map(|(i, e)| (i, *e))
+            .collect();
+        let mut loaded = self
+            .load(&mut tx, &new.iter().map(|(_, e)| *e).collect::<Vec<_>>())
+            .await?;
+        let mut plans = Vec::with_capacity(new.len());
+        for (i, envelope) in new {
+            if let Some(plan) = self.plan(&mut tx, envelope, &mut loaded).await? {
+                plans.push((i, envelope, plan));
+            }
+        }
+        // An event whose first line repeats a platform message id seen before is a
+        // duplicate under a new event id: those lines go first, together, so such an event
+        // is known before any of it applies.
+        let mut firsts = store::messages::NewLines::default();
+        let mut first_ids = Vec::with_capacity(plans.len());
+        for (_, envelope, plan) in &plans {
+            first_ids.push(match plan.steps.first() {
+                Some(Step::Record { line, first: true }) => {
+                    Some(push_line(&mut firsts, envelope, 0, plan.member.id, line))
+                }
+                _ => None,
+            });
+        }
+        let recorded: HashSet<Uuid> = if firsts.is_empty() {
+            HashSet::new()
+        } else {
+            store::messages::insert(&mut *tx, &firsts)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut pending = Pending::default();
         let mut commands: Vec<(usize, Service, Envelope)> = Vec::new();
         let mut settled = Vec::new();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (i, envelope) in batch.iter().enumerate() {
-            if !fresh.contains(&ids[i]) {
-                outcomes.push(Applied::Duplicate);
-                continue;
-            }
+        for ((i, envelope, mut plan), first) in plans.into_iter().zip(first_ids) {
             let mut work = Work {
                 tx: &mut tx,
                 cause: envelope,
                 commands: Vec::new(),
                 messages: 0,
                 settled: Vec::new(),
+                pending: &mut pending,
             };
-            // `false`: a duplicate by another key (the same platform message id under a new
-            // event id); it was detected before any effect, so nothing is published.
-            if self.dispatch(&mut work).await? {
+            if let Some(first) = first {
+                if !recorded.contains(&first) {
+                    // Detected before any effect: nothing of it is applied or published.
+                    continue;
+                }
+                plan.steps.remove(0);
+                work.messages = 1;
+            }
+            if self
+                .apply(&mut work, &plan.member, &plan.inlet, plan.steps)
+                .await?
+            {
                 commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
             }
             settled.append(&mut work.settled);
-            outcomes.push(Applied::New(Vec::new()));
         }
+        pending.write(&mut tx).await?;
         for (i, row) in self.write_outbox(&mut tx, commands).await? {
             if let Applied::New(rows) = &mut outcomes[i] {
                 rows.push(row);
@@ -185,11 +255,11 @@ impl Engine {
         tx.commit().await?;
         for (envelope, outcome) in batch.iter().zip(&outcomes) {
             if matches!(outcome, Applied::New(_)) {
-                handoff_bus::metrics::routed(envelope);
+                handoff_platforms::metrics::routed(envelope);
             }
         }
         for (outcome, seconds) in settled {
-            handoff_bus::metrics::handoff_settled(outcome, seconds);
+            handoff_platforms::metrics::handoff_settled(outcome, seconds);
         }
         Ok(outcomes)
     }

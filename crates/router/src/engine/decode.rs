@@ -1,64 +1,130 @@
-//! From an event to the machine's decision: the member (created, merged or found), what
-//! is known of them ([`Facts`]), and the event in the machine's terms.
+//! From a batch's events to the machine's decisions: their members (created, merged or
+//! found) and open conversations, loaded with one statement each for the whole batch, what
+//! is known of each member ([`Facts`]), and each event in the machine's terms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use handoff_bus::{Parking, storable};
-use handoff_proto::{Body, Content};
+use handoff_config::Channel;
+use handoff_proto::{Body, Content, Envelope};
 use serde_json::{Value, json};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::steps::Work;
 use super::{Engine, permanent};
-use crate::machine::{self, Event, Facts};
-use crate::store;
+use crate::machine::{self, Event, Facts, Step};
+use crate::model::OpenConversation;
+use crate::store::{self, members::MemberRow};
+
+/// What the batch's members are, before any event of the batch applies.
+#[derive(Default)]
+pub(super) struct Loaded {
+    members: HashMap<Uuid, MemberRow>,
+    conversations: HashMap<Uuid, OpenConversation>,
+}
+
+/// One event's decision: whom it is about and the steps to take.
+pub(super) struct Plan {
+    pub member: MemberRow,
+    pub inlet: Arc<Channel>,
+    pub steps: Vec<Step>,
+}
+
+/// Whether an event is about a member (everything but a parked message and an empty one).
+fn about_a_member(envelope: &Envelope) -> bool {
+    !matches!(envelope.body, Some(Body::Parked(_)) | None)
+}
 
 impl Engine {
-    /// Applies one event's effects inside the batch's transaction: loads what the machine
-    /// needs, lets it decide, applies its steps. `false`: a duplicate by another key.
-    pub(super) async fn dispatch(&self, work: &mut Work<'_>) -> anyhow::Result<bool> {
-        let envelope = work.cause;
+    /// Creates or refreshes the members whose customer wrote, reads the others, and reads
+    /// (and locks) their open conversations: two statements for the whole batch.
+    pub(super) async fn load(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        batch: &[&Envelope],
+    ) -> anyhow::Result<Loaded> {
+        let mut arriving = store::members::Arriving::default();
+        let mut existing = Vec::new();
+        for envelope in batch.iter().filter(|e| about_a_member(e)) {
+            match &envelope.body {
+                Some(Body::InboundMessage(m)) => {
+                    arriving.ids.push(envelope.member_id.parse()?);
+                    arriving.channels.push(envelope.channel.clone());
+                    arriving.external_ids.push(m.external_id.clone());
+                    arriving
+                        .profiles
+                        .push(serde_json::from_str(&m.profile_json).unwrap_or(json!({})));
+                }
+                _ => existing.push(envelope.member_id.parse::<Uuid>().map_err(|_| {
+                    permanent(format!("member id `{}` is not a UUID", envelope.member_id))
+                })?),
+            }
+        }
+        if arriving.ids.is_empty() && existing.is_empty() {
+            return Ok(Loaded::default());
+        }
+        let members: HashMap<Uuid, MemberRow> =
+            store::members::load_batch(&mut **tx, &arriving, &existing)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect();
+        if let Some(missing) = existing.iter().find(|id| !members.contains_key(id)) {
+            return Err(permanent(format!("member {missing} is unknown")));
+        }
+        let ids: Vec<Uuid> = members.keys().copied().collect();
+        let conversations = store::conversations::open_for_update_many(&mut **tx, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(Loaded {
+            members,
+            conversations,
+        })
+    }
+
+    /// What one event calls for. `None`: nothing about a member (a parked message is kept
+    /// as a dead letter here; an unknown kind is ignored).
+    pub(super) async fn plan(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        envelope: &Envelope,
+        loaded: &mut Loaded,
+    ) -> anyhow::Result<Option<Plan>> {
         let body = match &envelope.body {
             Some(Body::Parked(p)) => {
-                store::dead_letters::insert(&mut **work.tx, &Parking::from_event(envelope, p))
-                    .await?;
-                return Ok(true);
+                store::dead_letters::insert(&mut **tx, &Parking::from_event(envelope, p)).await?;
+                return Ok(None);
             }
             Some(body) => body,
             None => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
-                return Ok(true);
+                return Ok(None);
             }
         };
-        let member = match body {
-            Body::InboundMessage(m) => {
-                let member_id: Uuid = envelope.member_id.parse()?;
-                let profile: Value = serde_json::from_str(&m.profile_json).unwrap_or(json!({}));
-                store::members::upsert(
-                    &mut **work.tx,
-                    member_id,
-                    &envelope.channel,
-                    &m.external_id,
-                    &profile,
-                )
-                .await?
-            }
-            Body::BotReply(r) if !r.profile_json.is_empty() || !r.meta_json.is_empty() => {
-                let member = self.member(work).await?;
-                let object = |text: &str| match serde_json::from_str::<Value>(text) {
-                    Ok(v @ Value::Object(_)) => Ok(v),
-                    _ if text.is_empty() => Ok(json!({})),
-                    _ => Err(permanent(format!("`{text}` is not a JSON object"))),
-                };
-                store::members::merge(
-                    &mut **work.tx,
-                    member.id,
-                    &object(&r.profile_json)?,
-                    &object(&r.meta_json)?,
-                )
-                .await?
-            }
-            _ => self.member(work).await?,
-        };
-        let conversation = store::conversations::open_for_update(&mut **work.tx, member.id).await?;
+        let id: Uuid = envelope.member_id.parse()?;
+        let mut member = loaded
+            .members
+            .remove(&id)
+            .ok_or_else(|| permanent(format!("member {id} is unknown")))?;
+        if let Body::BotReply(r) = body
+            && (!r.profile_json.is_empty() || !r.meta_json.is_empty())
+        {
+            let object = |text: &str| match serde_json::from_str::<Value>(text) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                _ if text.is_empty() => Ok(json!({})),
+                _ => Err(permanent(format!("`{text}` is not a JSON object"))),
+            };
+            member = store::members::merge(
+                &mut **tx,
+                member.id,
+                &object(&r.profile_json)?,
+                &object(&r.meta_json)?,
+            )
+            .await?;
+        }
+        let conversation = loaded.conversations.remove(&member.id);
         let catalog = self.catalog.load();
         let inlet = catalog
             .channels
@@ -123,10 +189,14 @@ impl Engine {
             Body::CustomerLeft(_) => Event::CustomerLeft,
             _ => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
-                return Ok(true);
+                return Ok(None);
             }
         };
         let steps = machine::decide(&facts, event);
-        self.apply(work, &member, &inlet, steps).await
+        Ok(Some(Plan {
+            member,
+            inlet,
+            steps,
+        }))
     }
 }

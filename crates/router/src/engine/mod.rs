@@ -16,11 +16,9 @@ use handoff_platforms::Catalog;
 use handoff_proto::Envelope;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
 
-use crate::store::{self, members::MemberRow};
+use crate::store;
 use batch::Job;
-use steps::Work;
 
 /// A failure retrying cannot cure (the event refers to something that does not exist, or
 /// is malformed): the event is parked instead of retried.
@@ -115,19 +113,6 @@ impl Engine {
             .platforms
             .service_of(channel)
             .ok_or_else(|| permanent(format!("channel `{channel}` is not configured")))
-    }
-
-    /// The event's member, which must exist.
-    async fn member(&self, work: &mut Work<'_>) -> anyhow::Result<MemberRow> {
-        let id: Uuid = work.cause.member_id.parse().map_err(|_| {
-            permanent(format!(
-                "member id `{}` is not a UUID",
-                work.cause.member_id
-            ))
-        })?;
-        store::members::find(&mut **work.tx, id)
-            .await?
-            .ok_or_else(|| permanent(format!("member {id} is unknown")))
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Engine;
-use crate::machine::{Command, Release, Step, event_content};
+use crate::machine::{Command, Line, Release, Step, event_content};
 use crate::model::{Author, OpenState};
 use crate::store::{self, members::MemberRow};
 
@@ -22,10 +22,74 @@ pub(super) struct Work<'a> {
     pub tx: &'a mut Transaction<'static, Postgres>,
     pub cause: &'a Envelope,
     pub commands: Vec<(Service, Envelope)>,
+    /// Transcript lines this event has recorded so far (their ids derive from the index).
     pub messages: usize,
     /// Handoffs this event settled: outcome and seconds since the request, recorded once
     /// the transaction commits.
     pub settled: Vec<(&'static str, f64)>,
+    /// What the batch writes together, once, instead of a statement per event.
+    pub pending: &'a mut Pending,
+}
+
+/// Writes the batch's events share: transcript lines (appended in one statement before
+/// anything reads the transcript, and at the end) and conversations that saw activity.
+#[derive(Default)]
+pub(super) struct Pending {
+    lines: store::messages::NewLines,
+    touched: Vec<Uuid>,
+}
+
+impl Pending {
+    /// Appends the lines recorded so far.
+    pub async fn write_lines(
+        &mut self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> sqlx::Result<()> {
+        if !self.lines.is_empty() {
+            store::messages::insert(&mut **tx, &std::mem::take(&mut self.lines)).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything still pending, at the end of the batch.
+    pub async fn write(&mut self, tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<()> {
+        self.write_lines(tx).await?;
+        if !self.touched.is_empty() {
+            store::conversations::touch_many(&mut **tx, &std::mem::take(&mut self.touched)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds the `index`-th line of event `cause` to `lines`; its id. The first line of a
+/// customer's message takes the event's own id; the first of a customer's or agent's
+/// message carries the platform's message id, so a repeat under a new event id is found.
+pub(super) fn push_line(
+    lines: &mut store::messages::NewLines,
+    cause: &Envelope,
+    index: usize,
+    member: Uuid,
+    line: &Line,
+) -> Uuid {
+    let event_id: Uuid = if index == 0 && line.author == Author::Customer {
+        cause.event_id.parse().unwrap_or_else(|_| Uuid::now_v7())
+    } else {
+        derived_id(&cause.event_id, "message", index)
+            .parse()
+            .expect("derived ids are UUIDs")
+    };
+    let source = (matches!(line.author, Author::Customer | Author::Agent) && index == 0)
+        .then(|| cause.source_message_id.clone())
+        .filter(|s| !s.is_empty());
+    lines.event_ids.push(event_id);
+    lines.member_ids.push(member);
+    lines.conversation_ids.push(line.conversation);
+    lines.channel_ids.push(line.channel.clone());
+    lines.source_message_ids.push(source);
+    lines.authors.push(line.author.as_str().to_string());
+    lines.contents.push(content_to_response(&line.content));
+    lines.held.push(line.held);
+    event_id
 }
 
 impl Work<'_> {
@@ -48,46 +112,28 @@ impl Work<'_> {
         self.commands.push((service, envelope));
     }
 
-    /// Appends a transcript line. The first line of a customer or agent message carries the
-    /// platform's message id; `false` means that id was already recorded (a duplicate).
-    async fn record(
-        &mut self,
-        member: Uuid,
-        conversation: Option<Uuid>,
-        channel: &str,
-        author: Author,
-        content: &Value,
-        held: bool,
-    ) -> sqlx::Result<bool> {
-        let index = self.messages;
+    /// Records a transcript line with the batch's others.
+    fn record(&mut self, member: Uuid, line: &Line) {
+        push_line(
+            &mut self.pending.lines,
+            self.cause,
+            self.messages,
+            member,
+            line,
+        );
         self.messages += 1;
-        let event_id: Uuid = if index == 0 && author == Author::Customer {
-            self.cause
-                .event_id
-                .parse()
-                .unwrap_or_else(|_| Uuid::now_v7())
-        } else {
-            derived_id(&self.cause.event_id, "message", index)
-                .parse()
-                .expect("derived ids are UUIDs")
-        };
-        let source = (matches!(author, Author::Customer | Author::Agent) && index == 0)
-            .then_some(self.cause.source_message_id.as_str())
-            .filter(|s| !s.is_empty());
-        store::messages::insert(
-            &mut **self.tx,
-            store::messages::NewLine {
-                event_id,
-                member_id: member,
-                conversation_id: conversation,
-                channel_id: channel,
-                source_message_id: source,
-                author,
-                content,
-                held,
-            },
-        )
-        .await
+    }
+
+    /// Records the line that makes an event a duplicate when its platform message id was
+    /// seen before, at once (after the lines before it); `false`: a duplicate.
+    async fn record_first(&mut self, member: Uuid, line: &Line) -> sqlx::Result<bool> {
+        self.pending.write_lines(self.tx).await?;
+        let mut one = store::messages::NewLines::default();
+        let id = push_line(&mut one, self.cause, self.messages, member, line);
+        self.messages += 1;
+        Ok(store::messages::insert(&mut **self.tx, &one)
+            .await?
+            .contains(&id))
     }
 }
 
@@ -104,25 +150,13 @@ impl Engine {
     ) -> anyhow::Result<bool> {
         for step in steps {
             match step {
-                Step::Record { line, first } => {
-                    let content = content_to_response(&line.content);
-                    let recorded = work
-                        .record(
-                            member.id,
-                            line.conversation,
-                            &line.channel,
-                            line.author,
-                            &content,
-                            line.held,
-                        )
-                        .await?;
-                    if first && !recorded {
+                Step::Record { line, first: false } => work.record(member.id, &line),
+                Step::Record { line, first: true } => {
+                    if !work.record_first(member.id, &line).await? {
                         return Ok(false);
                     }
                 }
-                Step::Touch(conversation) => {
-                    store::conversations::touch(&mut **work.tx, conversation).await?;
-                }
+                Step::Touch(conversation) => work.pending.touched.push(conversation),
                 Step::OpenHandoff { outlet, details } => {
                     if !self
                         .open_handoff(work, member, inlet, &outlet, details)
@@ -311,13 +345,14 @@ impl Engine {
         );
         work.record(
             member.id,
-            Some(conv_id),
-            &member.channel_id,
-            Author::System,
-            &content_to_response(&content),
-            false,
-        )
-        .await?;
+            &Line {
+                author: Author::System,
+                channel: member.channel_id.clone(),
+                conversation: Some(conv_id),
+                content,
+                held: false,
+            },
+        );
         work.command(
             self.service_of(outlet)?,
             outlet,
@@ -334,6 +369,7 @@ impl Engine {
 
 /// Customer messages held while PENDING, oldest first, no longer held.
 async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Content>> {
+    work.pending.write_lines(work.tx).await?;
     let rows = store::messages::release_held(&mut **work.tx, conv).await?;
     // A line is stored as the platform sent it when the model has no form for it (a
     // `type` the model does not know, even one that is not a string): it is released in
@@ -359,6 +395,8 @@ fn history_token() -> String {
 /// Lines of the dialog before a handoff, oldest first, for an agent who gets no summary
 /// from the bot (Selarti hands over without one).
 async fn dialog_summary(work: &mut Work<'_>, member: Uuid) -> sqlx::Result<String> {
+    // The lines this event recorded are part of the dialog.
+    work.pending.write_lines(work.tx).await?;
     const LINES: i64 = 6;
     const MAX_CHARS: usize = 1_000;
     let rows = store::messages::last_dialog(&mut **work.tx, member, LINES).await?;

@@ -9,21 +9,6 @@ use uuid::Uuid;
 use super::members::Whereabouts;
 use crate::model::{ConvState, OpenConversation, OpenState};
 
-/// The member's open conversation, locked for this transaction.
-pub async fn open_for_update(
-    db: impl PgExecutor<'_>,
-    member_id: Uuid,
-) -> sqlx::Result<Option<OpenConversation>> {
-    sqlx::query_as!(
-        OpenConversation,
-        r#"SELECT id, state AS "state: OpenState", outlet_channel_id FROM conversations
-           WHERE member_id = $1 AND state <> 'closed' FOR UPDATE"#,
-        member_id,
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// A PENDING conversation about to be opened.
 pub struct NewConversation<'a> {
     pub id: Uuid,
@@ -62,17 +47,6 @@ pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Resu
     .await?
     .rows_affected();
     Ok(opened == 1)
-}
-
-/// The conversation saw activity (its idle timeout starts again).
-pub async fn touch(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
-        "UPDATE conversations SET last_activity_at = now() WHERE id = $1",
-        id
-    )
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// PENDING → LIVE. Seconds the customer waited, or `None` when it was no longer PENDING.
@@ -294,4 +268,43 @@ pub async fn prune(db: impl PgExecutor<'_>, age_secs: f64, chunk: i64) -> sqlx::
     .execute(db)
     .await?
     .rows_affected())
+}
+
+/// The open conversations of a batch's members, locked for this transaction.
+pub async fn open_for_update_many(
+    db: impl PgExecutor<'_>,
+    members: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, OpenConversation)>> {
+    let rows = sqlx::query!(
+        r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id
+           FROM conversations
+           WHERE member_id = ANY($1) AND state <> 'closed' FOR UPDATE"#,
+        members,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.member_id,
+                OpenConversation {
+                    id: r.id,
+                    state: r.state,
+                    outlet_channel_id: r.outlet_channel_id,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A batch's conversations saw activity (their idle timeouts start again).
+pub async fn touch_many(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE conversations SET last_activity_at = now() WHERE id = ANY($1)",
+        ids
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -32,31 +32,6 @@ impl MemberRow {
     }
 }
 
-/// Creates the member or refreshes its profile (an empty profile keeps the stored one).
-pub async fn upsert(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    channel_id: &str,
-    external_id: &str,
-    profile: &Value,
-) -> sqlx::Result<MemberRow> {
-    sqlx::query_as!(
-        MemberRow,
-        "INSERT INTO members (id, channel_id, external_id, profile) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET
-           profile = CASE WHEN excluded.profile = '{}'::jsonb THEN members.profile
-                          ELSE excluded.profile END,
-           updated_at = now()
-         RETURNING id, channel_id, external_id, profile, meta, temp_data",
-        id,
-        channel_id,
-        external_id,
-        profile,
-    )
-    .fetch_one(db)
-    .await
-}
-
 /// The most a member's merged profile, or meta, may grow to (its JSON text): every command
 /// for the member carries both, and a bot that keeps adding would otherwise grow them
 /// until no command fits a bus message.
@@ -85,17 +60,6 @@ pub async fn merge(
         MAX_MEMBER_JSON_BYTES,
     )
     .fetch_one(db)
-    .await
-}
-
-pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<MemberRow>> {
-    sqlx::query_as!(
-        MemberRow,
-        "SELECT id, channel_id, external_id, profile, meta, temp_data FROM members
-         WHERE id = $1",
-        id,
-    )
-    .fetch_optional(db)
     .await
 }
 
@@ -147,4 +111,49 @@ pub async fn whereabouts(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Opti
     )
     .fetch_optional(db)
     .await
+}
+
+/// A batch's members in one statement: those with a customer message are created or get
+/// their profile refreshed (an empty profile keeps the stored one), the others are read. The two lists are
+/// disjoint (a batch holds one event per member); a member of `existing` that is not
+/// there is missing from the answer.
+pub async fn load_batch(
+    db: impl PgExecutor<'_>,
+    arriving: &Arriving,
+    existing: &[Uuid],
+) -> sqlx::Result<Vec<MemberRow>> {
+    sqlx::query_as!(
+        MemberRow,
+        r#"WITH arrived AS (
+             INSERT INTO members (id, channel_id, external_id, profile)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+             ON CONFLICT (id) DO UPDATE SET
+               profile = CASE WHEN excluded.profile = '{}'::jsonb THEN members.profile
+                              ELSE excluded.profile END,
+               updated_at = now()
+             RETURNING id, channel_id, external_id, profile, meta, temp_data
+           )
+           SELECT id AS "id!", channel_id AS "channel_id!", external_id AS "external_id!",
+                  profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!"
+           FROM arrived
+           UNION ALL
+           SELECT id, channel_id, external_id, profile, meta, temp_data FROM members
+           WHERE id = ANY($5)"#,
+        &arriving.ids,
+        &arriving.channels,
+        &arriving.external_ids,
+        &arriving.profiles,
+        existing,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Members whose customer wrote, column by column.
+#[derive(Debug, Default)]
+pub struct Arriving {
+    pub ids: Vec<Uuid>,
+    pub channels: Vec<String>,
+    pub external_ids: Vec<String>,
+    pub profiles: Vec<Value>,
 }

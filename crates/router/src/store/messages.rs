@@ -7,38 +7,50 @@ use uuid::Uuid;
 
 use crate::model::Author;
 
-pub struct NewLine<'a> {
-    pub event_id: Uuid,
-    pub member_id: Uuid,
-    pub conversation_id: Option<Uuid>,
-    pub channel_id: &'a str,
+/// Transcript lines to append, column by column, in order.
+#[derive(Debug, Default)]
+pub struct NewLines {
+    pub event_ids: Vec<Uuid>,
+    pub member_ids: Vec<Uuid>,
+    pub conversation_ids: Vec<Option<Uuid>>,
+    pub channel_ids: Vec<String>,
     /// The platform's message id, on the first line of a customer's or agent's message.
-    pub source_message_id: Option<&'a str>,
-    pub author: Author,
-    pub content: &'a Value,
-    pub held: bool,
+    pub source_message_ids: Vec<Option<String>>,
+    pub authors: Vec<String>,
+    pub contents: Vec<Value>,
+    pub held: Vec<bool>,
 }
 
-/// Appends a line; `false` when its event id, or its platform message id for the member
-/// and channel, was recorded before (a duplicate).
-pub async fn insert(db: impl PgExecutor<'_>, line: NewLine<'_>) -> sqlx::Result<bool> {
-    let inserted = sqlx::query!(
+impl NewLines {
+    pub fn is_empty(&self) -> bool {
+        self.event_ids.is_empty()
+    }
+}
+
+/// Appends lines in one statement, in order. Returns the event ids of those appended: a
+/// line whose event id, or whose platform message id for the member and channel, was
+/// recorded before is a duplicate and left out.
+pub async fn insert(db: impl PgExecutor<'_>, lines: &NewLines) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar!(
         "INSERT INTO messages (event_id, member_id, conversation_id, channel_id,
            source_message_id, author, content, held)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-        line.event_id,
-        line.member_id,
-        line.conversation_id,
-        line.channel_id,
-        line.source_message_id,
-        line.author.as_str(),
-        line.content,
-        line.held,
+         SELECT t.e, t.m, t.c, t.ch, t.s, t.a, t.co, t.h
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::jsonb[], $8::bool[]) WITH ORDINALITY AS t(e, m, c, ch, s, a, co, h, o)
+         ORDER BY o
+         ON CONFLICT DO NOTHING
+         RETURNING event_id",
+        &lines.event_ids,
+        &lines.member_ids,
+        &lines.conversation_ids as &[Option<Uuid>],
+        &lines.channel_ids,
+        &lines.source_message_ids as &[Option<String>],
+        &lines.authors,
+        &lines.contents,
+        &lines.held,
     )
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .fetch_all(db)
+    .await
 }
 
 /// Customer messages held while PENDING, oldest first; they are no longer held.

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use handoff_platforms::Signer;
 use handoff_simulators::{Api, WebhookClient};
 use serde_json::json;
@@ -94,6 +96,78 @@ async fn the_same_message_posted_twice_is_answered_once() {
         ]
     );
     assert_eq!(hub.bot.calls().len(), 3);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_id_seen_before_has_no_effect_after_the_inbox_was_pruned() {
+    // Arrange: the bus recognises a repeat for 1 s, the inbox until retention prunes it;
+    // after both, the transcript still knows each platform message id.
+    let hub = TestHub::start_with(HubOptions {
+        duplicate_window_secs: 1,
+        ..HubOptions::default()
+    })
+    .await;
+    let with_id = |who: &str, ts: i64| {
+        let mut b = WebhookClient::customer_text(who, INLET, "same id", ts);
+        b["sendToBot"]["messageEvent"]["messageId"] = json!(format!("m-{who}"));
+        b
+    };
+    let customers = ["ann", "bob", "cy"];
+    for who in customers {
+        let (status, _) = hub
+            .inlet
+            .post(INLET, ORG, INLET_TOKEN, &with_id(who, 1), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        hub.wait_received(who, 1).await;
+    }
+    let pool = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(
+        &hub.settings.database.url,
+    ))
+    .await
+    .unwrap();
+    let retention = handoff_config::RetentionSettings {
+        processed_events_days: 0,
+        transcript_days: 30,
+        resolved_dead_letters_days: 30,
+        prune_interval_secs: 1,
+    };
+    let pruned = router::retention::prune(&pool, &retention).await.unwrap();
+    assert!(pruned.processed_events >= 6, "{pruned:?}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Act: the same messages again, all at once so the router meets them in one batch,
+    // then a sentinel each.
+    let posts = customers.map(|who| {
+        let body = with_id(who, 1);
+        let hub = &hub;
+        async move {
+            let (status, _) = hub
+                .inlet
+                .post(INLET, ORG, INLET_TOKEN, &body, &[])
+                .await
+                .unwrap();
+            status
+        }
+    });
+    assert_eq!(futures::future::join_all(posts).await, [200, 200, 200]);
+    for who in customers {
+        hub.say(who, "sentinel").await;
+    }
+
+    // Assert: each answered for the first post and the sentinel, never for the repeat.
+    for who in customers {
+        let texts: Vec<String> = hub
+            .wait_received(who, 2)
+            .await
+            .iter()
+            .map(text_of)
+            .collect();
+        assert_eq!(texts, ["You said: same id", "You said: sentinel"], "{who}");
+    }
+    assert_eq!(hub.bot.calls().len(), 6);
     hub.shutdown().await;
 }
 

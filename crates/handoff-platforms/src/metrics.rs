@@ -11,7 +11,7 @@ use handoff_proto::Envelope;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
-use crate::{now_ms, origin_of};
+use handoff_bus::{now_ms, origin_of};
 
 struct Instruments {
     messages_in: Counter<u64>,

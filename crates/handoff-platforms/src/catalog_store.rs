@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::Bus;
+use handoff_bus::Bus;
 
 /// What the bucket holds: the entry, sealed.
 #[derive(Serialize, Deserialize)]
@@ -48,10 +48,6 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-pub(crate) fn bucket(prefix: &str) -> String {
-    format!("{prefix}_catalog")
-}
-
 #[derive(Clone)]
 pub struct CatalogStore {
     kv: kv::Store,
@@ -63,13 +59,13 @@ impl CatalogStore {
     pub async fn open(bus: &Bus, key: &SecretString) -> anyhow::Result<Self> {
         let digest = sha2::Sha256::digest(key.expose_secret().as_bytes());
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&digest));
-        let kv = crate::lease::open_kv(
-            bus,
-            &bucket(&bus.settings().prefix),
-            std::time::Duration::ZERO,
-            StorageType::File,
-        )
-        .await?;
+        let kv = bus
+            .open_kv(
+                &bus.catalog_bucket(),
+                std::time::Duration::ZERO,
+                StorageType::File,
+            )
+            .await?;
         Ok(Self { kv, cipher })
     }
 
