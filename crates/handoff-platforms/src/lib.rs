@@ -22,6 +22,7 @@ pub mod content;
 pub mod custom;
 #[cfg(test)]
 mod fuzz;
+pub mod hub;
 pub mod metrics;
 pub mod outbound;
 mod platform;

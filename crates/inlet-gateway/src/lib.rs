@@ -85,7 +85,11 @@ impl Application {
         let (health, ops_app) = health_routers(self.state.clone());
         let app = Router::new()
             .merge(bounded_edge(
-                webhook::router(self.state.clone()),
+                webhook::router(handoff_platforms::hub::Edge {
+                    hub: self.state.bus.clone(),
+                    catalog: self.state.catalog.clone(),
+                    body_limit: self.state.body_limit,
+                }),
                 self.state.max_concurrent_requests,
                 self.state.request_timeout,
             ))

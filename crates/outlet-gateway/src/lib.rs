@@ -8,6 +8,8 @@
 //! (`/selarti/{channel}/{accessToken}`).
 
 mod bots;
+#[cfg(test)]
+mod edge_tests;
 mod livechat;
 mod selarti;
 mod webhook;
@@ -36,6 +38,17 @@ pub(crate) struct AppState {
     pub body_limit: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: std::time::Duration,
+}
+
+impl AppState {
+    /// What the webhook endpoints need.
+    fn edge(&self) -> handoff_platforms::hub::Edge<Bus> {
+        handoff_platforms::hub::Edge {
+            hub: self.bus.clone(),
+            catalog: self.catalog.clone(),
+            body_limit: self.body_limit,
+        }
+    }
 }
 
 impl Readiness for AppState {
@@ -90,7 +103,7 @@ impl Application {
         let (health, ops_app) = health_routers(self.state.clone());
         let app = Router::new()
             .merge(bounded_edge(
-                webhook::router(self.state.clone()).merge(selarti::router(self.state.clone())),
+                webhook::router(self.state.edge()).merge(selarti::router(self.state.edge())),
                 self.state.max_concurrent_requests,
                 self.state.request_timeout,
             ))

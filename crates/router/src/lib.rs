@@ -35,7 +35,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use lookup::{LookupReply, LookupRequest, lookup_subject};
+pub use handoff_platforms::hub::lookup_subject;
 
 pub const DEFAULT_PORT: u16 = 8090;
 

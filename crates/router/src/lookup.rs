@@ -11,50 +11,15 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use handoff_config::Role;
+use handoff_platforms::hub::{LookupReply, LookupRequest, Serving, lookup_subject};
 
 use crate::engine::Engine;
 use crate::model::ConvState;
 use crate::store;
-
-/// Outside the stream's `<prefix>.>` on purpose: a request on a stream subject would be
-/// stored and answered by JetStream's publish acknowledgement instead of the router.
-pub fn lookup_subject(prefix: &str) -> String {
-    format!("{prefix}_rpc.lookup")
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LookupRequest {
-    /// The channel whose endpoint received the call (a bot or an outlet); a member is
-    /// found only if that channel may act on it.
-    #[serde(default)]
-    pub caller: Option<String>,
-    /// A member `_id` (agent replies: `sendToInlet.memberId`).
-    #[serde(default)]
-    pub member_id: Option<String>,
-    /// An outlet and its reference to a conversation (agent commands: `messageEvent.to`).
-    #[serde(default)]
-    pub outlet_channel: Option<String>,
-    #[serde(default)]
-    pub conversation_ref: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LookupReply {
-    pub found: bool,
-    pub member_id: String,
-    /// `bot`, `pending` or `live`.
-    pub state: String,
-    pub conversation_id: String,
-    pub outlet_channel: String,
-    pub error: Option<String>,
-}
 
 pub(crate) async fn serve(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = engine.bus.client().clone();
@@ -124,17 +89,13 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
     }
     Ok(LookupReply {
         found: true,
-        member_id: row.member_id.to_string(),
+        member_id: Some(row.member_id),
         state: match row.state {
-            Some(ConvState::Pending) => "pending",
-            Some(ConvState::Live) => "live",
-            Some(ConvState::Closed) | None => "bot",
-        }
-        .into(),
-        conversation_id: row
-            .conversation_id
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
+            Some(ConvState::Pending) => Serving::Pending,
+            Some(ConvState::Live) => Serving::Live,
+            Some(ConvState::Closed) | None => Serving::Bot,
+        },
+        conversation_id: row.conversation_id,
         outlet_channel: row.outlet_channel_id.unwrap_or_default(),
         error: None,
     })

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, StreamExt as _};
-use handoff_bus::{Bus, message_keys, now_ms};
+use handoff_bus::{Bus, now_ms};
+use handoff_platforms::hub::{Incoming, accept_envelope};
 use handoff_platforms::zendesk::{
     ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, graphql_string,
     parse_frame, request_frame, visitor_content, visitor_left, visitor_message,
 };
-use handoff_proto::{Body, Choice, CustomerLeft, Envelope, InboundMessage};
+use handoff_proto::{Body, Choice, CustomerLeft, InboundMessage};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -467,33 +468,19 @@ async fn store(
 ) -> Result<(), String> {
     let channel = &account.channel;
     let member_id = channel.member_id(event.chat).to_string();
-    let keys = message_keys(
-        &channel.id,
-        &member_id,
-        event.purpose,
-        Some(event.zendesk_id),
-        data.to_string().as_bytes(),
-    );
-    let envelope = Envelope {
-        event_id: keys.event_id,
-        org: channel.org.clone(),
-        channel: channel.id.clone(),
+    let (envelope, dedup_id) = Incoming {
         member_id,
-        source_message_id: keys.source_message_id,
+        conversation_id: String::new(),
+        purpose: event.purpose,
+        source_id: Some(event.zendesk_id),
         occurred_at_ms: event.occurred_at_ms,
-        accepted_at_ms: now_ms(),
-        body: Some(event.body),
-        ..Default::default()
-    };
+        body: event.body,
+    }
+    .envelope(channel, data.to_string().as_bytes());
     let mut delay = Duration::from_millis(100);
     loop {
-        match bus.accept_inbound_once(&envelope, &keys.dedup_id).await {
-            Ok(duplicate) => {
-                if !duplicate {
-                    handoff_platforms::metrics::message_in(&channel.id, channel.platform.as_str());
-                }
-                return Ok(());
-            }
+        match accept_envelope(bus, channel, &envelope, &dedup_id).await {
+            Ok(_) => return Ok(()),
             // Zendesk cannot be told no: what can never be stored is reported and skipped.
             Err(e @ handoff_bus::PublishError::TooLarge { .. }) => {
                 tracing::error!(error = %e, channel = %channel.id, "an event from Zendesk is too large for the bus; skipped");

@@ -19,7 +19,8 @@ pub enum WebhookError {
     UnknownChat(String),
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
-    #[error("temporarily unavailable: {0}")]
+    /// The hub's own parts failed; the detail is logged, never answered.
+    #[error("temporarily unavailable; try again")]
     Unavailable(String),
 }
 
