@@ -14,6 +14,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 mod serve;
+pub mod shell;
 mod telemetry;
 
 pub use serve::{HttpListener, http_part, ops_part};

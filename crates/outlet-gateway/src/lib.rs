@@ -17,134 +17,80 @@ mod webhook;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use handoff_bus::{Bus, BusSettings, Handled, Handler, Service};
-use handoff_config::{Channels, Settings};
-use handoff_platforms::catalog_store::CatalogStore;
+use handoff_bus::{Handled, Handler, Service};
+use handoff_config::{Channels, HttpSettings, Settings};
+use handoff_platforms::hub::Edge;
 use handoff_platforms::selarti::SelartiClient;
-use handoff_platforms::{Catalog, OutboundClient, OutboundSettings};
+use handoff_platforms::{OutboundClient, OutboundSettings};
 use handoff_proto::{Body, Envelope};
-use handoff_service::{
-    HttpListener, Readiness, bounded_edge, health_routers, http_part, http_trace_layer, ops_part,
-};
+use handoff_service::shell::{BusReady, Shell, catalog_part, deliver_part, edge_routes};
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_PORT: u16 = 8081;
 
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub bus: Bus,
-    pub catalog: Catalog,
-    pub body_limit: usize,
-    pub max_concurrent_requests: usize,
-    pub request_timeout: std::time::Duration,
-}
-
-impl AppState {
-    /// What the webhook endpoints need.
-    fn edge(&self) -> handoff_platforms::hub::Edge<Bus> {
-        handoff_platforms::hub::Edge {
-            hub: self.bus.clone(),
-            catalog: self.catalog.clone(),
-            body_limit: self.body_limit,
-        }
-    }
-}
-
-impl Readiness for AppState {
-    async fn ready(&self) -> Result<(), String> {
-        self.bus.ready()
-    }
-}
-
 pub struct Application {
-    listener: HttpListener,
-    ops: HttpListener,
-    state: AppState,
+    shell: Shell,
+    http: HttpSettings,
     client: OutboundClient,
-    store: Option<CatalogStore>,
 }
 
 impl Application {
+    /// Connects to NATS and binds the HTTP listeners (port 0 picks a free port).
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
-        // Each channel's settings are its platform's to read: a bad one stops the start.
-        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
-        let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
-        let store = catalog
-            .attach(&bus, settings.catalog_key.as_ref(), None)
-            .await?;
-        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
-        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         Ok(Self {
-            store,
-            listener,
-            ops,
-            state: AppState {
-                bus,
-                catalog,
-                body_limit: settings.http.body_limit,
-                max_concurrent_requests: settings.http.max_concurrent_requests,
-                request_timeout: settings.http.request_timeout(),
-            },
+            shell: Shell::start(settings, channels, DEFAULT_PORT, None).await?,
+            http: settings.http.clone(),
             client: OutboundClient::new(OutboundSettings::from_config(&settings.delivery)),
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.port()
+        self.shell.ports.port()
     }
 
     /// Where `/metrics` and `/readyz` with its reasons are served.
     pub fn ops_port(&self) -> u16 {
-        self.ops.port()
+        self.shell.ports.ops_port()
     }
 
+    /// Serves HTTP and delivers commands until `shutdown`; in-flight work finishes first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (health, ops_app) = health_routers(self.state.clone());
-        let app = Router::new()
-            .merge(bounded_edge(
-                webhook::router(self.state.edge()).merge(selarti::router(self.state.edge())),
-                self.state.max_concurrent_requests,
-                self.state.request_timeout,
-            ))
-            .merge(health)
-            .layer(DefaultBodyLimit::max(self.state.body_limit))
-            .layer(http_trace_layer());
-        let bus = self.state.bus.clone();
+        let Shell {
+            bus,
+            catalog,
+            store,
+            ports,
+        } = self.shell;
+        let edge = Edge {
+            hub: bus.clone(),
+            catalog: catalog.clone(),
+            body_limit: self.http.body_limit,
+        };
+        let routes: Router = edge_routes(
+            &self.http,
+            webhook::router(edge.clone()).merge(selarti::router(edge)),
+        );
         let deliverer = Arc::new(Deliverer {
             livechat: livechat::LiveChatDeliverer {
                 bus: bus.clone(),
-                catalog: self.state.catalog.clone(),
+                catalog: catalog.clone(),
                 client: self.client.clone(),
             },
             bots: bots::BotCaller {
                 bus: bus.clone(),
-                catalog: self.state.catalog.clone(),
+                catalog: catalog.clone(),
                 client: self.client,
                 selarti: SelartiClient::default(),
             },
         });
-        let listener = self.listener;
-        let ops = self.ops;
-        let catalog = self.state.catalog.clone();
-        let store = self.store;
-        handoff_service::run_parts(shutdown, move |stop| {
-            let consumers = handoff_bus::run_consumers(
-                bus,
-                Service::OutletGateway.deliver_area(),
-                "outlet-gateway".into(),
-                deliverer,
-                stop.clone(),
-            );
-            let catalog = catalog.follow(store, stop.clone(), |_| async {});
-            vec![
-                http_part(listener, app, stop.clone()),
-                ops_part(ops, ops_app, stop.clone()),
-                ("the deliver.outlet-gateway consumers", Box::pin(consumers)),
-                ("the channels catalog", Box::pin(catalog)),
-            ]
-        })
-        .await
+        ports
+            .serve(BusReady(bus.clone()), routes, shutdown, move |stop| {
+                vec![
+                    deliver_part(bus, Service::OutletGateway, deliverer, stop.clone()),
+                    catalog_part(catalog, store, stop),
+                ]
+            })
+            .await
     }
 }
 

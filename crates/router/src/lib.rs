@@ -22,12 +22,12 @@ mod timeouts;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use handoff_bus::{Bus, BusSettings};
+use handoff_bus::Bus;
 use handoff_config::{Channels, Settings};
 use handoff_platforms::Catalog;
 use handoff_platforms::catalog_store::CatalogStore;
-use handoff_service::{HttpListener, Readiness, gauge_text, health_routers, http_trace_layer};
+use handoff_service::shell::{Ports, Shell};
+use handoff_service::{Readiness, gauge_text};
 use secrecy::ExposeSecret as _;
 use sqlx::Connection as _;
 use sqlx::PgPool;
@@ -38,6 +38,15 @@ use tokio_util::sync::CancellationToken;
 pub use handoff_platforms::hub::lookup_subject;
 
 pub const DEFAULT_PORT: u16 = 8090;
+
+/// What the router's side jobs (look-ups, the timeout sweeper) work with: its store, its
+/// bus and the channels in force, not the engine.
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub pool: PgPool,
+    pub bus: Bus,
+    pub catalog: Catalog,
+}
 
 #[derive(Clone)]
 struct Ready {
@@ -106,8 +115,7 @@ impl Readiness for Ready {
 }
 
 pub struct Application {
-    listener: HttpListener,
-    ops: HttpListener,
+    ports: Ports,
     /// The admin API's, when a token is configured.
     admin: Option<(TcpListener, secrecy::SecretString)>,
     store: Option<CatalogStore>,
@@ -148,20 +156,17 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
 
 impl Application {
     pub async fn build(settings: &Settings, channels: Channels) -> anyhow::Result<Self> {
-        // Each channel's settings are its platform's to read: a bad one stops the start, and
-        // they say which service each channel's commands go to.
-        let catalog = Catalog::new(channels).map_err(anyhow::Error::msg)?;
-        let pool = connect_database(settings).await?;
-        let bus = Bus::connect(BusSettings::from_config(&settings.nats)).await?;
         // The channels file seeds the shared catalog (again when the file changed); what
         // the catalog then holds is what every service runs with.
         let file = std::fs::read_to_string(&settings.channels).ok();
-        let store = catalog
-            .attach(&bus, settings.catalog_key.as_ref(), file.as_deref())
-            .await?;
+        let Shell {
+            bus,
+            catalog,
+            store,
+            ports,
+        } = Shell::start(settings, channels, DEFAULT_PORT, file.as_deref()).await?;
+        let pool = connect_database(settings).await?;
         store::channels::sync(&pool, &catalog.load().channels).await?;
-        let listener = HttpListener::bind(&settings.http, DEFAULT_PORT).await?;
-        let ops = HttpListener::bind_ops(&settings.http, DEFAULT_PORT).await?;
         let admin = match &settings.admin.token {
             Some(token) if !token.expose_secret().is_empty() => {
                 let address = format!("{}:{}", settings.admin.host, settings.admin.port);
@@ -180,8 +185,7 @@ impl Application {
             Duration::from_secs(settings.database.stalled_after_secs.max(1)),
         ));
         Ok(Self {
-            listener,
-            ops,
+            ports,
             admin,
             store,
             engine,
@@ -191,12 +195,12 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.port()
+        self.ports.port()
     }
 
     /// Where `/metrics` and `/readyz` with its reasons are served.
     pub fn ops_port(&self) -> u16 {
-        self.ops.port()
+        self.ports.ops_port()
     }
 
     /// The admin API's port, when it is served.
@@ -214,44 +218,39 @@ impl Application {
             bus: engine.bus.clone(),
             engine: engine.clone(),
         };
-        let (health, ops_app) = health_routers(ready);
-        let app = Router::new()
-            .merge(history::router(engine.pool.clone()))
-            .merge(health)
-            .layer(http_trace_layer());
-        let listener = self.listener;
-        let ops = self.ops;
+        let routes = history::router(engine.pool.clone());
         let sweep_interval = self.sweep_interval;
         let retention = self.retention;
         let admin = self.admin;
         let catalog_store = self.store;
-        handoff_service::run_parts(shutdown, move |stop| {
-            // Batches outlive the consumers: a consumer finishing its last messages at
-            // shutdown still needs them applied.
-            let batches_stop = CancellationToken::new();
-            let batches = tokio::spawn(engine.clone().run_batches(batches_stop.clone()));
-            let consumers = {
-                let engine = engine.clone();
-                let stop = stop.clone();
-                async move {
-                    let consumed = handoff_bus::run_consumers(
-                        engine.bus.clone(),
-                        "events".into(),
-                        "router".into(),
-                        engine.clone(),
-                        stop,
-                    )
-                    .await;
-                    batches_stop.cancel();
-                    let _ = batches.await;
-                    consumed
-                }
-            };
-            let lookups = lookup::serve(engine.clone(), stop.clone());
-            let sweeper = timeouts::run(engine.clone(), sweep_interval, stop.clone());
-            let pruner = retention::run(engine.pool.clone(), retention, stop.clone());
-            let pool = engine.pool.clone();
-            let catalog = engine.catalog.clone().follow(
+        self.ports
+            .serve(ready, routes, shutdown, move |stop| {
+                // Batches outlive the consumers: a consumer finishing its last messages at
+                // shutdown still needs them applied.
+                let batches_stop = CancellationToken::new();
+                let batches = tokio::spawn(engine.clone().run_batches(batches_stop.clone()));
+                let consumers = {
+                    let engine = engine.clone();
+                    let stop = stop.clone();
+                    async move {
+                        let consumed = handoff_bus::run_consumers(
+                            engine.bus.clone(),
+                            "events".into(),
+                            "router".into(),
+                            engine.clone(),
+                            stop,
+                        )
+                        .await;
+                        batches_stop.cancel();
+                        let _ = batches.await;
+                        consumed
+                    }
+                };
+                let lookups = lookup::serve(engine.parts(), stop.clone());
+                let sweeper = timeouts::run(engine.parts(), sweep_interval, stop.clone());
+                let pruner = retention::run(engine.pool.clone(), retention, stop.clone());
+                let pool = engine.pool.clone();
+                let catalog = engine.catalog.clone().follow(
                 catalog_store.clone(),
                 stop.clone(),
                 move |snapshot| {
@@ -263,45 +262,47 @@ impl Application {
                     }
                 },
             );
-            let receipts = receipts::collect(engine.pool.clone(), engine.bus.clone(), stop.clone());
-            let mut parts: Vec<(&'static str, handoff_service::Part)> = vec![
-                ("the channels catalog", Box::pin(catalog)),
-                ("the receipts collector", Box::pin(receipts)),
-            ];
-            if let Some((admin_listener, token)) = admin {
-                let service = admin::AdminService {
-                    pool: engine.pool.clone(),
-                    bus: engine.bus.clone(),
-                    catalog: engine.catalog.clone(),
-                    store: catalog_store,
-                };
-                parts.push((
-                    "the admin API",
-                    Box::pin(admin::serve(service, token, admin_listener, stop.clone())),
-                ));
-            }
-            parts.extend([
-                handoff_service::http_part(listener, app, stop.clone()),
-                handoff_service::ops_part(ops, ops_app, stop.clone()),
-                ("the event consumers", Box::pin(consumers)),
-                ("the look-up service", Box::pin(lookups)),
-                (
-                    "the timeout sweeper",
-                    Box::pin(async {
-                        sweeper.await;
-                        Ok(())
-                    }),
-                ),
-                (
-                    "the retention pruner",
-                    Box::pin(async {
-                        pruner.await;
-                        Ok(())
-                    }),
-                ),
-            ]);
-            parts
-        })
-        .await
+                let receipts =
+                    receipts::collect(engine.pool.clone(), engine.bus.clone(), stop.clone());
+                let mut parts: Vec<(&'static str, handoff_service::Part)> = vec![
+                    ("the channels catalog", Box::pin(catalog)),
+                    ("the receipts collector", Box::pin(receipts)),
+                ];
+                if let Some((admin_listener, token)) = admin {
+                    let service = admin::AdminService {
+                        pool: engine.pool.clone(),
+                        bus: engine.bus.clone(),
+                        catalog: engine.catalog.clone(),
+                        store: catalog_store,
+                    };
+                    parts.push((
+                        "the admin API",
+                        Box::pin(admin::serve(service, token, admin_listener, stop.clone())),
+                    ));
+                }
+                parts.extend([
+                    (
+                        "the event consumers",
+                        Box::pin(consumers) as handoff_service::Part,
+                    ),
+                    ("the look-up service", Box::pin(lookups)),
+                    (
+                        "the timeout sweeper",
+                        Box::pin(async {
+                            sweeper.await;
+                            Ok(())
+                        }),
+                    ),
+                    (
+                        "the retention pruner",
+                        Box::pin(async {
+                            pruner.await;
+                            Ok(())
+                        }),
+                    ),
+                ]);
+                parts
+            })
+            .await
     }
 }

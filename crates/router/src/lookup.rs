@@ -8,8 +8,6 @@
 //! outlet the members of the inlets it takes over (or whose conversation it holds). Member
 //! ids are name-based UUIDs of public values, so nothing may rest on them being secret.
 
-use std::sync::Arc;
-
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,15 +15,15 @@ use uuid::Uuid;
 use handoff_config::Role;
 use handoff_platforms::hub::{LookupReply, LookupRequest, Serving, lookup_subject};
 
-use crate::engine::Engine;
+use crate::Parts;
 use crate::model::ConvState;
 use crate::store;
 
-pub(crate) async fn serve(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = engine.bus.client().clone();
+pub(crate) async fn serve(parts: Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = parts.bus.client().clone();
     let requests = client
         .queue_subscribe(
-            lookup_subject(&engine.bus.settings().prefix),
+            lookup_subject(&parts.bus.settings().prefix),
             "router".into(),
         )
         .await?;
@@ -33,14 +31,14 @@ pub(crate) async fn serve(engine: Arc<Engine>, shutdown: CancellationToken) -> a
     requests
         .take_until(shutdown.cancelled_owned())
         .for_each_concurrent(CONCURRENT_LOOKUPS, |request| {
-            let engine = engine.clone();
+            let parts = parts.clone();
             let client = client.clone();
             async move {
                 let Some(reply_to) = request.reply.clone() else {
                     return;
                 };
                 let answer = match serde_json::from_slice::<LookupRequest>(&request.payload) {
-                    Ok(q) => lookup(&engine, &q).await.unwrap_or_else(|e| LookupReply {
+                    Ok(q) => lookup(&parts, &q).await.unwrap_or_else(|e| LookupReply {
                         error: Some(format!("{e:#}")),
                         ..Default::default()
                     }),
@@ -62,17 +60,17 @@ pub(crate) async fn serve(engine: Arc<Engine>, shutdown: CancellationToken) -> a
 /// Look-ups answered at once by one router (each holds a pooled connection briefly).
 const CONCURRENT_LOOKUPS: usize = 32;
 
-async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupReply> {
+async fn lookup(parts: &Parts, q: &LookupRequest) -> anyhow::Result<LookupReply> {
     let row = if let Some(member) = &q.member_id {
         let Ok(id) = member.parse::<Uuid>() else {
             return Ok(LookupReply::default());
         };
-        store::members::whereabouts(&engine.pool, id).await?
+        store::members::whereabouts(&parts.pool, id).await?
     } else if let (Some(outlet), Some(reference)) = (&q.outlet_channel, &q.conversation_ref) {
         if q.caller.as_deref() != Some(outlet) {
             return Ok(LookupReply::default());
         }
-        store::conversations::by_outlet_reference(&engine.pool, outlet, reference).await?
+        store::conversations::by_outlet_reference(&parts.pool, outlet, reference).await?
     } else {
         None
     };
@@ -80,7 +78,7 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
         return Ok(LookupReply::default());
     };
     if !may_act_on(
-        engine,
+        parts,
         q.caller.as_deref(),
         &row.inlet,
         row.outlet_channel_id.as_deref(),
@@ -104,8 +102,8 @@ async fn lookup(engine: &Engine, q: &LookupRequest) -> anyhow::Result<LookupRepl
 /// Whether channel `caller` may act on a member of `inlet` whose open conversation (if
 /// any) is held by `holder`: the inlet's bot, the inlet's handoff target, or the outlet
 /// holding the conversation; always within the inlet's org. No caller, no member.
-fn may_act_on(engine: &Engine, caller: Option<&str>, inlet: &str, holder: Option<&str>) -> bool {
-    let snapshot = engine.catalog.load();
+fn may_act_on(parts: &Parts, caller: Option<&str>, inlet: &str, holder: Option<&str>) -> bool {
+    let snapshot = parts.catalog.load();
     let (Some(caller), Some(inlet)) = (
         caller.and_then(|c| snapshot.channels.get(c)),
         snapshot.channels.get(inlet),

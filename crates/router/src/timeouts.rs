@@ -4,18 +4,17 @@
 //! from the conversation and the moment it went quiet, so replicas sweeping at once
 //! produce one effect.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use handoff_bus::{derived_id, now_ms};
 use handoff_proto::{Body, ConversationTimeout, Envelope};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
+use crate::Parts;
 use crate::model::OpenState;
 use crate::store;
 
-pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(parts: Parts, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -23,17 +22,17 @@ pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: Cancella
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep(&engine).await {
+        if let Err(e) = sweep(&parts).await {
             tracing::warn!(error = %format!("{e:#}"), "timeout sweep failed");
         }
     }
 }
 
-async fn sweep(engine: &Engine) -> anyhow::Result<()> {
-    let rows = store::conversations::waiting(&engine.pool).await?;
+async fn sweep(parts: &Parts) -> anyhow::Result<()> {
+    let rows = store::conversations::waiting(&parts.pool).await?;
     for row in rows {
         let channel_id = row.channel_id;
-        let Some(inlet) = engine.catalog.load().channels.get(&channel_id).cloned() else {
+        let Some(inlet) = parts.catalog.load().channels.get(&channel_id).cloned() else {
             continue;
         };
         let (elapsed, limit, reason) = match row.state {
@@ -66,7 +65,7 @@ async fn sweep(engine: &Engine) -> anyhow::Result<()> {
             })),
             ..Default::default()
         };
-        engine.bus.publish_event(&envelope).await?;
+        parts.bus.publish_event(&envelope).await?;
     }
     Ok(())
 }

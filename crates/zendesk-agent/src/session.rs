@@ -12,8 +12,9 @@ use futures::{SinkExt as _, StreamExt as _};
 use handoff_bus::{Bus, now_ms};
 use handoff_platforms::hub::{Incoming, accept_envelope};
 use handoff_platforms::zendesk::{
-    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, MESSAGE_SUBSCRIPTION, graphql_string,
-    parse_frame, request_frame, visitor_content, visitor_left, visitor_message,
+    ACTIVITY_SUBSCRIPTION, ErrorKind, Frame, FrameError, GO_ONLINE, MESSAGE_SUBSCRIPTION,
+    parse_frame, ping_frame, request_frame, start_session_query, stop_subscription_frame,
+    visitor_content, visitor_left, visitor_message,
 };
 use handoff_proto::{Body, Choice, CustomerLeft, InboundMessage};
 use secrecy::ExposeSecret as _;
@@ -235,8 +236,7 @@ async fn session(
                     break Ended::Again("no PONG to the last PING".into());
                 }
                 ponged = false;
-                let frame = json!({"sig": "PING", "payload": now_ms()}).to_string();
-                let _ = tx.send(Message::text(frame));
+                let _ = tx.send(Message::text(ping_frame(now_ms())));
             }
             frame = frames.next() => {
                 let text = match frame {
@@ -272,9 +272,7 @@ async fn session(
         && matches!(ended, Ended::Stopped)
     {
         for id in [messages, activity] {
-            let stop =
-                json!({"payload": {"subscription_id": id}, "type": "stop_subscription", "id": 0});
-            let _ = tx.send(Message::text(stop.to_string()));
+            let _ = tx.send(Message::text(stop_subscription_frame(id)));
         }
     }
     account.link.detach();
@@ -289,10 +287,7 @@ async fn start_session(
     account: &Account,
     http: &reqwest::Client,
 ) -> Result<String, Result<FrameError, String>> {
-    let query = format!(
-        "mutation {{ startAgentSession(access_token: {}) {{ websocket_url session_id client_id }} }}",
-        graphql_string(account.settings.access_token.expose_secret())
-    );
+    let query = start_session_query(account.settings.access_token.expose_secret());
     let answer: Value = http
         .post(&account.settings.endpoint)
         .json(&json!({ "query": query }))
@@ -344,7 +339,7 @@ async fn on_event(
 async fn setup(account: &Account) -> Result<(String, String), Ended> {
     account
         .link
-        .request("mutation { updateAgentStatus(status: ONLINE) { node { id } } }")
+        .request(GO_ONLINE)
         .await
         .map_err(|e| refused("going online", e))?;
     let messages = subscribe(account, MESSAGE_SUBSCRIPTION).await?;

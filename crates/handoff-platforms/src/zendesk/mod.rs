@@ -18,7 +18,7 @@ mod wire;
 pub use settings::ZendeskSettings;
 pub use transform::{
     ACTIVITY_SUBSCRIPTION, DEPARTMENTS_QUERY, DepartmentError, ErrorKind, Frame, FrameError,
-    MESSAGE_SUBSCRIPTION, OutgoingRequest, VisitorMessage, graphql_string, online_department,
-    parse_frame, request_frame, send_request, transfer_request, visitor_content, visitor_left,
-    visitor_message,
+    GO_ONLINE, MESSAGE_SUBSCRIPTION, OutgoingRequest, VisitorMessage, graphql_string,
+    online_department, parse_frame, ping_frame, request_frame, send_request, start_session_query,
+    stop_subscription_frame, transfer_request, visitor_content, visitor_left, visitor_message,
 };

@@ -402,6 +402,28 @@ pub fn is_hub_operation(query: &str) -> bool {
     matches!(&selection.items[..], [Selection::Field(f)] if allowed.contains(&f.name))
 }
 
+/// The HTTP request that starts an agent session (its answer names the WebSocket).
+pub fn start_session_query(access_token: &str) -> String {
+    format!(
+        "mutation {{ startAgentSession(access_token: {}) {{ websocket_url session_id client_id }} }}",
+        graphql_string(access_token)
+    )
+}
+
+/// The agent goes ONLINE (the session's first request).
+pub const GO_ONLINE: &str = "mutation { updateAgentStatus(status: ONLINE) { node { id } } }";
+
+/// The keep-alive frame; Zendesk answers PONG.
+pub fn ping_frame(now_ms: i64) -> String {
+    json!({"sig": "PING", "payload": now_ms}).to_string()
+}
+
+/// Ends a subscription before the session closes.
+pub fn stop_subscription_frame(subscription_id: &str) -> String {
+    json!({"payload": {"subscription_id": subscription_id}, "type": "stop_subscription", "id": 0})
+        .to_string()
+}
+
 /// A request frame: `{"payload": {"query"}, "type": "request", "id"}`.
 pub fn request_frame(id: u64, query: &str) -> String {
     json!({"payload": {"query": query}, "type": "request", "id": id}).to_string()

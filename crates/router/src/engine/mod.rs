@@ -105,6 +105,15 @@ impl Engine {
         Ok(())
     }
 
+    /// What the side jobs need of the engine's parts.
+    pub fn parts(&self) -> crate::Parts {
+        crate::Parts {
+            pool: self.pool.clone(),
+            bus: self.bus.clone(),
+            catalog: self.catalog.clone(),
+        }
+    }
+
     /// The service that serves `channel`'s platform. A channel no longer configured parks
     /// the event, replayable once it is back.
     fn service_of(&self, channel: &str) -> anyhow::Result<Service> {
