@@ -10,6 +10,7 @@ use handoff_platforms::webhook_bot::{
     BotEvent, BotRequest, BotSettings, parse_answer, request_body,
 };
 use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
+use handoff_proto::v1::send_to_bot::Reason;
 use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
@@ -69,17 +70,13 @@ impl BotCaller {
                 reason: "send_to_bot without member or content".into(),
             };
         };
-        let (event, error) = bot_event(cmd);
         let body = request_body(&BotRequest {
-            event,
             id: &envelope.event_id,
             org: &envelope.org,
             bot_channel: &bot.id,
             member,
             content,
-            conversation_id: (!cmd.agent_conversation_id.is_empty())
-                .then_some(cmd.agent_conversation_id.as_str()),
-            error_json: error,
+            reason: cmd.reason.as_ref(),
         });
         let url = settings.url.as_str();
         let signer = Signer::for_channel(bot);
@@ -95,7 +92,10 @@ impl BotCaller {
                     responses: answer.responses,
                     handoff: answer.handoff,
                     close: answer.close,
-                    agent_conversation_id: cmd.agent_conversation_id.clone(),
+                    agent_conversation_id: match &cmd.reason {
+                        Some(Reason::AgentConversationId(id)) => id.clone(),
+                        _ => String::new(),
+                    },
                     ..Default::default()
                 };
                 // The answer travels as one bus message: past the server's limit it never
@@ -125,7 +125,7 @@ impl BotCaller {
         let body = cmd
             .content
             .as_ref()
-            .filter(|_| bot_event(cmd).0 == BotEvent::Message)
+            .filter(|_| BotEvent::of(cmd.reason.as_ref()) == BotEvent::Message)
             .and_then(|content| send_body(settings, &envelope.member_id, content));
         let Some(body) = body else {
             return Handled::Done;
@@ -163,20 +163,5 @@ impl BotCaller {
             },
         )
         .await
-    }
-}
-
-/// Why a `SendToBot` command calls the bot, and the failure it reports, if any.
-fn bot_event(cmd: &SendToBot) -> (BotEvent, Option<&str>) {
-    if !cmd.relay_message_error_json.is_empty() {
-        (BotEvent::RelayFailed, Some(&cmd.relay_message_error_json))
-    } else if !cmd.handoff_error_json.is_empty() {
-        (BotEvent::HandoffFailed, Some(&cmd.handoff_error_json))
-    } else if !cmd.live_chat_ended_json.is_empty() {
-        (BotEvent::LiveChatEnded, Some(&cmd.live_chat_ended_json))
-    } else if !cmd.agent_conversation_id.is_empty() {
-        (BotEvent::AgentCommand, None)
-    } else {
-        (BotEvent::Message, None)
     }
 }

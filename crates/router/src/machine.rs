@@ -15,7 +15,8 @@
 use handoff_config::{Channel, LiveChatRules};
 use handoff_platforms::content::content_from_response;
 use handoff_proto::v1::content;
-use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text};
+use handoff_proto::v1::send_to_bot::Reason;
+use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -189,6 +190,17 @@ pub(crate) fn event_content(event: &str, detail: Value) -> Content {
     content_from_response(&v).expect("an object with a type")
 }
 
+/// A failure's detail (`reason`, `status`, `message`), as the bot is told it.
+fn trouble(detail: &Value) -> Trouble {
+    Trouble {
+        reason: detail["reason"].as_str().unwrap_or_default().to_string(),
+        status: detail["status"]
+            .as_i64()
+            .and_then(|s| i32::try_from(s).ok()),
+        message: detail["message"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
 /// The steps `event` calls for, given `facts`.
 pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
     let mut d = Decision {
@@ -212,7 +224,7 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
             d.system("RELAY_FAILED", error.clone(), d.open_id());
             d.tell_bot(SendToBot {
                 content: Some(content.clone()),
-                relay_message_error_json: error.to_string(),
+                reason: Some(Reason::RelayFailed(trouble(&error))),
                 ..Default::default()
             });
         }
@@ -344,7 +356,7 @@ impl<'a> Decision<'_, 'a> {
                 self.system("HANDOFF_FAILED", error.clone(), None);
                 self.tell_bot(SendToBot {
                     content: Some(event_content("HANDOFF_FAILED", error.clone())),
-                    handoff_error_json: error.to_string(),
+                    reason: Some(Reason::HandoffFailed(trouble(&error))),
                     ..Default::default()
                 });
             }
@@ -455,7 +467,7 @@ impl<'a> Decision<'_, 'a> {
         self.system("HANDOFF_FAILED", error.clone(), Some(c.id));
         self.tell_bot(SendToBot {
             content: Some(event_content("HANDOFF_FAILED", error.clone())),
-            handoff_error_json: error.to_string(),
+            reason: Some(Reason::HandoffFailed(trouble(&error))),
             ..Default::default()
         });
         self.steps.push(Step::ReleaseHeld {
@@ -517,7 +529,7 @@ impl<'a> Decision<'_, 'a> {
             c.state == OpenState::Live,
             SendToBot {
                 content: Some(content.clone()),
-                agent_conversation_id: reference,
+                reason: Some(Reason::AgentConversationId(reference)),
                 ..Default::default()
             },
         );
@@ -555,7 +567,7 @@ impl<'a> Decision<'_, 'a> {
         });
         self.tell_bot(SendToBot {
             content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
-            live_chat_ended_json: ended.to_string(),
+            reason: Some(Reason::LiveChatEnded(trouble(&ended))),
             ..Default::default()
         });
     }
@@ -797,7 +809,7 @@ mod tests {
         let steps = world(None).decide("lone", Event::HandoffRequested(details));
         assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
         assert!(
-            matches!(sends(&steps)[..], [Command::ToBot { send, .. }] if send.handoff_error_json.contains("no_outlet"))
+            matches!(sends(&steps)[..], [Command::ToBot { send, .. }] if matches!(&send.reason, Some(Reason::HandoffFailed(t)) if t.reason == "no_outlet"))
         );
     }
 
@@ -868,7 +880,7 @@ mod tests {
             matches!(sent[0], Command::ToMember { content, live: false } if *content == text("Bye from the desk"))
         );
         assert!(
-            matches!(sent[1], Command::ToBot { send, .. } if !send.live_chat_ended_json.is_empty())
+            matches!(sent[1], Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::LiveChatEnded(_))))
         );
     }
 
@@ -884,7 +896,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(sends(&steps)[..], [Command::ToBot { live: true, send, .. }] if send.agent_conversation_id == CONV.to_string())
+            matches!(sends(&steps)[..], [Command::ToBot { live: true, send, .. }] if send.reason == Some(Reason::AgentConversationId(CONV.to_string())))
         );
     }
 

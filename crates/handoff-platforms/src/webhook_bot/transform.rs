@@ -1,6 +1,7 @@
 //! Handoff's normalized model to the webhook-bot request, and the bot's answer back.
 
-use handoff_proto::{Content, HandoffDetails, Member};
+use handoff_proto::v1::send_to_bot::Reason;
+use handoff_proto::{Content, HandoffDetails, Member, Trouble};
 use serde_json::{Map, Value, json};
 
 use super::wire::WireAnswer;
@@ -34,17 +35,28 @@ impl BotEvent {
     }
 }
 
+impl BotEvent {
+    /// Why a `SendToBot` command calls the bot.
+    pub fn of(reason: Option<&Reason>) -> Self {
+        match reason {
+            None => BotEvent::Message,
+            Some(Reason::RelayFailed(_)) => BotEvent::RelayFailed,
+            Some(Reason::HandoffFailed(_)) => BotEvent::HandoffFailed,
+            Some(Reason::LiveChatEnded(_)) => BotEvent::LiveChatEnded,
+            Some(Reason::AgentConversationId(_)) => BotEvent::AgentCommand,
+        }
+    }
+}
+
 /// Everything the bot is told about one message.
 pub struct BotRequest<'a> {
-    pub event: BotEvent,
     pub id: &'a str,
     pub org: &'a str,
     pub bot_channel: &'a str,
     pub member: &'a Member,
     pub content: &'a Content,
-    pub conversation_id: Option<&'a str>,
-    /// JSON object describing a failure (relay or handoff), when there is one.
-    pub error_json: Option<&'a str>,
+    /// Why the bot hears of it; `None`: a customer's message.
+    pub reason: Option<&'a Reason>,
 }
 
 fn object(text: &str) -> Value {
@@ -54,10 +66,22 @@ fn object(text: &str) -> Value {
     }
 }
 
+/// A trouble as the bot's wire has it: `reason`, and `status` and `message` when known.
+fn trouble(t: &Trouble) -> Value {
+    let mut v = json!({"reason": t.reason});
+    if let Some(status) = t.status {
+        v["status"] = json!(status);
+    }
+    if !t.message.is_empty() {
+        v["message"] = json!(t.message);
+    }
+    v
+}
+
 pub fn request_body(r: &BotRequest<'_>) -> Value {
     let mut message = content_to_response(r.content);
     let mut body = json!({
-        "event": r.event.as_str(),
+        "event": BotEvent::of(r.reason).as_str(),
         "id": r.id,
         "org": r.org,
         "botChannel": r.bot_channel,
@@ -73,18 +97,20 @@ pub fn request_body(r: &BotRequest<'_>) -> Value {
             },
         },
     });
-    if let Some(id) = r.conversation_id {
-        body["conversationId"] = json!(id);
-    }
-    if let Some(err) = r.error_json {
-        let key = match r.event {
-            BotEvent::HandoffFailed => "handoffError",
-            BotEvent::LiveChatEnded => "liveChatEnded",
-            _ => "relayMessageError",
-        };
+    let (key, what) = match r.reason {
+        None => (None, None),
+        Some(Reason::AgentConversationId(id)) => {
+            body["conversationId"] = json!(id);
+            (None, None)
+        }
+        Some(Reason::RelayFailed(t)) => (Some("relayMessageError"), Some(trouble(t))),
+        Some(Reason::HandoffFailed(t)) => (Some("handoffError"), Some(trouble(t))),
+        Some(Reason::LiveChatEnded(t)) => (Some("liveChatEnded"), Some(trouble(t))),
+    };
+    if let (Some(key), Some(what)) = (key, what) {
         // Stella puts relayMessageError on the message event itself; so do we.
-        message[key] = object(err);
-        body[key] = object(err);
+        message[key] = what.clone();
+        body[key] = what;
     }
     body["message"] = message;
     body
@@ -164,5 +190,63 @@ mod tests {
     fn a_response_without_type_is_an_error_naming_it() {
         let err = parse_answer(br#"{"responses":[{"text":"hi"}]}"#).unwrap_err();
         assert!(err.contains("responses[0]"), "{err}");
+    }
+
+    #[test]
+    fn each_reason_reaches_the_bot_as_its_event_and_key_as_stella_names_them() {
+        let member = Member {
+            id: "m-1".into(),
+            inlet_channel: "web".into(),
+            ..Default::default()
+        };
+        let content = Content::default();
+        let body = |reason: Option<Reason>| {
+            request_body(&BotRequest {
+                id: "e-1",
+                org: "acme",
+                bot_channel: "bot",
+                member: &member,
+                content: &content,
+                reason: reason.as_ref(),
+            })
+        };
+        let relay = Trouble {
+            reason: "relay_failed".into(),
+            status: Some(503),
+            message: String::new(),
+        };
+        let refused = Trouble {
+            reason: "livechat_failed".into(),
+            status: Some(422),
+            message: "no agents".into(),
+        };
+        let ended = Trouble {
+            reason: "agent_ended".into(),
+            ..Default::default()
+        };
+
+        let message = body(None);
+        let relayed = body(Some(Reason::RelayFailed(relay)));
+        let handoff = body(Some(Reason::HandoffFailed(refused)));
+        let over = body(Some(Reason::LiveChatEnded(ended)));
+        let command = body(Some(Reason::AgentConversationId("c-9".into())));
+
+        assert_eq!(message["event"], "message");
+        assert!(message.get("conversationId").is_none());
+        assert_eq!(relayed["event"], "relay_failed");
+        assert_eq!(
+            relayed["relayMessageError"],
+            json!({"reason": "relay_failed", "status": 503})
+        );
+        assert_eq!(relayed["message"]["relayMessageError"]["status"], 503);
+        assert_eq!(handoff["event"], "handoff_failed");
+        assert_eq!(
+            handoff["handoffError"],
+            json!({"reason": "livechat_failed", "status": 422, "message": "no agents"})
+        );
+        assert_eq!(over["event"], "live_chat_ended");
+        assert_eq!(over["liveChatEnded"], json!({"reason": "agent_ended"}));
+        assert_eq!(command["event"], "agent_command");
+        assert_eq!(command["conversationId"], "c-9");
     }
 }

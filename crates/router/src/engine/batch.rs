@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use handoff_bus::{Handled, Service};
 use handoff_proto::Envelope;
 use tokio::sync::oneshot;
@@ -157,7 +158,11 @@ impl Engine {
     /// (a handoff, a transition, a merge) is a statement of its own. Returns, per event,
     /// the commands to publish.
     async fn apply_batch(&self, batch: &[&Envelope]) -> anyhow::Result<Vec<Applied>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("opening the batch's transaction")?;
         let mut members: Vec<&str> = batch.iter().map(|e| e.member_id.as_str()).collect();
         members.sort_unstable();
         members.dedup();
@@ -171,7 +176,14 @@ impl Engine {
             .collect::<anyhow::Result<Vec<Uuid>>>()?;
         // A member's events are applied one at a time across replicas (a takeover replays
         // what the previous owner may still be finishing).
-        let fresh = store::inbox::lock_and_record(&mut *tx, &members, &ids).await?;
+        let fresh = store::inbox::lock_and_record(&mut *tx, &members, &ids)
+            .await
+            .with_context(|| {
+                format!(
+                    "locking {} members and recording their events",
+                    members.len()
+                )
+            })?;
         let mut outcomes: Vec<Applied> = ids
             .iter()
             .map(|id| {
@@ -190,10 +202,21 @@ impl Engine {
             .collect();
         let mut loaded = self
             .load(&mut tx, &new.iter().map(|(_, e)| *e).collect::<Vec<_>>())
-            .await?;
+            .await
+            .with_context(|| format!("loading the members of {} events", new.len()))?;
         let mut plans = Vec::with_capacity(new.len());
         for (i, envelope) in new {
-            if let Some(plan) = self.plan(&mut tx, envelope, &mut loaded).await? {
+            let plan = self
+                .plan(&mut tx, envelope, &mut loaded)
+                .await
+                .with_context(|| {
+                    format!(
+                        "deciding {} for member {}",
+                        envelope.kind(),
+                        envelope.member_id
+                    )
+                })?;
+            if let Some(plan) = plan {
                 plans.push((i, envelope, plan));
             }
         }
@@ -214,7 +237,8 @@ impl Engine {
             HashSet::new()
         } else {
             store::messages::insert(&mut *tx, &firsts)
-                .await?
+                .await
+                .context("recording the first lines of the batch's messages")?
                 .into_iter()
                 .collect()
         };
@@ -238,21 +262,35 @@ impl Engine {
                 plan.steps.remove(0);
                 work.messages = 1;
             }
-            if self
+            let applied = self
                 .apply(&mut work, &plan.member, &plan.inlet, plan.steps)
-                .await?
-            {
+                .await
+                .with_context(|| {
+                    format!(
+                        "applying {} for member {}",
+                        envelope.kind(),
+                        envelope.member_id
+                    )
+                })?;
+            if applied {
                 commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
             }
             settled.append(&mut work.settled);
         }
-        pending.write(&mut tx).await?;
-        for (i, row) in self.write_outbox(&mut tx, commands).await? {
+        pending
+            .write(&mut tx)
+            .await
+            .context("writing the batch's transcript lines")?;
+        let rows = self
+            .write_outbox(&mut tx, commands)
+            .await
+            .context("writing the batch's commands to the outbox")?;
+        for (i, row) in rows {
             if let Applied::New(rows) = &mut outcomes[i] {
                 rows.push(row);
             }
         }
-        tx.commit().await?;
+        tx.commit().await.context("committing the batch")?;
         for (envelope, outcome) in batch.iter().zip(&outcomes) {
             if matches!(outcome, Applied::New(_)) {
                 handoff_platforms::metrics::routed(envelope);
