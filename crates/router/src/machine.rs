@@ -13,10 +13,9 @@
 //! the live chat once it accepts, or back to the bot if it does not.
 
 use handoff_config::{Channel, LiveChatRules};
-use handoff_platforms::content::content_from_response;
 use handoff_proto::v1::content;
 use handoff_proto::v1::send_to_bot::Reason;
-use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble};
+use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble, Unsupported};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -187,7 +186,14 @@ pub(crate) fn event_content(event: &str, detail: Value) -> Content {
     if let (Value::Object(m), Value::Object(d)) = (&mut v, detail) {
         m.extend(d);
     }
-    content_from_response(&v).expect("an object with a type")
+    // The model has no kind for the hub's own events: they travel as the platforms' unknown
+    // types do, whole in `raw_json`.
+    Content {
+        kind: Some(content::Kind::Unsupported(Unsupported {
+            original_type: "EVENT".into(),
+        })),
+        raw_json: v.to_string(),
+    }
 }
 
 /// A failure's detail (`reason`, `status`, `message`), as the bot is told it.
