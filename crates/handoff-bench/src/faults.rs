@@ -37,6 +37,11 @@ pub struct FaultReport {
     pub worst_wait_after_kill_ms: Vec<(String, f64)>,
     pub kills: Vec<Kill>,
     pub lost_keys: Vec<Key>,
+    /// Of the lost (nothing arrived for 30 s with them outstanding), how many still arrived
+    /// within another 60 s: a stall, not a loss, though counted as one above.
+    pub lost_then_arrived: usize,
+    /// What the hub parked meanwhile (`dead_letters`): service, reason, count.
+    pub parked: Vec<(String, String, i64)>,
 }
 
 pub async fn run(
@@ -148,7 +153,37 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(check(&accepted, &tracker, kills, origin, customers_n))
+    let mut report = check(&accepted, &tracker, kills, origin, customers_n);
+    if report.lost > 0 {
+        // Was it a stall? Wait a minute more and count who arrived after all.
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let arrivals = tracker.arrivals();
+            if report.lost_keys.iter().all(|k| arrivals.contains_key(k)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let arrivals = tracker.arrivals();
+        report.lost_then_arrived = report
+            .lost_keys
+            .iter()
+            .filter(|k| arrivals.contains_key(*k))
+            .count();
+    }
+    report.parked = parked(&cluster.db_url).await.unwrap_or_default();
+    Ok(report)
+}
+
+/// The hub's dead letters, by service and reason.
+async fn parked(db_url: &str) -> anyhow::Result<Vec<(String, String, i64)>> {
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT service, left(reason, 200), count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 3 DESC",
+    )
+    .fetch_all(&pool)
+    .await?;
+    Ok(rows)
 }
 
 fn check(
@@ -215,5 +250,7 @@ fn check(
         worst_wait_after_kill_ms,
         kills,
         lost_keys,
+        lost_then_arrived: 0,
+        parked: Vec::new(),
     }
 }
