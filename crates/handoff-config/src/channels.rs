@@ -142,6 +142,9 @@ pub struct Channel {
     pub handoff: HandoffRules,
     #[serde(default)]
     pub live_chat: LiveChatRules,
+    /// Inlets: what the customer is told at each moment of a handoff.
+    #[serde(default)]
+    pub notices: crate::Notices,
 }
 
 impl Channel {
@@ -315,6 +318,7 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             c.id
         ));
     }
+    c.notices.validate(&format!("channel `{}`.notices", c.id))?;
     if c.role != Role::Inlet && (c.bot.is_some() || c.outlet.is_some()) {
         return Err(format!(
             "channel `{}`: only inlets have `bot` and `outlet`",

@@ -6,12 +6,14 @@
 //! they are data an operator edits, not process tuning.
 
 mod channels;
+mod notices;
 mod settings;
 
 pub use channels::{
     Channel, ChannelError, Channels, HandoffRules, LiveChatRules, Platform, Role, env_reference,
     member_id,
 };
+pub use notices::{Notice, NoticeKind, Notices, render};
 pub use settings::{
     AdminSettings, DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings,
     RetentionSettings, Settings, SettingsError, TelemetrySettings,

@@ -47,6 +47,8 @@ struct Inner {
     taps: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(std::time::Instant, Recorded)>>>,
     notify: Notify,
     tickets: Mutex<u64>,
+    /// The agent a Livechat answer names as taking the request (`agentName`), if any.
+    livechat_agent: Mutex<Option<String>>,
     verbose: bool,
 }
 
@@ -104,6 +106,11 @@ impl CustomPlatform {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// As a desk that assigns at once: Livechat answers name `agent` as taking it.
+    pub fn set_livechat_agent(&self, agent: Option<&str>) {
+        *self.inner.livechat_agent.lock().unwrap() = agent.map(str::to_string);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -242,7 +249,11 @@ async fn receive(
         Api::Livechat => {
             let mut n = inner.tickets.lock().unwrap();
             *n += 1;
-            json!({"ok": true, "ticketId": format!("T-{n}")})
+            let mut answer = json!({"ok": true, "ticketId": format!("T-{n}")});
+            if let Some(agent) = inner.livechat_agent.lock().unwrap().clone() {
+                answer["agentName"] = json!(agent);
+            }
+            answer
         }
         _ => json!({"ok": true}),
     };

@@ -309,7 +309,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .map(|l| {
                                 vec![
                                     l.at.clone(),
-                                    l.author.clone(),
+                                    if l.withheld {
+                                        format!("{} (withheld)", l.author)
+                                    } else {
+                                        l.author.clone()
+                                    },
                                     l.channel.clone(),
                                     l.text.clone(),
                                 ]

@@ -96,6 +96,8 @@ impl BotCaller {
                         Some(Reason::AgentConversationId(id)) => id.clone(),
                         _ => String::new(),
                     },
+                    // Answered in the same call: the epoch it was asked in.
+                    epoch: Some(cmd.epoch),
                     ..Default::default()
                 };
                 // The answer travels as one bus message: past the server's limit it never

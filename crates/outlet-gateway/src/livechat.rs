@@ -29,6 +29,18 @@ fn ticket_id(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The agent a desk's Livechat answer names (`agentName`, or `agent.name`), if any.
+fn agent_name(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    [&v["agentName"], &v["agent"]["name"]]
+        .into_iter()
+        .find_map(|n| n.as_str().map(str::trim).filter(|n| !n.is_empty()))
+        .map(|n| n.chars().take(100).collect())
+        .unwrap_or_default()
+}
+
 impl Handler for LiveChatDeliverer {
     async fn handle(&self, envelope: Envelope, _partition: u16) -> Handled {
         let catalog = self.catalog.load();
@@ -73,6 +85,7 @@ impl Handler for LiveChatDeliverer {
                     .map(|ok| {
                         let accepted = Body::HandoffAccepted(HandoffAccepted {
                             external_conversation_id: ticket_id(&ok.body),
+                            agent_name: agent_name(&ok.body),
                         });
                         Some(("livechat_result", accepted))
                     });

@@ -57,6 +57,7 @@ async fn receive<H: Hub>(
             member_id,
             content,
             source_message_id,
+            agent_name,
         } => {
             let found = lookup(
                 &edge.hub,
@@ -83,6 +84,7 @@ async fn receive<H: Hub>(
                 now_ms(),
                 Body::AgentMessage(AgentMessage {
                     content: Some(content),
+                    agent_name,
                 }),
             )
         }

@@ -85,6 +85,7 @@ async fn history(
                 "author": r.author.as_str(),
                 "content": r.content,
                 "conversationId": r.conversation_id,
+                "withheld": r.withheld,
                 "at": r.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             })
         })
@@ -125,15 +126,22 @@ pub(crate) fn line_text(content: &Value) -> String {
                 text
             }
         ),
-        "EVENT" => format!(
-            "— {} {}",
-            content["event"]
-                .as_str()
-                .unwrap_or_default()
-                .replace('_', " ")
-                .to_lowercase(),
-            content["reason"].as_str().unwrap_or_default()
-        ),
+        "EVENT" => {
+            let event = format!(
+                "— {} {}",
+                content["event"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replace('_', " ")
+                    .to_lowercase(),
+                content["reason"].as_str().unwrap_or_default()
+            );
+            // A notice, or a withheld answer, says what the customer was (not) told.
+            match text {
+                "" => event,
+                text => format!("{}: {text}", event.trim_end()),
+            }
+        }
         "IMAGE" | "AUDIO" | "VIDEO" | "FILE" => {
             format!(
                 "[{}] {}",
@@ -164,8 +172,13 @@ fn render(external_id: &str, messages: &[Value], omitted: i64) -> String {
     }
     for m in messages {
         let author = m["author"].as_str().unwrap_or_default();
+        let withheld = if m["withheld"] == true {
+            " (not sent: a human had the chat)"
+        } else {
+            ""
+        };
         html.push_str(&format!(
-            "<div class=\"m {author}\"><div class=\"who\">{author} · {at}</div>{text}</div>",
+            "<div class=\"m {author}\"><div class=\"who\">{author}{withheld} · {at}</div>{text}</div>",
             author = escape(author),
             at = escape(m["at"].as_str().unwrap_or_default()),
             text = escape(&line_text(&m["content"])),

@@ -11,8 +11,14 @@
 //! ```
 //! BOT is "no open conversation". While PENDING, customer messages are held; they go to
 //! the live chat once it accepts, or back to the bot if it does not.
+//!
+//! The customer is told of each move in a notice of their inlet (`notices`), sent in order
+//! with their other messages. While a human owns the member (PENDING or LIVE) the bot
+//! does not talk to the customer: its answers are kept in the transcript as withheld and
+//! given to the desk as context. So is an answer to a turn from before the owner last
+//! changed (the member's `epoch`, which the bot's answer carries back).
 
-use handoff_config::{Channel, LiveChatRules};
+use handoff_config::{Channel, LiveChatRules, NoticeKind};
 use handoff_proto::v1::content;
 use handoff_proto::v1::send_to_bot::Reason;
 use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble, Unsupported};
@@ -36,13 +42,21 @@ pub(crate) struct Facts<'a> {
     pub source: &'a str,
     /// The conversation the event names (results of a Livechat request, timeouts).
     pub named_conversation: &'a str,
+    /// The member's profile, for the notices' templates (and their `locale`).
+    pub profile: &'a Value,
+    /// Bumped each time who serves the member changes (`BotReply.epoch`).
+    pub epoch: i32,
 }
 
 /// An event, in the machine's terms.
 pub(crate) enum Event<'a> {
     Inbound(&'a Content),
     BotReply(&'a BotReply),
-    AgentMessage(&'a Content),
+    AgentMessage {
+        content: &'a Content,
+        /// The agent's display name, when the desk says it.
+        agent: &'a str,
+    },
     AgentCommand {
         content: &'a Content,
         reference: &'a str,
@@ -50,6 +64,8 @@ pub(crate) enum Event<'a> {
     HandoffRequested(HandoffDetails),
     HandoffAccepted {
         external_id: &'a str,
+        /// The agent who took it, when the desk says.
+        agent: &'a str,
     },
     HandoffFailed {
         error: Value,
@@ -86,6 +102,8 @@ pub(crate) struct Line {
     pub content: Content,
     /// Held while PENDING, released when the live chat answers.
     pub held: bool,
+    /// A bot answer the customer was not sent: a human owned the conversation.
+    pub withheld: bool,
 }
 
 /// Where held messages go when they are released.
@@ -118,6 +136,13 @@ pub(crate) enum Command {
         live: bool,
         content: Content,
     },
+    /// A bot answer withheld from the customer, for the live chat as context (Relay API,
+    /// as a `BOT_ANSWER_WITHHELD` event).
+    Context {
+        outlet: String,
+        conversation: Uuid,
+        content: Content,
+    },
     /// A bot's answer to an agent command, for the live chat (Send API).
     ToOutlet {
         outlet: String,
@@ -144,6 +169,11 @@ pub(crate) enum Step {
     OpenHandoff {
         outlet: String,
         details: HandoffDetails,
+    },
+    /// The customer is told an agent joined the live chat (named, when known): once.
+    AgentJoined {
+        conversation: Uuid,
+        name: String,
     },
     /// PENDING → LIVE; ends the steps unless still PENDING.
     BecomeLive {
@@ -216,10 +246,10 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
     match event {
         Event::Inbound(content) => d.inbound(content),
         Event::BotReply(reply) => d.bot_reply(reply),
-        Event::AgentMessage(content) => d.agent_message(content),
+        Event::AgentMessage { content, agent } => d.agent_message(content, agent),
         Event::AgentCommand { content, reference } => d.agent_command(content, reference),
         Event::HandoffRequested(details) => d.open_handoff(details),
-        Event::HandoffAccepted { external_id } => d.handoff_accepted(external_id),
+        Event::HandoffAccepted { external_id, agent } => d.handoff_accepted(external_id, agent),
         Event::HandoffFailed { error } => {
             if let Some(c) = d.named(OpenState::Pending) {
                 d.ended_before_live(c, "livechat_failed", error);
@@ -272,9 +302,12 @@ impl<'a> Decision<'_, 'a> {
             .unwrap_or_default()
     }
 
+    fn pending(&self) -> bool {
+        matches!(self.facts.conversation, Some(c) if c.state == OpenState::Pending)
+    }
+
     fn record(&mut self, author: Author, channel: &str, content: &Content, first: bool) {
-        let held = author == Author::Customer
-            && matches!(self.facts.conversation, Some(c) if c.state == OpenState::Pending);
+        let held = author == Author::Customer && self.pending();
         self.steps.push(Step::Record {
             line: Line {
                 author,
@@ -282,8 +315,75 @@ impl<'a> Decision<'_, 'a> {
                 conversation: self.open_id(),
                 content: content.clone(),
                 held,
+                withheld: false,
             },
             first,
+        });
+    }
+
+    /// A bot answer the customer does not get: kept, and given to the desk as context (at
+    /// once when live, with the held messages when the desk accepts).
+    fn withhold(&mut self, content: &Content) {
+        let pending = self.pending();
+        self.steps.push(Step::Record {
+            line: Line {
+                author: Author::Bot,
+                channel: self.facts.source.to_string(),
+                conversation: self.open_id(),
+                content: content.clone(),
+                held: pending,
+                withheld: true,
+            },
+            first: false,
+        });
+        if let Some(c) = self
+            .facts
+            .conversation
+            .filter(|c| c.state == OpenState::Live)
+        {
+            self.send(Command::Context {
+                outlet: c.outlet_channel_id.clone(),
+                conversation: c.id,
+                content: content.clone(),
+            });
+        }
+    }
+
+    /// Tells the customer of a move, in their inlet's words (`agent`: the agent's name,
+    /// when known). A silenced notice sends nothing.
+    fn notice(&mut self, kind: NoticeKind, agent: &str, live: bool, conversation: Option<Uuid>) {
+        let fallback = match kind {
+            // Where this text was configured first: the outlet's `liveChat.endText`.
+            NoticeKind::LiveChatEnded => self
+                .facts
+                .outlet
+                .map(|o| o.live_chat.end_text.as_str())
+                .unwrap_or(kind.default_text()),
+            _ => kind.default_text(),
+        };
+        let profile = self.facts.profile;
+        let locale = profile["locale"].as_str();
+        let Some(template) = self.facts.inlet.notices.template(kind, locale, fallback) else {
+            return;
+        };
+        let text = handoff_config::render(template, |name| match name {
+            "agentName" => Some(agent.to_string()),
+            _ => name
+                .strip_prefix("profile.")
+                .and_then(|field| match &profile[field] {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }),
+        });
+        self.system(
+            "NOTICE",
+            json!({"notice": kind.as_str(), "text": text}),
+            conversation,
+        );
+        self.send(Command::ToMember {
+            live,
+            content: text_content(&text),
         });
     }
 
@@ -295,6 +395,7 @@ impl<'a> Decision<'_, 'a> {
                 conversation,
                 content: event_content(event, detail),
                 held: false,
+                withheld: false,
             },
             first: false,
         });
@@ -353,13 +454,17 @@ impl<'a> Decision<'_, 'a> {
             return;
         }
         match self.facts.handoff_to {
-            Some(outlet) => self.steps.push(Step::OpenHandoff {
-                outlet: outlet.to_string(),
-                details,
-            }),
+            Some(outlet) => {
+                self.steps.push(Step::OpenHandoff {
+                    outlet: outlet.to_string(),
+                    details,
+                });
+                self.notice(NoticeKind::HandoffRequested, "", false, None);
+            }
             None => {
                 let error = json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
                 self.system("HANDOFF_FAILED", error.clone(), None);
+                self.notice(NoticeKind::Unavailable, "", false, None);
                 self.tell_bot(SendToBot {
                     content: Some(event_content("HANDOFF_FAILED", error.clone())),
                     reason: Some(Reason::HandoffFailed(trouble(&error))),
@@ -394,7 +499,19 @@ impl<'a> Decision<'_, 'a> {
         };
         let live = self.live();
         let source = self.facts.source;
+        // Asked before the owner last changed: the customer has moved on since.
+        let stale = r
+            .epoch
+            .is_some_and(|e| i64::from(e) != i64::from(self.facts.epoch));
+        // A human owns the member, and the bot was not asked since (an answer asked for
+        // while the human owns it, e.g. to `relayMessageError`, is the bot's to give).
+        let silenced = author == Author::Bot
+            && (stale || (self.facts.conversation.is_some() && r.epoch.is_none()));
         for response in &r.responses {
+            if r.agent_conversation_id.is_empty() && silenced {
+                self.withhold(response);
+                continue;
+            }
             self.record(author, source, response, false);
             if r.agent_conversation_id.is_empty() {
                 self.send(Command::ToMember {
@@ -412,7 +529,13 @@ impl<'a> Decision<'_, 'a> {
                 });
             }
         }
-        if let Some(details) = r.handoff.clone() {
+        if stale {
+            // Its handoff or close was about a dialog that has moved on.
+            if r.handoff.is_some() || r.close {
+                self.steps
+                    .push(Step::Ignore("a stale bot answer's handoff or close"));
+            }
+        } else if let Some(details) = r.handoff.clone() {
             if self.facts.conversation.is_none() {
                 self.open_handoff(details);
             }
@@ -442,7 +565,7 @@ impl<'a> Decision<'_, 'a> {
         self.end(c, reason, false);
     }
 
-    fn handoff_accepted(&mut self, external_id: &str) {
+    fn handoff_accepted(&mut self, external_id: &str, agent: &str) {
         let Some(c) = self.named(OpenState::Pending) else {
             self.steps.push(Step::Ignore("late livechat acceptance"));
             return;
@@ -456,6 +579,13 @@ impl<'a> Decision<'_, 'a> {
             json!({"ticket": external_id}),
             Some(c.id),
         );
+        if agent.is_empty() {
+            // The desk took the request but has not said who: the agent's first message
+            // says it.
+            self.notice(NoticeKind::Queued, "", true, Some(c.id));
+        } else {
+            self.agent_joined(c, agent);
+        }
         self.steps.push(Step::ReleaseHeld {
             conversation: c.id,
             to: Release::Outlet(c.outlet_channel_id.clone()),
@@ -471,6 +601,7 @@ impl<'a> Decision<'_, 'a> {
             reason: reason.to_string(),
         });
         self.system("HANDOFF_FAILED", error.clone(), Some(c.id));
+        self.notice(NoticeKind::Unavailable, "", false, Some(c.id));
         self.tell_bot(SendToBot {
             content: Some(event_content("HANDOFF_FAILED", error.clone())),
             reason: Some(Reason::HandoffFailed(trouble(&error))),
@@ -482,7 +613,15 @@ impl<'a> Decision<'_, 'a> {
         });
     }
 
-    fn agent_message(&mut self, content: &Content) {
+    fn agent_joined(&mut self, c: &OpenConversation, agent: &str) {
+        self.steps.push(Step::AgentJoined {
+            conversation: c.id,
+            name: agent.to_string(),
+        });
+        self.notice(NoticeKind::AgentJoined, agent, true, Some(c.id));
+    }
+
+    fn agent_message(&mut self, content: &Content, agent: &str) {
         let Some(c) = self
             .facts
             .conversation
@@ -499,6 +638,9 @@ impl<'a> Decision<'_, 'a> {
         }
         self.record(Author::Agent, self.facts.source, content, true);
         self.steps.push(Step::Touch(c.id));
+        if !c.agent_joined {
+            self.agent_joined(c, agent);
+        }
         self.send(Command::ToMember {
             live: true,
             content: content.clone(),
@@ -556,12 +698,8 @@ impl<'a> Decision<'_, 'a> {
         });
         let ended = json!({"reason": reason});
         self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
-        let end_text = self.rules().end_text;
-        if customer_there && c.state == OpenState::Live && !end_text.is_empty() {
-            self.send(Command::ToMember {
-                live: false,
-                content: text_content(&end_text),
-            });
+        if customer_there && c.state == OpenState::Live {
+            self.notice(NoticeKind::LiveChatEnded, "", false, Some(c.id));
         }
         // Held messages go to the bot, unless nobody is left to answer them.
         let to = customer_there
@@ -712,6 +850,8 @@ mod tests {
         conversation: Option<OpenConversation>,
         source: String,
         named: String,
+        profile: Value,
+        epoch: i32,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -723,9 +863,12 @@ mod tests {
                 id: CONV,
                 state,
                 outlet_channel_id: "desk".into(),
+                agent_joined: false,
             }),
             source: "web".into(),
             named: String::new(),
+            profile: json!({}),
+            epoch: 0,
         }
     }
 
@@ -739,6 +882,8 @@ mod tests {
                 handoff_to: inlet.outlet.as_deref(),
                 source: &self.source,
                 named_conversation: &self.named,
+                profile: &self.profile,
+                epoch: self.epoch,
             };
             decide(&facts, event)
         }
@@ -806,16 +951,21 @@ mod tests {
         assert!(
             matches!(&steps[1], Step::OpenHandoff { outlet, details } if outlet == "desk" && details.trigger == "keyword")
         );
-        assert!(sends(&steps).is_empty(), "the bot does not see it");
+        assert!(
+            !sends(&steps)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. })),
+            "the bot does not see it"
+        );
     }
 
     #[test]
     fn a_handoff_without_an_outlet_tells_the_bot_it_failed() {
         let details = HandoffDetails::default();
         let steps = world(None).decide("lone", Event::HandoffRequested(details));
-        assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
+        assert_eq!(system_events(&steps), ["HANDOFF_FAILED", "NOTICE"]);
         assert!(
-            matches!(sends(&steps)[..], [Command::ToBot { send, .. }] if matches!(&send.reason, Some(Reason::HandoffFailed(t)) if t.reason == "no_outlet"))
+            matches!(sends(&steps)[..], [Command::ToMember { .. }, Command::ToBot { send, .. }] if matches!(&send.reason, Some(Reason::HandoffFailed(t)) if t.reason == "no_outlet"))
         );
     }
 
@@ -830,13 +980,19 @@ mod tests {
     fn an_acceptance_makes_the_chat_live_and_relays_what_was_held() {
         let mut w = world(Some(OpenState::Pending));
         w.named = CONV.to_string();
-        let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
+        let steps = w.decide(
+            "web",
+            Event::HandoffAccepted {
+                external_id: "T-1",
+                agent: "",
+            },
+        );
         assert!(
             matches!(&steps[0], Step::BecomeLive { conversation, external_id } if *conversation == CONV && external_id == "T-1")
         );
-        assert_eq!(system_events(&steps), ["LIVE_CHAT_STARTED"]);
+        assert_eq!(system_events(&steps), ["LIVE_CHAT_STARTED", "NOTICE"]);
         assert!(
-            matches!(&steps[2], Step::ReleaseHeld { to: Release::Outlet(o), .. } if o == "desk")
+            matches!(steps.last(), Some(Step::ReleaseHeld { to: Release::Outlet(o), .. }) if o == "desk")
         );
     }
 
@@ -844,7 +1000,13 @@ mod tests {
     fn a_late_acceptance_of_another_conversation_is_ignored() {
         let mut w = world(Some(OpenState::Pending));
         w.named = Uuid::from_u128(8).to_string();
-        let steps = w.decide("web", Event::HandoffAccepted { external_id: "T-1" });
+        let steps = w.decide(
+            "web",
+            Event::HandoffAccepted {
+                external_id: "T-1",
+                agent: "",
+            },
+        );
         assert!(matches!(steps[..], [Step::Ignore(_)]));
     }
 
@@ -861,7 +1023,7 @@ mod tests {
         assert!(
             matches!(&steps[0], Step::Close { from: OpenState::Pending, reason, .. } if reason == "livechat_failed")
         );
-        assert_eq!(system_events(&steps), ["HANDOFF_FAILED"]);
+        assert_eq!(system_events(&steps), ["HANDOFF_FAILED", "NOTICE"]);
         assert!(
             matches!(steps.last(), Some(Step::ReleaseHeld { to: Release::Bot(Some(b)), .. }) if b == "bot")
         );
@@ -923,7 +1085,13 @@ mod tests {
 
     #[test]
     fn an_agent_message_outside_a_live_chat_is_ignored() {
-        let steps = world(Some(OpenState::Pending)).decide("web", Event::AgentMessage(&text("hi")));
+        let steps = world(Some(OpenState::Pending)).decide(
+            "web",
+            Event::AgentMessage {
+                content: &text("hi"),
+                agent: "",
+            },
+        );
         assert!(matches!(steps[..], [Step::Ignore(_)]));
     }
 
@@ -956,7 +1124,7 @@ mod tests {
         let sent = sends(&steps);
         assert!(matches!(sent[0], Command::Relay { live: false, .. }));
         assert!(matches!(sent[1], Command::ToMember { .. }));
-        assert_eq!(system_events(&steps), ["LIVE_CHAT_ENDED"]);
+        assert_eq!(system_events(&steps), ["LIVE_CHAT_ENDED", "NOTICE"]);
     }
 
     #[test]
@@ -1016,7 +1184,13 @@ mod tests {
     fn an_agent_message_or_command_from_an_outlet_not_holding_the_chat_is_refused() {
         let mut w = world(Some(OpenState::Live));
         w.source = "another-desk".into();
-        let message = w.decide("web", Event::AgentMessage(&text("hi")));
+        let message = w.decide(
+            "web",
+            Event::AgentMessage {
+                content: &text("hi"),
+                agent: "",
+            },
+        );
         let command = w.decide(
             "web",
             Event::AgentCommand {
@@ -1032,5 +1206,196 @@ mod tests {
                 "{steps:?}"
             );
         }
+    }
+
+    fn texts_to_member(steps: &[Step]) -> Vec<String> {
+        sends(steps)
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::ToMember { content, .. } => match &content.kind {
+                    Some(content::Kind::Text(t)) => Some(t.text.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(epoch: Option<u32>) -> BotReply {
+        BotReply {
+            responses: vec![text("You said: hi")],
+            epoch,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_keyword_handoff_tells_the_customer_after_opening_it() {
+        let steps = world(None).decide("web", Event::Inbound(&text("human")));
+        let open = steps
+            .iter()
+            .position(|s| matches!(s, Step::OpenHandoff { .. }))
+            .unwrap();
+        let notice = steps
+            .iter()
+            .position(|s| matches!(s, Step::Send(Command::ToMember { .. })))
+            .unwrap();
+        assert!(
+            open < notice,
+            "sent only once the handoff opened: {steps:?}"
+        );
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::HandoffRequested.default_text()]
+        );
+        assert_eq!(system_events(&steps), ["NOTICE"]);
+    }
+
+    #[test]
+    fn an_acceptance_naming_the_agent_has_them_join_and_one_without_queues_the_customer() {
+        let mut w = world(Some(OpenState::Pending));
+        w.named = CONV.to_string();
+        let named = w.decide(
+            "web",
+            Event::HandoffAccepted {
+                external_id: "T-1",
+                agent: "Bob",
+            },
+        );
+        assert!(named.contains(&Step::AgentJoined {
+            conversation: CONV,
+            name: "Bob".into()
+        }));
+        assert_eq!(texts_to_member(&named), ["Bob has joined the chat."]);
+        let anonymous = w.decide(
+            "web",
+            Event::HandoffAccepted {
+                external_id: "T-1",
+                agent: "",
+            },
+        );
+        assert_eq!(
+            texts_to_member(&anonymous),
+            [NoticeKind::Queued.default_text()]
+        );
+    }
+
+    #[test]
+    fn the_first_agent_message_announces_the_agent_once() {
+        let mut w = world(Some(OpenState::Live));
+        w.source = "desk".into();
+        let first = w.decide(
+            "web",
+            Event::AgentMessage {
+                content: &text("hello"),
+                agent: "",
+            },
+        );
+        assert_eq!(
+            texts_to_member(&first),
+            ["An agent has joined the chat.", "hello"]
+        );
+        w.conversation.as_mut().unwrap().agent_joined = true;
+        let later = w.decide(
+            "web",
+            Event::AgentMessage {
+                content: &text("more"),
+                agent: "Alice",
+            },
+        );
+        assert_eq!(texts_to_member(&later), ["more"]);
+        assert!(!later.iter().any(|s| matches!(s, Step::AgentJoined { .. })));
+    }
+
+    #[test]
+    fn a_silenced_notice_sends_and_records_nothing() {
+        let yaml = CHANNELS.replace(
+            "handoff: { keywords: [human], pendingTimeoutSecs: 60 }",
+            "handoff: { keywords: [human], pendingTimeoutSecs: 60 }\n    notices: { handoffRequested: ~ }",
+        );
+        let mut w = world(None);
+        w.channels = Channels::parse(&yaml).unwrap();
+        let steps = w.decide("web", Event::Inbound(&text("human")));
+        assert!(texts_to_member(&steps).is_empty(), "{steps:?}");
+        assert!(system_events(&steps).is_empty());
+    }
+
+    #[test]
+    fn a_failed_handoff_tells_the_customer_nobody_is_available() {
+        let mut w = world(Some(OpenState::Pending));
+        w.named = CONV.to_string();
+        let steps = w.decide(
+            "web",
+            Event::HandoffFailed {
+                error: json!({"reason": "livechat_failed"}),
+            },
+        );
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::Unavailable.default_text()]
+        );
+    }
+
+    #[test]
+    fn a_bot_answer_while_pending_is_withheld_and_held_for_the_desk() {
+        let mut w = world(Some(OpenState::Pending));
+        w.source = "bot".into();
+        w.epoch = 1;
+        let steps = w.decide("web", Event::BotReply(&answer(Some(0))));
+        assert!(sends(&steps).is_empty(), "{steps:?}");
+        assert!(matches!(
+            &steps[..],
+            [Step::Record { line, .. }] if line.withheld && line.held && line.author == Author::Bot
+        ));
+    }
+
+    #[test]
+    fn a_bot_answer_while_live_goes_to_the_desk_as_context_not_to_the_customer() {
+        let mut w = world(Some(OpenState::Live));
+        w.source = "bot".into();
+        w.epoch = 1;
+        // An answer that came on its own (no epoch: Selarti) while a human owns the chat.
+        let steps = w.decide("web", Event::BotReply(&answer(None)));
+        assert!(
+            matches!(sends(&steps)[..], [Command::Context { outlet, conversation, .. }] if outlet == "desk" && *conversation == CONV)
+        );
+    }
+
+    #[test]
+    fn a_bot_answer_asked_for_while_live_is_the_bots_to_give() {
+        // E.g. the bot's live-chat tree answering `relayMessageError`.
+        let mut w = world(Some(OpenState::Live));
+        w.source = "bot".into();
+        w.epoch = 1;
+        let steps = w.decide("web", Event::BotReply(&answer(Some(1))));
+        assert_eq!(texts_to_member(&steps), ["You said: hi"]);
+    }
+
+    #[test]
+    fn an_answer_that_outlived_a_live_chat_is_withheld_and_its_handoff_ignored() {
+        let mut w = world(None);
+        w.source = "bot".into();
+        w.epoch = 2;
+        let mut reply = answer(Some(0));
+        reply.handoff = Some(HandoffDetails::default());
+        let steps = w.decide("web", Event::BotReply(&reply));
+        assert!(sends(&steps).is_empty(), "{steps:?}");
+        assert!(!steps.iter().any(|s| matches!(s, Step::OpenHandoff { .. })));
+        assert!(matches!(&steps[0], Step::Record { line, .. } if line.withheld && !line.held));
+    }
+
+    #[test]
+    fn a_current_answer_with_no_human_involved_reaches_the_customer() {
+        let mut w = world(None);
+        w.source = "bot".into();
+        w.epoch = 2;
+        assert_eq!(
+            texts_to_member(&w.decide("web", Event::BotReply(&answer(Some(2))))),
+            ["You said: hi"]
+        );
+        assert_eq!(
+            texts_to_member(&w.decide("web", Event::BotReply(&answer(None)))),
+            ["You said: hi"]
+        );
     }
 }

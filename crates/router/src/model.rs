@@ -90,4 +90,6 @@ pub struct OpenConversation {
     pub id: Uuid,
     pub state: OpenState,
     pub outlet_channel_id: String,
+    /// The customer has been told an agent joined.
+    pub agent_joined: bool,
 }

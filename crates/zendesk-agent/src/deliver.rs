@@ -119,6 +119,7 @@ impl Deliverer {
         {
             Ok(id) => Ok(Body::HandoffAccepted(HandoffAccepted {
                 external_conversation_id: id,
+                ..Default::default()
             })),
             Err(Transfer::NotNow(e)) => Ok(refused(e.code(), e.to_string())),
             Err(Transfer::Failed(e)) => Err(delivery_error(e)),

@@ -23,6 +23,8 @@ pub enum WebhookRequest {
         member_id: String,
         content: Content,
         source_message_id: Option<String>,
+        /// The agent's display name, when the desk gives it (`agentName`).
+        agent_name: String,
     },
 }
 
@@ -150,6 +152,10 @@ pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest,
                 member_id: sti.member_id,
                 content,
                 source_message_id,
+                agent_name: sti
+                    .agent_name
+                    .map(|n| n.trim().chars().take(100).collect())
+                    .unwrap_or_default(),
             })
         }
     }

@@ -46,4 +46,7 @@ pub(super) enum StellaTimestamp {
 pub(super) struct StellaSendToInlet {
     pub response: Map<String, Value>,
     pub member_id: String,
+    /// Handoff's extension: the agent's display name, for the "agent joined" notice.
+    #[serde(default)]
+    pub agent_name: Option<String>,
 }

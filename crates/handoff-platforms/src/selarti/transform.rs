@@ -151,6 +151,9 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookUpdate, WebhookError> {
             author: author.into(),
             profile_json: object(profile),
             meta_json: object(meta),
+            // Selarti answers on its own, not in the call that asked: nothing says which
+            // epoch it answers, so only who owns the member now decides.
+            epoch: None,
         },
     })
 }

@@ -64,6 +64,7 @@ impl AdminService {
                     text: line_text(&l.content),
                     event_id: l.event_id.to_string(),
                     source_message_id: l.source_message_id.unwrap_or_default(),
+                    withheld: l.withheld,
                 })
                 .collect(),
         })

@@ -253,6 +253,7 @@ impl Engine {
                 messages: 0,
                 settled: Vec::new(),
                 pending: &mut pending,
+                epoch: plan.member.epoch,
             };
             if let Some(first) = first {
                 if !recorded.contains(&first) {

@@ -145,6 +145,8 @@ impl Engine {
             handoff_to,
             source: &envelope.channel,
             named_conversation: &envelope.conversation_id,
+            profile: &member.profile,
+            epoch: member.epoch,
         };
         let default_content = Content::default();
         let event = match body {
@@ -152,9 +154,10 @@ impl Engine {
                 Event::Inbound(m.content.as_ref().unwrap_or(&default_content))
             }
             Body::BotReply(r) => Event::BotReply(r),
-            Body::AgentMessage(m) => {
-                Event::AgentMessage(m.content.as_ref().unwrap_or(&default_content))
-            }
+            Body::AgentMessage(m) => Event::AgentMessage {
+                content: m.content.as_ref().unwrap_or(&default_content),
+                agent: &m.agent_name,
+            },
             Body::AgentCommand(c) => Event::AgentCommand {
                 content: c.content.as_ref().unwrap_or(&default_content),
                 reference: &c.conversation_ref,
@@ -164,6 +167,7 @@ impl Engine {
             }
             Body::HandoffAccepted(a) => Event::HandoffAccepted {
                 external_id: &a.external_conversation_id,
+                agent: &a.agent_name,
             },
             Body::HandoffFailed(f) => Event::HandoffFailed {
                 error: json!({

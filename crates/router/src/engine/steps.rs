@@ -29,6 +29,9 @@ pub(super) struct Work<'a> {
     pub settled: Vec<(&'static str, f64)>,
     /// What the batch writes together, once, instead of a statement per event.
     pub pending: &'a mut Pending,
+    /// The member's epoch as this event leaves it (a handoff opened or closed bumps it):
+    /// what the bot is told, to carry back with its answer.
+    pub epoch: i32,
 }
 
 /// Writes the batch's events share: transcript lines (appended in one statement before
@@ -89,6 +92,7 @@ pub(super) fn push_line(
     lines.authors.push(line.author.as_str().to_string());
     lines.contents.push(content_to_response(&line.content));
     lines.held.push(line.held);
+    lines.withheld.push(line.withheld);
     event_id
 }
 
@@ -165,6 +169,10 @@ impl Engine {
                         tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
                         return Ok(true);
                     }
+                    work.epoch += 1;
+                }
+                Step::AgentJoined { conversation, name } => {
+                    store::conversations::agent_joined(&mut **work.tx, conversation, &name).await?;
                 }
                 Step::BecomeLive {
                     conversation,
@@ -192,6 +200,7 @@ impl Engine {
                     let Some(lasted) = lasted else {
                         return Ok(true);
                     };
+                    work.epoch += 1;
                     // A handoff closed before anyone took it went back to the bot.
                     let outcome = match from {
                         OpenState::Pending => "returned_to_bot",
@@ -216,14 +225,21 @@ impl Engine {
                     }
                 }
                 Step::ReleaseHeld { conversation, to } => {
-                    for content in release_held(work, conversation).await? {
+                    for (author, content) in release_held(work, conversation).await? {
                         let command = match &to {
+                            Release::Outlet(outlet) if author == Author::Bot => Command::Context {
+                                outlet: outlet.clone(),
+                                conversation,
+                                content,
+                            },
                             Release::Outlet(outlet) => Command::Relay {
                                 outlet: outlet.clone(),
                                 conversation,
                                 live: true,
                                 content,
                             },
+                            // The bot's own withheld answers do not go back to it.
+                            Release::Bot(_) if author == Author::Bot => continue,
                             Release::Bot(None) => continue,
                             Release::Bot(Some(bot)) => Command::ToBot {
                                 bot: bot.clone(),
@@ -260,7 +276,27 @@ impl Engine {
                 mut send,
             } => {
                 send.member = Some(member.to_proto(live));
+                send.epoch = u32::try_from(work.epoch).unwrap_or_default();
                 (bot, None, Body::SendToBot(send))
+            }
+            Command::Context {
+                outlet,
+                conversation,
+                content,
+            } => {
+                let answer = content_to_response(&content);
+                let mut detail = json!({"message": answer});
+                if let Some(text) = answer["text"].as_str() {
+                    detail["text"] = json!(format!("The bot would have answered: {text}"));
+                }
+                (
+                    outlet,
+                    Some(conversation),
+                    Body::RelayToOutlet(RelayToOutlet {
+                        member: Some(member.to_proto(true)),
+                        content: Some(event_content("BOT_ANSWER_WITHHELD", detail)),
+                    }),
+                )
             }
             Command::ToMember { live, content } => (
                 member.channel_id.clone(),
@@ -351,6 +387,7 @@ impl Engine {
                 conversation: Some(conv_id),
                 content,
                 held: false,
+                withheld: false,
             },
         );
         work.command(
@@ -367,8 +404,9 @@ impl Engine {
     }
 }
 
-/// Customer messages held while PENDING, oldest first, no longer held.
-async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Content>> {
+/// Lines held while PENDING (the customer's, and bot answers withheld from them), oldest
+/// first, with who wrote them; no longer held.
+async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<(Author, Content)>> {
     work.pending.write_lines(work.tx).await?;
     let rows = store::messages::release_held(&mut **work.tx, conv).await?;
     // A line is stored as the platform sent it when the model has no form for it (a
@@ -377,11 +415,12 @@ async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<Con
     // Refusing it would park the desk's acceptance and strand the member in PENDING.
     Ok(rows
         .into_iter()
-        .map(|stored| {
-            content_from_response(&stored).unwrap_or_else(|_| Content {
+        .map(|(author, stored)| {
+            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
                 kind: None,
                 raw_json: stored.to_string(),
-            })
+            });
+            (author, content)
         })
         .collect())
 }

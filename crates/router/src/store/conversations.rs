@@ -23,15 +23,18 @@ pub struct NewConversation<'a> {
     pub history_ttl_secs: f64,
 }
 
-/// BOT → PENDING. `false` when the member already has an open conversation (or this one
-/// was opened before).
+/// BOT → PENDING, a new epoch for the member. `false` when the member already has an open
+/// conversation (or this one was opened before).
 pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Result<bool> {
     let opened = sqlx::query!(
-        "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
-           group_name, label, meta, trigger, history_token, history_expires_at)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
-                 now() + make_interval(secs => $10))
-         ON CONFLICT DO NOTHING",
+        "WITH opened AS (
+           INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+             group_name, label, meta, trigger, history_token, history_expires_at)
+           VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
+                   now() + make_interval(secs => $10))
+           ON CONFLICT DO NOTHING
+           RETURNING member_id)
+         UPDATE members SET epoch = epoch + 1 FROM opened WHERE members.id = opened.member_id",
         c.id,
         c.member_id,
         c.outlet_channel_id,
@@ -68,8 +71,8 @@ pub async fn become_live(
     .await
 }
 
-/// `from` → closed. Seconds the conversation lasted, or `None` when it was no longer in
-/// `from`.
+/// `from` → closed, a new epoch for the member. Seconds the conversation lasted, or `None`
+/// when it was no longer in `from`.
 pub async fn close(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -77,10 +80,14 @@ pub async fn close(
     reason: &str,
 ) -> sqlx::Result<Option<f64>> {
     sqlx::query_scalar!(
-        r#"UPDATE conversations SET state = 'closed', closed_at = now(),
-             state_changed_at = now(), close_reason = $3
-           WHERE id = $1 AND state = $2
-           RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8 AS "lasted!""#,
+        r#"WITH closed AS (
+             UPDATE conversations SET state = 'closed', closed_at = now(),
+               state_changed_at = now(), close_reason = $3
+             WHERE id = $1 AND state = $2
+             RETURNING member_id, EXTRACT(EPOCH FROM now() - opened_at)::float8 AS lasted),
+           bumped AS (
+             UPDATE members SET epoch = epoch + 1 FROM closed WHERE members.id = closed.member_id)
+           SELECT lasted AS "lasted!" FROM closed"#,
         id,
         from.as_str(),
         reason,
@@ -276,7 +283,8 @@ pub async fn open_for_update_many(
     members: &[Uuid],
 ) -> sqlx::Result<Vec<(Uuid, OpenConversation)>> {
     let rows = sqlx::query!(
-        r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id
+        r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id,
+                  agent_joined_at IS NOT NULL AS "agent_joined!"
            FROM conversations
            WHERE member_id = ANY($1) AND state <> 'closed' FOR UPDATE"#,
         members,
@@ -292,10 +300,26 @@ pub async fn open_for_update_many(
                     id: r.id,
                     state: r.state,
                     outlet_channel_id: r.outlet_channel_id,
+                    agent_joined: r.agent_joined,
                 },
             )
         })
         .collect())
+}
+
+/// The customer was told an agent joined (`name`, when the desk gave one); `false` when
+/// they already were.
+pub async fn agent_joined(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> sqlx::Result<bool> {
+    let joined = sqlx::query!(
+        "UPDATE conversations SET agent_joined_at = now(), agent_name = NULLIF($2, '')
+         WHERE id = $1 AND agent_joined_at IS NULL",
+        id,
+        name,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(joined == 1)
 }
 
 /// A batch's conversations saw activity (their idle timeouts start again).

@@ -16,6 +16,9 @@ pub struct MemberRow {
     pub profile: Value,
     pub meta: Value,
     pub temp_data: Value,
+    /// Bumped each time who serves the member changes: a bot's answer names the epoch it
+    /// was asked in.
+    pub epoch: i32,
 }
 
 impl MemberRow {
@@ -53,7 +56,7 @@ pub async fn merge(
            meta = CASE WHEN octet_length((meta || $3)::text) <= $4
                        THEN meta || $3 ELSE meta END,
            updated_at = now()
-         WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data",
+         WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch",
         id,
         profile,
         meta,
@@ -131,13 +134,14 @@ pub async fn load_batch(
                profile = CASE WHEN excluded.profile = '{}'::jsonb THEN members.profile
                               ELSE excluded.profile END,
                updated_at = now()
-             RETURNING id, channel_id, external_id, profile, meta, temp_data
+             RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch
            )
            SELECT id AS "id!", channel_id AS "channel_id!", external_id AS "external_id!",
-                  profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!"
+                  profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!",
+                  epoch AS "epoch!"
            FROM arrived
            UNION ALL
-           SELECT id, channel_id, external_id, profile, meta, temp_data FROM members
+           SELECT id, channel_id, external_id, profile, meta, temp_data, epoch FROM members
            WHERE id = ANY($5)"#,
         &arriving.ids,
         &arriving.channels,

@@ -19,6 +19,8 @@ pub struct NewLines {
     pub authors: Vec<String>,
     pub contents: Vec<Value>,
     pub held: Vec<bool>,
+    /// Bot answers not sent because a human owned the conversation.
+    pub withheld: Vec<bool>,
 }
 
 impl NewLines {
@@ -33,10 +35,11 @@ impl NewLines {
 pub async fn insert(db: impl PgExecutor<'_>, lines: &NewLines) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar!(
         "INSERT INTO messages (event_id, member_id, conversation_id, channel_id,
-           source_message_id, author, content, held)
-         SELECT t.e, t.m, t.c, t.ch, t.s, t.a, t.co, t.h
+           source_message_id, author, content, held, withheld)
+         SELECT t.e, t.m, t.c, t.ch, t.s, t.a, t.co, t.h, t.w
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                     $7::jsonb[], $8::bool[]) WITH ORDINALITY AS t(e, m, c, ch, s, a, co, h, o)
+                     $7::jsonb[], $8::bool[], $9::bool[])
+              WITH ORDINALITY AS t(e, m, c, ch, s, a, co, h, w, o)
          ORDER BY o
          ON CONFLICT DO NOTHING
          RETURNING event_id",
@@ -48,22 +51,29 @@ pub async fn insert(db: impl PgExecutor<'_>, lines: &NewLines) -> sqlx::Result<V
         &lines.authors,
         &lines.contents,
         &lines.held,
+        &lines.withheld,
     )
     .fetch_all(db)
     .await
 }
 
-/// Customer messages held while PENDING, oldest first; they are no longer held.
-pub async fn release_held(db: impl PgExecutor<'_>, conversation: Uuid) -> sqlx::Result<Vec<Value>> {
-    sqlx::query_scalar!(
+/// Lines held while PENDING (the customer's messages, and bot answers withheld from
+/// them), oldest first, with who wrote them; they are no longer held.
+pub async fn release_held(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+) -> sqlx::Result<Vec<(Author, Value)>> {
+    let rows = sqlx::query!(
         r#"WITH released AS (
               UPDATE messages SET held = false WHERE conversation_id = $1 AND held
-              RETURNING id, content)
-           SELECT content AS "content!" FROM released ORDER BY id"#,
+              RETURNING id, author, content)
+           SELECT author AS "author!: Author", content AS "content!" FROM released
+           ORDER BY id"#,
         conversation,
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.author, r.content)).collect())
 }
 
 /// The member's last `lines` lines of dialog (customer, bot, agent), newest first: who,
@@ -95,13 +105,14 @@ pub struct TranscriptLine {
     pub content: Value,
     pub event_id: Uuid,
     pub source_message_id: Option<String>,
+    pub withheld: bool,
 }
 
 pub async fn of_conversation(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<TranscriptLine>> {
     sqlx::query_as!(
         TranscriptLine,
         r#"SELECT id, created_at, author AS "author: Author", channel_id, content, event_id,
-                  source_message_id
+                  source_message_id, withheld
            FROM messages WHERE conversation_id = $1 ORDER BY id"#,
         id,
     )
@@ -117,6 +128,7 @@ pub struct PageLine {
     pub conversation_id: Option<Uuid>,
     pub created_at: OffsetDateTime,
     pub omitted: i64,
+    pub withheld: bool,
 }
 
 /// The newest lines of the member's bot dialog and of `conversation`, up to
@@ -133,8 +145,9 @@ pub async fn page(
     sqlx::query_as!(
         PageLine,
         r#"SELECT author AS "author!: Author", content AS "content!",
-                  conversation_id, created_at AS "created_at!", omitted AS "omitted!" FROM (
-              SELECT id, author, content, conversation_id, created_at,
+                  conversation_id, created_at AS "created_at!", omitted AS "omitted!",
+                  withheld AS "withheld!" FROM (
+              SELECT id, author, content, conversation_id, created_at, withheld,
                      sum(octet_length(content::text)) OVER (ORDER BY id DESC) AS running,
                      count(*) OVER () - row_number() OVER (ORDER BY id DESC) AS omitted
               FROM messages

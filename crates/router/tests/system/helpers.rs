@@ -98,7 +98,13 @@ pub struct HubOptions {
     pub max_held_bytes: usize,
     /// How long the router may try events without applying one before it is not ready.
     pub stalled_after_secs: u64,
+    /// The inlets' `notices` (YAML). The default silences those the tests written before
+    /// notices do not count; `None` leaves every notice at its default text.
+    pub notices: Option<&'static str>,
 }
+
+/// The notices that tests written before them do not expect (the end text they do).
+pub const QUIET: &str = "{handoffRequested: ~, queued: ~, agentJoined: ~, unavailable: ~}";
 
 /// Every line the service processes wrote, as they wrote it.
 pub type ServiceLogs = Arc<std::sync::Mutex<Vec<String>>>;
@@ -135,6 +141,7 @@ impl Default for HubOptions {
             hold_after_secs: 10,
             max_held_bytes: 256 * 1024 * 1024,
             stalled_after_secs: 30,
+            notices: Some(QUIET),
         }
     }
 }
@@ -210,6 +217,7 @@ channels:
       postbacks: ["LIVE_CHAT"]
       pendingTimeoutSecs: {pending}
       liveIdleTimeoutSecs: {idle}
+{notices}
   - id: demo-bot
     org: {ORG}
     platform: webhook-bot
@@ -226,6 +234,7 @@ channels:
       sendResponseApi: {send}
     bot: {SELARTI}
     outlet: {OUTLET}
+{notices}
   - id: {SELARTI}
     org: {ORG}
     platform: selarti
@@ -244,6 +253,9 @@ channels:
       endpoint: {zendesk_endpoint}
 {zendesk_handoff}
     bot: demo-bot
+    handoff:
+      keywords: ["talk to a human"]
+{notices}
   - id: {OUTLET}
     org: {ORG}
     platform: custom
@@ -267,6 +279,7 @@ channels:
     outlet: {OTHER_OUTLET}
     handoff:
       keywords: ["talk to a human"]
+{notices}
   - id: globex-bot
     org: {OTHER_ORG}
     platform: webhook-bot
@@ -289,6 +302,10 @@ channels:
         bot = bot.url(),
         selarti_base = selarti.api_base(),
         zendesk_endpoint = zendesk.graphql_url(),
+        notices = match o.notices {
+            Some(notices) => format!("    notices: {notices}"),
+            None => String::new(),
+        },
         zendesk_handoff = match o.zendesk_department {
             Some(department) => format!("      department: {department}"),
             None => format!("    outlet: {OUTLET}"),

@@ -10,6 +10,7 @@ mod bot_flow;
 mod crash_recovery;
 mod independence;
 mod live_chat;
+mod notices;
 mod poison;
 mod selarti;
 mod traces;

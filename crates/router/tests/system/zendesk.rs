@@ -394,3 +394,52 @@ async fn an_answer_zendesk_never_takes_is_parked_at_its_horizon_and_the_visitor_
     assert_eq!(failed, 1);
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_zendesk_visitor_sees_each_notice_and_never_a_bot_answer_given_after_the_handoff() {
+    // Arrange: every notice at its default; the bot takes 1.5 s over the first question
+    let hub = TestHub::start_with(HubOptions {
+        notices: None,
+        ..Default::default()
+    })
+    .await;
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 9");
+    hub.bot
+        .set_think_time_for(&chat, Duration::from_millis(1_500));
+    let member = handoff_config::member_id(ZENDESK, &chat);
+
+    // Act: the visitor asks for a human while the bot thinks; the desk's Alice answers
+    hub.zendesk.visitor_says(&chat, "where is my parcel");
+    hub.wait_bot(|c| c["member"]["externalId"] == chat.as_str())
+        .await;
+    hub.zendesk.visitor_says(&chat, "talk to a human");
+    assert!(hub.wait_conversation_state(member, "live").await.is_some());
+    let reply = serde_json::json!({
+        "profile": {},
+        "externalId": "agent-1",
+        "sendToInlet": {"response": {"type": "TEXT", "text": "Alice here"},
+                        "memberId": member.to_string(), "agentName": "Alice"}
+    });
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &reply, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Assert: the visitor saw the notices and the agent, not the bot's late answer
+    let sent = hub.zendesk.wait_for_sent(&chat, 4, WAIT).await;
+    assert_eq!(
+        texts(&sent),
+        [
+            "I'm connecting you with a person. One moment, please.",
+            "You're in the queue. An agent will be with you shortly.",
+            "Alice has joined the chat.",
+            "Alice here",
+        ]
+    );
+    let relays = hub.wait_desk(handoff_simulators::Api::Relay, 1).await;
+    assert_eq!(relays[0].body["response"]["event"], "BOT_ANSWER_WITHHELD");
+    hub.shutdown().await;
+}
