@@ -1,8 +1,7 @@
 -- The customer experience of a handoff (notices, a bot that never talks over a human).
 
--- Bumped each time who serves the member changes (a conversation opens or closes): a
--- bot's answer carries back the epoch it was asked in, and one that outlived a change of
--- owner is withheld from the customer.
+-- Bumped each time a live chat starts or ends: a bot's answer carries back the epoch it
+-- was asked in, and one that outlived a live chat is withheld from the customer.
 ALTER TABLE members ADD COLUMN epoch integer NOT NULL DEFAULT 0;
 
 -- Who took the live chat and since when: the "agent joined" notice is sent once.

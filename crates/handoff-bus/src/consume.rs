@@ -1,8 +1,9 @@
 //! Consuming with a lane per member.
 //!
 //! A replica consumes the partitions it holds a lease for (see `lease`). Inside a partition,
-//! messages are dispatched to one lane per member: a lane handles its member's messages one
-//! at a time, in stream order, and retries a failing one in place, so only that member's
+//! messages are dispatched to one lane per member (deliveries: per member and target
+//! platform, so a bot that is down does not hold the member's handoff to the desk): a lane
+//! handles its messages one at a time, in stream order, and retries a failing one in place, so only that member's
 //! later messages wait. Any number of lanes run at once, bounded by the consumer's
 //! `max_ack_pending` per partition and by `max_in_flight` per process.
 //!
@@ -170,6 +171,22 @@ struct Ctx<H> {
     permits: Arc<Semaphore>,
     /// Payload bytes the process's lanes hold, across its partitions (see `max_held_bytes`).
     held_bytes: Arc<AtomicUsize>,
+    /// Deliveries keep a lane per member *and target*: a member's messages for one
+    /// platform wait only behind that platform (a bot that is down does not stop the
+    /// handoff to the desk). The router's events keep one lane per member.
+    per_target: bool,
+}
+
+impl<H> Ctx<H> {
+    /// The lane `envelope` waits in: its member, or its member and target (a subject
+    /// token either way: member ids are UUIDs and channel ids `[A-Za-z0-9_-]`).
+    fn lane_of(&self, envelope: &Envelope) -> String {
+        if self.per_target {
+            format!("{}_{}", envelope.member_id, envelope.channel)
+        } else {
+            envelope.member_id.clone()
+        }
+    }
 }
 
 /// Bytes one pull asks for at most (a quarter of the process's budget, up to this): what
@@ -243,6 +260,7 @@ pub async fn run_consumers<H: Handler>(
     })?;
     let partitions = bus.settings().partitions;
     let ctx = Arc::new(Ctx {
+        per_target: area.starts_with("deliver"),
         permits: Arc::new(Semaphore::new(bus.settings().max_in_flight)),
         held_bytes: Arc::default(),
         bus,
@@ -613,7 +631,7 @@ impl<H: Handler> Lanes<H> {
                 return;
             }
         };
-        let member = envelope.member_id.clone();
+        let member = self.ctx.lane_of(&envelope);
         self.ctx
             .held_bytes
             .fetch_add(message.payload.len(), Ordering::Relaxed);
@@ -765,7 +783,7 @@ async fn move_to_hold<H: Handler>(
     envelope: &Envelope,
     partition: u16,
 ) {
-    let subject = hold_subject(ctx, partition, &envelope.member_id);
+    let subject = hold_subject(ctx, partition, &ctx.lane_of(envelope));
     let mut headers = stored.headers.cloned().unwrap_or_default();
     // The same id for a move redone after a crash: JetStream keeps one copy.
     headers.insert(
@@ -855,7 +873,7 @@ async fn handle_until_done<H: Handler>(
     partition: u16,
     hold_after: Option<Duration>,
 ) -> Settled {
-    let hold_after = hold_after.filter(|_| holdable(&envelope.member_id));
+    let hold_after = hold_after.filter(|_| holdable(&ctx.lane_of(&envelope)));
     let started = Instant::now();
     let span = tracing::info_span!(
         "handle",

@@ -74,6 +74,26 @@ pub struct HandoffRules {
     pub live_idle_timeout_secs: u64,
     /// How long a `chatHistoryURL` stays valid.
     pub history_link_ttl_secs: u64,
+    /// A relay to the desk failing this long (still retried): the bot gets the message
+    /// with `relayMessageError` and the customer the `trouble` notice, once. 0: only at the
+    /// retry horizon.
+    pub relay_notice_secs: u64,
+    /// Calls to the bot failing this long (still retried): the bot counts as down, once
+    /// until it answers again. 0: never.
+    pub bot_down_secs: u64,
+    /// What a bot that is down means for the customer.
+    pub on_bot_down: OnBotDown,
+}
+
+/// What happens when an inlet's bot is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBotDown {
+    /// The customer gets the `trouble` notice; their messages wait for the bot.
+    #[default]
+    Notify,
+    /// The customer is handed to a human (the reason in `assignmentDetails`).
+    Handoff,
 }
 
 impl Default for HandoffRules {
@@ -84,6 +104,9 @@ impl Default for HandoffRules {
             pending_timeout_secs: 300,
             live_idle_timeout_secs: 24 * 3600,
             history_link_ttl_secs: 7 * 24 * 3600,
+            relay_notice_secs: 10,
+            bot_down_secs: 30,
+            on_bot_down: OnBotDown::Notify,
         }
     }
 }

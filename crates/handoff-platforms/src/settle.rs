@@ -7,7 +7,9 @@
 
 use handoff_bus::{Bus, Handled};
 use handoff_config::Channel;
-use handoff_proto::{Body, Content, DeliveryFailed, Envelope, RelayFailed};
+use std::time::Duration;
+
+use handoff_proto::{Body, Content, DeliveryFailed, DeliveryStalled, Envelope, RelayFailed};
 
 use crate::{DeliveryError, Horizon, OutboundClient};
 
@@ -50,6 +52,25 @@ impl Failure {
     }
 }
 
+/// When a delivery still being retried is worth telling the router about: once it has
+/// failed for `after` (counted from the command's acceptance, like the horizon), the
+/// router hears `DeliveryStalled` with `content`: once, whatever the retries after (the
+/// event's id derives from the command's).
+pub struct Stall {
+    pub after: Duration,
+    pub content: Content,
+}
+
+impl Stall {
+    fn is_due(&self, envelope: &Envelope) -> bool {
+        let age_ms = handoff_bus::now_ms().saturating_sub(envelope.accepted_at_ms);
+        !self.after.is_zero() && u128::try_from(age_ms).unwrap_or(0) >= self.after.as_millis()
+    }
+}
+
+/// The purpose of a `DeliveryStalled` event: its id is `derived_id(command, STALLED, 0)`.
+pub const STALLED: &str = "stalled";
+
 /// An adapter's successful attempt: nothing more to say, or a result event for the router
 /// (a bot's answer, a Livechat acceptance).
 pub type Delivered = Option<(&'static str, Body)>;
@@ -71,6 +92,24 @@ pub async fn settle(
     attempt: Result<Delivered, DeliveryError>,
     failure: impl FnOnce(&DeliveryError) -> Failure,
 ) -> Handled {
+    settle_watched(
+        client, bus, envelope, target, horizon, attempt, failure, None,
+    )
+    .await
+}
+
+/// [`settle`], and a retry past `stall`'s time tells the router the delivery is stalled.
+#[allow(clippy::too_many_arguments)]
+pub async fn settle_watched(
+    client: &OutboundClient,
+    bus: &Bus,
+    envelope: &Envelope,
+    target: &Channel,
+    horizon: Horizon,
+    attempt: Result<Delivered, DeliveryError>,
+    failure: impl FnOnce(&DeliveryError) -> Failure,
+    stall: Option<Stall>,
+) -> Handled {
     let error = match attempt {
         Ok(result) => {
             crate::metrics::delivered(envelope, target.platform.as_str());
@@ -85,7 +124,18 @@ pub async fn settle(
         Err(e) => e,
     };
     if let Some(retry) = client.later(&error, envelope, target, horizon) {
-        return retry;
+        return match stall {
+            Some(stall) if stall.is_due(envelope) => {
+                let stalled = Body::DeliveryStalled(DeliveryStalled {
+                    content: Some(stall.content),
+                    reason: error.to_string(),
+                    status: error.status().unwrap_or_default().into(),
+                });
+                bus.publish_then(envelope, STALLED, &target.id, stalled, retry)
+                    .await
+            }
+            _ => retry,
+        };
     }
     tracing::warn!(error = %error, target = %target.id, kind = envelope.kind(), "a command failed for good");
     let Failure {

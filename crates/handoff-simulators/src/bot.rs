@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -38,6 +40,8 @@ struct BotState {
     think: Mutex<Duration>,
     think_for: Mutex<HashMap<String, Duration>>,
     answer_for: Mutex<HashMap<String, Value>>,
+    /// Calls about these customers answer this status (a bot that is down for them).
+    failing_for: Mutex<HashMap<String, u16>>,
 }
 
 impl DemoBot {
@@ -82,6 +86,15 @@ impl DemoBot {
             .insert(external_id.to_string(), answer);
     }
 
+    /// Calls about the customer `external_id` answer `status` (`None`: heal).
+    pub fn set_failing_for(&self, external_id: &str, status: Option<u16>) {
+        let mut failing = self.state.failing_for.lock().unwrap();
+        match status {
+            Some(status) => failing.insert(external_id.to_string(), status),
+            None => failing.remove(external_id),
+        };
+    }
+
     /// Stops keeping requests (a load run would hold millions); they are still counted.
     pub fn stop_recording(&self) {
         self.state.record.store(false, Ordering::Relaxed);
@@ -115,7 +128,7 @@ async fn answer(
     State(state): State<Arc<BotState>>,
     headers: axum::http::HeaderMap,
     Json(request): Json<Value>,
-) -> Json<Value> {
+) -> Response {
     if state.verbose {
         println!("[bot] <- {request}");
     }
@@ -128,6 +141,13 @@ async fn answer(
             .unwrap_or_default();
         state.traceparents.lock().unwrap().push(traceparent.into());
     }
+    let failing = request["member"]["externalId"]
+        .as_str()
+        .and_then(|m| state.failing_for.lock().unwrap().get(m).copied())
+        .and_then(|status| StatusCode::from_u16(status).ok());
+    if let Some(status) = failing {
+        return (status, Json(json!({"error": "the bot is down"}))).into_response();
+    }
     let think = request["member"]["externalId"]
         .as_str()
         .and_then(|m| state.think_for.lock().unwrap().get(m).copied())
@@ -139,7 +159,7 @@ async fn answer(
         .as_str()
         .and_then(|m| state.answer_for.lock().unwrap().get(m).cloned());
     if let Some(answer) = scripted {
-        return Json(answer);
+        return Json(answer).into_response();
     }
     let message = &request["message"];
     let said = message["text"]
@@ -181,5 +201,5 @@ async fn answer(
             _ => json!({"responses": [text(format!("You said: {said}"))]}),
         },
     };
-    Json(answer)
+    Json(answer).into_response()
 }

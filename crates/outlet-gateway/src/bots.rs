@@ -3,9 +3,11 @@
 //! answers later, on its webhook (`crate::selarti`): once the message is sent, the member's
 //! lane is free.
 
+use std::time::Duration;
+
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::selarti::{SelartiClient, SelartiSettings, send_body};
-use handoff_platforms::settle::{Delivered, Failure, settle};
+use handoff_platforms::settle::{Delivered, Failure, Stall, settle_watched};
 use handoff_platforms::webhook_bot::{
     BotEvent, BotRequest, BotSettings, parse_answer, request_body,
 };
@@ -111,7 +113,7 @@ impl BotCaller {
                 }
                 Ok(Some(("bot_result", Body::BotReply(reply))))
             });
-        self.settle(envelope, bot, attempt).await
+        self.settle(envelope, cmd, bot, attempt).await
     }
 
     /// Sends a customer's message to Selarti; the answer comes later on its webhook. Only
@@ -137,19 +139,31 @@ impl BotCaller {
             .send(&self.client, settings, &envelope.event_id, &body)
             .await
             .map(|()| None);
-        self.settle(envelope, bot, attempt).await
+        self.settle(envelope, cmd, bot, attempt).await
     }
 
     /// Settles a bot call: a bot that cannot be reached (or answers what cannot be used)
     /// for good is reported to the router (`BotFailed`) and the command parked; replaying
     /// it calls the bot again, and that answer's id differs from the failure's.
+    ///
+    /// A bot failing for the inlet's `botDownSecs` is said to be down at once (the router
+    /// tells the customer, or hands them over), while the call goes on being retried.
     async fn settle(
         &self,
         envelope: &Envelope,
+        cmd: &SendToBot,
         bot: &handoff_config::Channel,
         attempt: Result<Delivered, DeliveryError>,
     ) -> Handled {
-        settle(
+        let inlet = cmd.member.as_ref().map(|m| m.inlet_channel.as_str());
+        let after = inlet
+            .and_then(|inlet| self.catalog.load().channels.get(inlet).cloned())
+            .map_or(0, |inlet| inlet.handoff.bot_down_secs);
+        let stall = Stall {
+            after: Duration::from_secs(after),
+            content: cmd.content.clone().unwrap_or_default(),
+        };
+        settle_watched(
             &self.client,
             &self.bus,
             envelope,
@@ -163,6 +177,7 @@ impl BotCaller {
                 }),
                 park: true,
             },
+            Some(stall),
         )
         .await
     }

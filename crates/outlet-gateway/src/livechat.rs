@@ -1,9 +1,11 @@
 //! Live-chat commands: Livechat API (hand a member to humans), Relay API (a customer message
 //! while LIVE) and Send API with `conversationId` (a bot answer to an agent command).
 
+use std::time::Duration;
+
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::settle::{Failure, settle};
+use handoff_platforms::settle::{Failure, Stall, settle, settle_watched};
 use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, Envelope, HandoffAccepted, HandoffFailed};
 use serde_json::Value;
@@ -111,9 +113,26 @@ impl Handler for LiveChatDeliverer {
                     .post_json(url, id, &body, signer.as_ref())
                     .await
                     .map(|_| None);
-                settle(Horizon::Delivery, attempt, &|e: &DeliveryError| {
-                    Failure::relay_failed(&content, e)
-                })
+                // Said early (the inlet's `relayNoticeSecs`), so the customer and the bot
+                // need not wait for the horizon to hear of a desk that is down.
+                let after = catalog
+                    .channels
+                    .get(&member.inlet_channel)
+                    .map_or(0, |inlet| inlet.handoff.relay_notice_secs);
+                let stall = Stall {
+                    after: Duration::from_secs(after),
+                    content: content.clone(),
+                };
+                settle_watched(
+                    &self.client,
+                    &self.bus,
+                    &envelope,
+                    outlet,
+                    Horizon::Delivery,
+                    attempt,
+                    |e: &DeliveryError| Failure::relay_failed(&content, e),
+                    Some(stall),
+                )
                 .await
             }
             Some(Body::DeliverToOutlet(cmd)) => {

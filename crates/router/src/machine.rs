@@ -15,10 +15,10 @@
 //! The customer is told of each move in a notice of their inlet (`notices`), sent in order
 //! with their other messages. While a human owns the member (PENDING or LIVE) the bot
 //! does not talk to the customer: its answers are kept in the transcript as withheld and
-//! given to the desk as context. So is an answer to a turn from before the owner last
-//! changed (the member's `epoch`, which the bot's answer carries back).
+//! given to the desk as context. So is an answer to a turn from before a live chat started
+//! or ended (the member's `epoch`, which the bot's answer carries back).
 
-use handoff_config::{Channel, LiveChatRules, NoticeKind};
+use handoff_config::{Channel, LiveChatRules, NoticeKind, OnBotDown};
 use handoff_proto::v1::content;
 use handoff_proto::v1::send_to_bot::Reason;
 use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble, Unsupported};
@@ -44,8 +44,10 @@ pub(crate) struct Facts<'a> {
     pub named_conversation: &'a str,
     /// The member's profile, for the notices' templates (and their `locale`).
     pub profile: &'a Value,
-    /// Bumped each time who serves the member changes (`BotReply.epoch`).
+    /// Bumped each time a live chat starts or ends (`BotReply.epoch`).
     pub epoch: i32,
+    /// The member's bot was found down and has not answered since.
+    pub bot_down: bool,
 }
 
 /// An event, in the machine's terms.
@@ -75,6 +77,13 @@ pub(crate) enum Event<'a> {
         reason: &'a str,
     },
     RelayFailed {
+        content: &'a Content,
+        error: Value,
+        /// The bot already heard of this message when its relay stalled.
+        told: bool,
+    },
+    /// A relay to the desk, or a call to the bot, keeps failing and is still retried.
+    DeliveryStalled {
         content: &'a Content,
         error: Value,
     },
@@ -170,6 +179,11 @@ pub(crate) enum Step {
         outlet: String,
         details: HandoffDetails,
     },
+    /// The customer was told the desk is not getting their messages (once per
+    /// conversation).
+    TroubleTold(Uuid),
+    /// The member's bot is down (`true`: acted on, once) or answering again.
+    BotDown(bool),
     /// The customer is told an agent joined the live chat (named, when known): once.
     AgentJoined {
         conversation: Uuid,
@@ -256,14 +270,21 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
             }
         }
         Event::Timeout { state, reason } => d.timeout(state, reason),
-        Event::RelayFailed { content, error } => {
+        Event::RelayFailed {
+            content,
+            error,
+            told,
+        } => {
             d.system("RELAY_FAILED", error.clone(), d.open_id());
-            d.tell_bot(SendToBot {
-                content: Some(content.clone()),
-                reason: Some(Reason::RelayFailed(trouble(&error))),
-                ..Default::default()
-            });
+            if !told {
+                d.tell_bot(SendToBot {
+                    content: Some(content.clone()),
+                    reason: Some(Reason::RelayFailed(trouble(&error))),
+                    ..Default::default()
+                });
+            }
         }
+        Event::DeliveryStalled { content, error } => d.stalled(content, error),
         Event::DeliveryFailed { content, detail } => d.delivery_failed(content, detail),
         Event::BotFailed { reason } => {
             d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
@@ -491,6 +512,10 @@ impl<'a> Decision<'_, 'a> {
             self.refuse("a bot reply from a channel that is not the member's bot");
             return;
         }
+        if self.facts.bot_down {
+            self.steps.push(Step::BotDown(false));
+            self.system("BOT_BACK", json!({}), self.open_id());
+        }
         // A human answering inside the bot's own platform (Selarti's panel) is an agent.
         let author = if r.author == "agent" {
             Author::Agent
@@ -499,14 +524,19 @@ impl<'a> Decision<'_, 'a> {
         };
         let live = self.live();
         let source = self.facts.source;
-        // Asked before the owner last changed: the customer has moved on since.
+        // Asked before a live chat started or ended: the customer has moved on since.
         let stale = r
             .epoch
             .is_some_and(|e| i64::from(e) != i64::from(self.facts.epoch));
-        // A human owns the member, and the bot was not asked since (an answer asked for
-        // while the human owns it, e.g. to `relayMessageError`, is the bot's to give).
-        let silenced = author == Author::Bot
-            && (stale || (self.facts.conversation.is_some() && r.epoch.is_none()));
+        // While PENDING nothing asks the bot, so whatever it says answers what came
+        // before; while LIVE an answer asked for during the chat (to `relayMessageError`)
+        // is the bot's to give, one that cannot say when it was asked (Selarti) is not.
+        let owned = match self.facts.conversation.map(|c| c.state) {
+            None => false,
+            Some(OpenState::Pending) => true,
+            Some(OpenState::Live) => r.epoch.is_none(),
+        };
+        let silenced = author == Author::Bot && (stale || owned);
         for response in &r.responses {
             if r.agent_conversation_id.is_empty() && silenced {
                 self.withhold(response);
@@ -543,6 +573,70 @@ impl<'a> Decision<'_, 'a> {
             && let Some(c) = self.facts.conversation
         {
             self.close(c, "bot_closed");
+        }
+    }
+
+    /// A delivery keeps failing: a relay the desk refuses (the bot gets the message with
+    /// `relayMessageError` and the customer the trouble notice, while the relay goes on
+    /// being retried), or a bot that is down.
+    fn stalled(&mut self, content: &Content, error: Value) {
+        let source = self.facts.source;
+        if self.facts.inlet.bot.as_deref() == Some(source) {
+            self.bot_down(error);
+            return;
+        }
+        let Some(c) = self
+            .facts
+            .conversation
+            .filter(|c| c.outlet_channel_id == source)
+        else {
+            self.steps.push(Step::Ignore(
+                "a stalled delivery to a channel that no longer serves the member",
+            ));
+            return;
+        };
+        self.system("RELAY_STALLED", error.clone(), Some(c.id));
+        self.tell_bot(SendToBot {
+            content: Some(content.clone()),
+            reason: Some(Reason::RelayFailed(trouble(&error))),
+            ..Default::default()
+        });
+        if !c.trouble_told {
+            self.steps.push(Step::TroubleTold(c.id));
+            self.notice(NoticeKind::Trouble, "", self.live(), Some(c.id));
+        }
+    }
+
+    /// The bot has not answered for the inlet's `botDownSecs`: the customer is told, or
+    /// handed to a human, once until the bot answers again; a human already on it needs
+    /// nothing.
+    fn bot_down(&mut self, error: Value) {
+        if self.facts.bot_down {
+            self.steps
+                .push(Step::Ignore("the bot is already known to be down"));
+            return;
+        }
+        self.steps.push(Step::BotDown(true));
+        self.system("BOT_DOWN", error.clone(), self.open_id());
+        if self.facts.conversation.is_some() {
+            return;
+        }
+        match self.facts.inlet.handoff.on_bot_down {
+            OnBotDown::Notify => self.notice(NoticeKind::Trouble, "", false, None),
+            OnBotDown::Handoff => {
+                let why = error["reason"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("it does not answer");
+                self.open_handoff(HandoffDetails {
+                    summary: format!(
+                        "The assistant is unavailable ({why}); the customer needs a person."
+                    ),
+                    trigger: "bot_down".into(),
+                    meta_json: "{}".into(),
+                    ..Default::default()
+                });
+            }
         }
     }
 
@@ -852,6 +946,7 @@ mod tests {
         named: String,
         profile: Value,
         epoch: i32,
+        bot_down: bool,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -864,11 +959,13 @@ mod tests {
                 state,
                 outlet_channel_id: "desk".into(),
                 agent_joined: false,
+                trouble_told: false,
             }),
             source: "web".into(),
             named: String::new(),
             profile: json!({}),
             epoch: 0,
+            bot_down: false,
         }
     }
 
@@ -884,6 +981,7 @@ mod tests {
                 named_conversation: &self.named,
                 profile: &self.profile,
                 epoch: self.epoch,
+                bot_down: self.bot_down,
             };
             decide(&facts, event)
         }
@@ -1340,7 +1438,7 @@ mod tests {
     fn a_bot_answer_while_pending_is_withheld_and_held_for_the_desk() {
         let mut w = world(Some(OpenState::Pending));
         w.source = "bot".into();
-        w.epoch = 1;
+        // The same epoch: a handoff not yet live moves nothing but who owns the member.
         let steps = w.decide("web", Event::BotReply(&answer(Some(0))));
         assert!(sends(&steps).is_empty(), "{steps:?}");
         assert!(matches!(
@@ -1397,5 +1495,89 @@ mod tests {
             texts_to_member(&w.decide("web", Event::BotReply(&answer(None)))),
             ["You said: hi"]
         );
+    }
+
+    fn stalled(w: &World) -> Vec<Step> {
+        w.decide(
+            "web",
+            Event::DeliveryStalled {
+                content: &text("is anyone there?"),
+                error: json!({"reason": "HTTP 500", "status": 500}),
+            },
+        )
+    }
+
+    #[test]
+    fn a_stalled_relay_tells_the_bot_and_the_customer_once_per_conversation() {
+        let mut w = world(Some(OpenState::Live));
+        w.source = "desk".into();
+        let steps = stalled(&w);
+        assert!(steps.contains(&Step::TroubleTold(CONV)));
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::Trouble.default_text()]
+        );
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::RelayFailed(t)) if t.status == Some(500)))));
+        w.conversation.as_mut().unwrap().trouble_told = true;
+        let again = stalled(&w);
+        assert!(texts_to_member(&again).is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn a_relay_failing_for_good_after_it_stalled_does_not_tell_the_bot_twice() {
+        let mut w = world(Some(OpenState::Live));
+        w.source = "desk".into();
+        let failed = |told| {
+            w.decide(
+                "web",
+                Event::RelayFailed {
+                    content: &text("x"),
+                    error: json!({"reason": "HTTP 500"}),
+                    told,
+                },
+            )
+        };
+        assert!(sends(&failed(true)).is_empty());
+        assert_eq!(sends(&failed(false)).len(), 1);
+    }
+
+    #[test]
+    fn a_bot_found_down_notifies_the_customer_once_until_it_answers_again() {
+        let mut w = world(None);
+        w.source = "bot".into();
+        let steps = stalled(&w);
+        assert!(steps.contains(&Step::BotDown(true)));
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::Trouble.default_text()]
+        );
+        w.bot_down = true;
+        assert!(matches!(stalled(&w)[..], [Step::Ignore(_)]));
+        let back = w.decide("web", Event::BotReply(&answer(Some(0))));
+        assert!(back.contains(&Step::BotDown(false)));
+        assert_eq!(texts_to_member(&back), ["You said: hi"]);
+    }
+
+    #[test]
+    fn a_bot_found_down_hands_the_customer_over_where_the_inlet_says_so() {
+        let yaml = CHANNELS.replace(
+            "handoff: { keywords: [human], pendingTimeoutSecs: 60 }",
+            "handoff: { keywords: [human], pendingTimeoutSecs: 60, onBotDown: handoff }",
+        );
+        let mut w = world(None);
+        w.channels = Channels::parse(&yaml).unwrap();
+        w.source = "bot".into();
+        let steps = stalled(&w);
+        assert!(
+            steps.iter().any(|s| matches!(s, Step::OpenHandoff { details, .. } if details.trigger == "bot_down" && details.summary.contains("HTTP 500"))),
+            "{steps:?}"
+        );
+        // While a human has the member, a bot that is down changes nothing for them.
+        let mut live = world(Some(OpenState::Live));
+        live.channels = Channels::parse(&yaml).unwrap();
+        live.source = "bot".into();
+        let steps = stalled(&live);
+        assert!(sends(&steps).is_empty(), "{steps:?}");
+        assert!(steps.contains(&Step::BotDown(true)));
     }
 }

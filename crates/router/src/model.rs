@@ -92,4 +92,6 @@ pub struct OpenConversation {
     pub outlet_channel_id: String,
     /// The customer has been told an agent joined.
     pub agent_joined: bool,
+    /// The customer has been told the desk is not getting their messages.
+    pub trouble_told: bool,
 }

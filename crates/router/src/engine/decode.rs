@@ -147,6 +147,7 @@ impl Engine {
             named_conversation: &envelope.conversation_id,
             profile: &member.profile,
             epoch: member.epoch,
+            bot_down: member.bot_down,
         };
         let default_content = Content::default();
         let event = match body {
@@ -184,6 +185,11 @@ impl Engine {
             Body::RelayFailed(f) => Event::RelayFailed {
                 content: f.content.as_ref().unwrap_or(&default_content),
                 error: json!({"reason": storable(&f.reason), "status": f.status}),
+                told: told_when_stalled(tx, envelope).await?,
+            },
+            Body::DeliveryStalled(f) => Event::DeliveryStalled {
+                content: f.content.as_ref().unwrap_or(&default_content),
+                error: json!({"reason": storable(&f.reason), "status": f.status}),
             },
             Body::DeliveryFailed(f) => Event::DeliveryFailed {
                 content: f.content.as_ref(),
@@ -203,4 +209,15 @@ impl Engine {
             steps,
         }))
     }
+}
+
+/// Whether the command a failure is about stalled first (`DeliveryStalled`, applied): its
+/// consequences were drawn then. A read on the failure path only.
+async fn told_when_stalled(
+    tx: &mut Transaction<'static, Postgres>,
+    failure: &Envelope,
+) -> anyhow::Result<bool> {
+    let stalled =
+        handoff_bus::derived_id(&failure.causation_id, handoff_platforms::settle::STALLED, 0);
+    Ok(store::inbox::seen(&mut **tx, stalled.parse()?).await?)
 }

@@ -29,8 +29,8 @@ pub(super) struct Work<'a> {
     pub settled: Vec<(&'static str, f64)>,
     /// What the batch writes together, once, instead of a statement per event.
     pub pending: &'a mut Pending,
-    /// The member's epoch as this event leaves it (a handoff opened or closed bumps it):
-    /// what the bot is told, to carry back with its answer.
+    /// The member's epoch as this event leaves it (a live chat starting or ending bumps
+    /// it): what the bot is told, to carry back with its answer.
     pub epoch: i32,
 }
 
@@ -169,7 +169,12 @@ impl Engine {
                         tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
                         return Ok(true);
                     }
-                    work.epoch += 1;
+                }
+                Step::TroubleTold(conversation) => {
+                    store::conversations::trouble_told(&mut **work.tx, conversation).await?;
+                }
+                Step::BotDown(down) => {
+                    store::members::set_bot_down(&mut **work.tx, member.id, down).await?;
                 }
                 Step::AgentJoined { conversation, name } => {
                     store::conversations::agent_joined(&mut **work.tx, conversation, &name).await?;
@@ -187,6 +192,7 @@ impl Engine {
                     let Some(waited) = waited else {
                         return Ok(true);
                     };
+                    work.epoch += 1;
                     work.settled.push(("accepted", waited));
                 }
                 Step::Close {
@@ -200,7 +206,9 @@ impl Engine {
                     let Some(lasted) = lasted else {
                         return Ok(true);
                     };
-                    work.epoch += 1;
+                    if from == OpenState::Live {
+                        work.epoch += 1;
+                    }
                     // A handoff closed before anyone took it went back to the bot.
                     let outcome = match from {
                         OpenState::Pending => "returned_to_bot",

@@ -23,18 +23,15 @@ pub struct NewConversation<'a> {
     pub history_ttl_secs: f64,
 }
 
-/// BOT → PENDING, a new epoch for the member. `false` when the member already has an open
-/// conversation (or this one was opened before).
+/// BOT → PENDING. `false` when the member already has an open conversation (or this one
+/// was opened before).
 pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Result<bool> {
     let opened = sqlx::query!(
-        "WITH opened AS (
-           INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
-             group_name, label, meta, trigger, history_token, history_expires_at)
-           VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
-                   now() + make_interval(secs => $10))
-           ON CONFLICT DO NOTHING
-           RETURNING member_id)
-         UPDATE members SET epoch = epoch + 1 FROM opened WHERE members.id = opened.member_id",
+        "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+           group_name, label, meta, trigger, history_token, history_expires_at)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
+                 now() + make_interval(secs => $10))
+         ON CONFLICT DO NOTHING",
         c.id,
         c.member_id,
         c.outlet_channel_id,
@@ -52,18 +49,23 @@ pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Resu
     Ok(opened == 1)
 }
 
-/// PENDING → LIVE. Seconds the customer waited, or `None` when it was no longer PENDING.
+/// PENDING → LIVE, a new epoch for the member. Seconds the customer waited, or `None`
+/// when it was no longer PENDING.
 pub async fn become_live(
     db: impl PgExecutor<'_>,
     id: Uuid,
     external_id: &str,
 ) -> sqlx::Result<Option<f64>> {
     sqlx::query_scalar!(
-        r#"UPDATE conversations SET state = 'live',
-             external_id = COALESCE(NULLIF($2, ''), external_id),
-             state_changed_at = now(), last_activity_at = now()
-           WHERE id = $1 AND state = 'pending'
-           RETURNING EXTRACT(EPOCH FROM now() - opened_at)::float8 AS "waited!""#,
+        r#"WITH live AS (
+             UPDATE conversations SET state = 'live',
+               external_id = COALESCE(NULLIF($2, ''), external_id),
+               state_changed_at = now(), last_activity_at = now()
+             WHERE id = $1 AND state = 'pending'
+             RETURNING member_id, EXTRACT(EPOCH FROM now() - opened_at)::float8 AS waited),
+           bumped AS (
+             UPDATE members SET epoch = epoch + 1 FROM live WHERE members.id = live.member_id)
+           SELECT waited AS "waited!" FROM live"#,
         id,
         external_id,
     )
@@ -71,8 +73,8 @@ pub async fn become_live(
     .await
 }
 
-/// `from` → closed, a new epoch for the member. Seconds the conversation lasted, or `None`
-/// when it was no longer in `from`.
+/// `from` → closed (from LIVE: a new epoch for the member). Seconds the conversation
+/// lasted, or `None` when it was no longer in `from`.
 pub async fn close(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -86,7 +88,8 @@ pub async fn close(
              WHERE id = $1 AND state = $2
              RETURNING member_id, EXTRACT(EPOCH FROM now() - opened_at)::float8 AS lasted),
            bumped AS (
-             UPDATE members SET epoch = epoch + 1 FROM closed WHERE members.id = closed.member_id)
+             UPDATE members SET epoch = epoch + 1 FROM closed
+             WHERE members.id = closed.member_id AND $2 = 'live')
            SELECT lasted AS "lasted!" FROM closed"#,
         id,
         from.as_str(),
@@ -284,7 +287,8 @@ pub async fn open_for_update_many(
 ) -> sqlx::Result<Vec<(Uuid, OpenConversation)>> {
     let rows = sqlx::query!(
         r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id,
-                  agent_joined_at IS NOT NULL AS "agent_joined!"
+                  agent_joined_at IS NOT NULL AS "agent_joined!",
+                  trouble_told_at IS NOT NULL AS "trouble_told!"
            FROM conversations
            WHERE member_id = ANY($1) AND state <> 'closed' FOR UPDATE"#,
         members,
@@ -301,6 +305,7 @@ pub async fn open_for_update_many(
                     state: r.state,
                     outlet_channel_id: r.outlet_channel_id,
                     agent_joined: r.agent_joined,
+                    trouble_told: r.trouble_told,
                 },
             )
         })
@@ -320,6 +325,17 @@ pub async fn agent_joined(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> sqlx
     .await?
     .rows_affected();
     Ok(joined == 1)
+}
+
+/// The customer was told of a relay the desk keeps refusing.
+pub async fn trouble_told(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE conversations SET trouble_told_at = now() WHERE id = $1",
+        id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A batch's conversations saw activity (their idle timeouts start again).

@@ -37,6 +37,16 @@ pub async fn lock_and_record(
     Ok(fresh.into_iter().collect())
 }
 
+/// Whether event `id` was applied (and its inbox entry not pruned yet).
+pub async fn seen(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1) AS "seen!""#,
+        id
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Inbox entries older than `age_secs`, at most `chunk`.
 pub async fn prune(db: impl PgExecutor<'_>, age_secs: f64, chunk: i64) -> sqlx::Result<u64> {
     Ok(sqlx::query!(

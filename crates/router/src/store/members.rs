@@ -16,9 +16,11 @@ pub struct MemberRow {
     pub profile: Value,
     pub meta: Value,
     pub temp_data: Value,
-    /// Bumped each time who serves the member changes: a bot's answer names the epoch it
-    /// was asked in.
+    /// Bumped each time a live chat starts or ends: a bot's answer names the epoch it was
+    /// asked in.
     pub epoch: i32,
+    /// The member's bot was found down and that was acted on; it has not answered since.
+    pub bot_down: bool,
 }
 
 impl MemberRow {
@@ -56,7 +58,8 @@ pub async fn merge(
            meta = CASE WHEN octet_length((meta || $3)::text) <= $4
                        THEN meta || $3 ELSE meta END,
            updated_at = now()
-         WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch",
+         WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
+           bot_down_since IS NOT NULL AS \"bot_down!\"",
         id,
         profile,
         meta,
@@ -64,6 +67,18 @@ pub async fn merge(
     )
     .fetch_one(db)
     .await
+}
+
+/// The member's bot is down (`true`, acted on now) or answering again (`false`).
+pub async fn set_bot_down(db: impl PgExecutor<'_>, id: Uuid, down: bool) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE members SET bot_down_since = CASE WHEN $2 THEN now() END WHERE id = $1",
+        id,
+        down,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A member as the admin API shows it: with its open conversation, if any.
@@ -134,14 +149,16 @@ pub async fn load_batch(
                profile = CASE WHEN excluded.profile = '{}'::jsonb THEN members.profile
                               ELSE excluded.profile END,
                updated_at = now()
-             RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch
+             RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
+                       bot_down_since
            )
            SELECT id AS "id!", channel_id AS "channel_id!", external_id AS "external_id!",
                   profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!",
-                  epoch AS "epoch!"
+                  epoch AS "epoch!", bot_down_since IS NOT NULL AS "bot_down!"
            FROM arrived
            UNION ALL
-           SELECT id, channel_id, external_id, profile, meta, temp_data, epoch FROM members
+           SELECT id, channel_id, external_id, profile, meta, temp_data, epoch,
+                  bot_down_since IS NOT NULL FROM members
            WHERE id = ANY($5)"#,
         &arriving.ids,
         &arriving.channels,

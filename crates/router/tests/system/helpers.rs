@@ -101,6 +101,9 @@ pub struct HubOptions {
     /// The inlets' `notices` (YAML). The default silences those the tests written before
     /// notices do not count; `None` leaves every notice at its default text.
     pub notices: Option<&'static str>,
+    /// More of the main inlet's `handoff` rules, as YAML flow entries
+    /// (`"botDownSecs: 2, onBotDown: handoff"`).
+    pub inlet_handoff: &'static str,
 }
 
 /// The notices that tests written before them do not expect (the end text they do).
@@ -142,6 +145,7 @@ impl Default for HubOptions {
             max_held_bytes: 256 * 1024 * 1024,
             stalled_after_secs: 30,
             notices: Some(QUIET),
+            inlet_handoff: "",
         }
     }
 }
@@ -217,6 +221,7 @@ channels:
       postbacks: ["LIVE_CHAT"]
       pendingTimeoutSecs: {pending}
       liveIdleTimeoutSecs: {idle}
+{inlet_handoff}
 {notices}
   - id: demo-bot
     org: {ORG}
@@ -302,6 +307,13 @@ channels:
         bot = bot.url(),
         selarti_base = selarti.api_base(),
         zendesk_endpoint = zendesk.graphql_url(),
+        inlet_handoff = o
+            .inlet_handoff
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| format!("      {entry}\n"))
+            .collect::<String>(),
         notices = match o.notices {
             Some(notices) => format!("    notices: {notices}"),
             None => String::new(),

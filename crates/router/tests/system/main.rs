@@ -13,6 +13,7 @@ mod live_chat;
 mod notices;
 mod poison;
 mod selarti;
+mod stalls;
 mod traces;
 mod walls;
 mod zendesk;
