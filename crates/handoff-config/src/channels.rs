@@ -68,6 +68,12 @@ pub struct HandoffRules {
     pub keywords: Vec<String>,
     /// Postback payloads that ask for a human.
     pub postbacks: Vec<String>,
+    /// Customer texts that cancel a handoff still waiting for the desk (whole message,
+    /// any case): the desk is told, the bot takes the customer back.
+    pub cancel_keywords: Vec<String>,
+    /// Customer texts that end a live chat (or a waiting handoff), as Stella's
+    /// `inletEndLiveChat`: the desk gets `LIVE_CHAT_ENDED`.
+    pub end_keywords: Vec<String>,
     /// PENDING without an answer from the outlet this long returns the member to the bot.
     pub pending_timeout_secs: u64,
     /// LIVE without any message this long returns the member to the bot (Stella: 24 h).
@@ -101,6 +107,8 @@ impl Default for HandoffRules {
         Self {
             keywords: Vec::new(),
             postbacks: Vec::new(),
+            cancel_keywords: Vec::new(),
+            end_keywords: Vec::new(),
             pending_timeout_secs: 300,
             live_idle_timeout_secs: 24 * 3600,
             history_link_ttl_secs: 7 * 24 * 3600,
@@ -168,6 +176,49 @@ pub struct Channel {
     /// Inlets: what the customer is told at each moment of a handoff.
     #[serde(default)]
     pub notices: crate::Notices,
+    /// Inlets: a satisfaction question after each live chat (none when left out).
+    #[serde(default)]
+    pub csat: Option<CsatRules>,
+    /// Bots: a customer's messages arriving within this many milliseconds of the first
+    /// are given to the bot as one turn (0: each message is a turn).
+    #[serde(default)]
+    pub coalesce_ms: u64,
+}
+
+/// The question a customer is asked when a live chat ends, and how it is answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CsatRules {
+    pub question: String,
+    /// The quick replies offered; the one picked (tapped, or typed as it reads) is the
+    /// answer recorded.
+    pub replies: Vec<String>,
+    /// How long after the chat an answer counts; after it, messages go to the bot.
+    pub window_secs: u64,
+    /// Said to the customer after they answer (empty: nothing).
+    pub thanks: String,
+}
+
+impl Default for CsatRules {
+    fn default() -> Self {
+        Self {
+            question: "How would you rate the help you got? (1 = poor, 5 = great)".into(),
+            replies: ["1", "2", "3", "4", "5"].map(String::from).to_vec(),
+            window_secs: 600,
+            thanks: "Thank you for your feedback!".into(),
+        }
+    }
+}
+
+impl CsatRules {
+    /// The reply `said` picks, if it is one (matched whole, in any case).
+    pub fn answer(&self, said: &str) -> Option<&str> {
+        let said = said.trim();
+        self.replies
+            .iter()
+            .find(|r| r.trim().eq_ignore_ascii_case(said))
+            .map(String::as_str)
+    }
 }
 
 impl Channel {
@@ -342,6 +393,24 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
         ));
     }
     c.notices.validate(&format!("channel `{}`.notices", c.id))?;
+    if let Some(csat) = &c.csat {
+        let bad = |r: &String| r.trim().is_empty() || r.len() > 20;
+        if csat.replies.is_empty() || csat.replies.len() > 11 || csat.replies.iter().any(bad) {
+            return Err(format!(
+                "channel `{}`.csat.replies: 1 to 11 replies of 1-20 characters",
+                c.id
+            ));
+        }
+    }
+    if c.coalesce_ms > 0 && c.role != Role::Bot {
+        return Err(format!("channel `{}`.coalesceMs: only bots coalesce", c.id));
+    }
+    if c.coalesce_ms > 60_000 {
+        return Err(format!(
+            "channel `{}`.coalesceMs: at most 60000 (a minute)",
+            c.id
+        ));
+    }
     if c.role != Role::Inlet && (c.bot.is_some() || c.outlet.is_some()) {
         return Err(format!(
             "channel `{}`: only inlets have `bot` and `outlet`",

@@ -10,8 +10,8 @@ mod notices;
 mod settings;
 
 pub use channels::{
-    Channel, ChannelError, Channels, HandoffRules, LiveChatRules, OnBotDown, Platform, Role,
-    env_reference, member_id,
+    Channel, ChannelError, Channels, CsatRules, HandoffRules, LiveChatRules, OnBotDown, Platform,
+    Role, env_reference, member_id,
 };
 pub use notices::{Notice, NoticeKind, Notices, render};
 pub use settings::{

@@ -18,6 +18,8 @@ pub enum NoticeKind {
     AgentJoined,
     /// The live chat moved to another team.
     Transferred,
+    /// The customer cancelled a handoff still waiting for the desk.
+    HandoffCancelled,
     /// The live chat is over; the bot answers again.
     LiveChatEnded,
     /// No human could take the customer (the desk refused, failed, or nobody accepted).
@@ -29,11 +31,12 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 8] = [
+    pub const ALL: [NoticeKind; 9] = [
         NoticeKind::HandoffRequested,
         NoticeKind::Queued,
         NoticeKind::AgentJoined,
         NoticeKind::Transferred,
+        NoticeKind::HandoffCancelled,
         NoticeKind::LiveChatEnded,
         NoticeKind::Unavailable,
         NoticeKind::OutsideHours,
@@ -47,6 +50,7 @@ impl NoticeKind {
             NoticeKind::Queued => "queued",
             NoticeKind::AgentJoined => "agentJoined",
             NoticeKind::Transferred => "transferred",
+            NoticeKind::HandoffCancelled => "handoffCancelled",
             NoticeKind::LiveChatEnded => "liveChatEnded",
             NoticeKind::Unavailable => "unavailable",
             NoticeKind::OutsideHours => "outsideHours",
@@ -62,6 +66,9 @@ impl NoticeKind {
             NoticeKind::AgentJoined => "{agentName|An agent} has joined the chat.",
             NoticeKind::Transferred => {
                 "You're being transferred to another team. One moment, please."
+            }
+            NoticeKind::HandoffCancelled => {
+                "OK, I've cancelled your request. You're talking to our assistant again."
             }
             NoticeKind::LiveChatEnded => {
                 "The agent has left the chat. You are talking to our assistant again."
@@ -110,6 +117,8 @@ pub struct Notices {
     pub agent_joined: Option<Notice>,
     #[serde(deserialize_with = "present")]
     pub transferred: Option<Notice>,
+    #[serde(deserialize_with = "present")]
+    pub handoff_cancelled: Option<Notice>,
     /// Left out: the outlet's `liveChat.endText`, where this text lived first.
     #[serde(deserialize_with = "present")]
     pub live_chat_ended: Option<Notice>,
@@ -135,6 +144,7 @@ impl Notices {
             NoticeKind::Queued => self.queued.as_ref(),
             NoticeKind::AgentJoined => self.agent_joined.as_ref(),
             NoticeKind::Transferred => self.transferred.as_ref(),
+            NoticeKind::HandoffCancelled => self.handoff_cancelled.as_ref(),
             NoticeKind::LiveChatEnded => self.live_chat_ended.as_ref(),
             NoticeKind::Unavailable => self.unavailable.as_ref(),
             NoticeKind::OutsideHours => self.outside_hours.as_ref(),

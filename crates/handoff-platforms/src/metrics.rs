@@ -20,6 +20,7 @@ struct Instruments {
     delivery_retries: Counter<u64>,
     latency: Histogram<f64>,
     handoff_duration: Histogram<f64>,
+    csat_answers: Counter<u64>,
 }
 
 /// Bucket bounds in seconds: a hop is milliseconds, a bot or a desk seconds, an outage minutes.
@@ -67,6 +68,12 @@ fn instruments() -> &'static Instruments {
                     "Seconds from a handoff request until it was settled, by outcome.",
                 )
                 .with_boundaries(HANDOFF_BOUNDS.to_vec())
+                .build(),
+            csat_answers: meter
+                .u64_counter("handoff_csat_answers")
+                .with_description(
+                    "Answers to the satisfaction question after a live chat, by inlet and answer.",
+                )
                 .build(),
         }
     })
@@ -139,6 +146,18 @@ pub fn delivery_failed(channel: &str, platform: &str, reason: &'static str, retr
 }
 
 /// A handoff requested `seconds` ago was settled: `accepted`, `returned_to_bot` or `closed`.
+/// A customer of `inlet` answered the satisfaction question with `answer` (one of the
+/// inlet's configured replies, so the label's values are bounded).
+pub fn csat_answered(inlet: &str, answer: &str) {
+    instruments().csat_answers.add(
+        1,
+        &[
+            KeyValue::new("inlet", inlet.to_string()),
+            KeyValue::new("answer", answer.to_string()),
+        ],
+    );
+}
+
 pub fn handoff_settled(outcome: &'static str, seconds: f64) {
     instruments()
         .handoff_duration

@@ -40,6 +40,7 @@ impl Envelope {
             Some(Body::RelayFailed(_)) => "relay_failed",
             Some(Body::DeliveryFailed(_)) => "delivery_failed",
             Some(Body::DeliveryStalled(_)) => "delivery_stalled",
+            Some(Body::TurnDue(_)) => "turn_due",
             Some(Body::HandoffRequested(_)) => "handoff_requested",
             Some(Body::DeliverToMember(_)) => "deliver_to_member",
             Some(Body::SendToBot(_)) => "send_to_bot",

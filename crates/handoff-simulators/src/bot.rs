@@ -171,6 +171,10 @@ async fn answer(
         "relay_failed" => json!({"responses": [text(format!(
             "Sorry, your message \"{said}\" could not reach the agent. I'm here meanwhile."
         ))]}),
+        // The customer cancelled it themselves: the hub has told them.
+        "handoff_failed" if request["handoffError"]["reason"] == "customer_cancelled" => {
+            json!({"responses": []})
+        }
         "handoff_failed" => json!({"responses": [text(format!(
             "No agent is available right now ({}). I'm still here to help.",
             request["handoffError"]["reason"].as_str().unwrap_or("unknown reason")

@@ -494,6 +494,7 @@ fn conversations_table(conversations: &[api::Conversation]) {
             "OUTLET",
             "OPENED",
             "CLOSE REASON",
+            "CSAT",
         ],
         conversations
             .iter()
@@ -506,6 +507,7 @@ fn conversations_table(conversations: &[api::Conversation]) {
                     c.outlet_channel.clone(),
                     c.opened_at.clone(),
                     c.close_reason.clone(),
+                    c.csat.clone(),
                 ]
             })
             .collect(),

@@ -79,6 +79,7 @@ impl BotCaller {
             member,
             content,
             reason: cmd.reason.as_ref(),
+            message_ids: &cmd.message_ids,
         });
         let url = settings.url.as_str();
         let signer = Signer::for_channel(bot);

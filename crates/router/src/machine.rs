@@ -21,7 +21,9 @@
 use handoff_config::{Channel, LiveChatRules, NoticeKind, OnBotDown};
 use handoff_proto::v1::content;
 use handoff_proto::v1::send_to_bot::Reason;
-use handoff_proto::{BotReply, Content, HandoffDetails, SendToBot, Text, Trouble, Unsupported};
+use handoff_proto::{
+    BotReply, Choice, Content, HandoffDetails, QuickReplies, SendToBot, Text, Trouble, Unsupported,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -48,6 +50,10 @@ pub(crate) struct Facts<'a> {
     pub epoch: i32,
     /// The member's bot was found down and has not answered since.
     pub bot_down: bool,
+    /// The conversation whose satisfaction question the member may still answer.
+    pub csat_pending: Option<Uuid>,
+    /// The member's bot's coalescing window (0: each message is a turn).
+    pub coalesce_ms: u64,
 }
 
 /// An event, in the machine's terms.
@@ -94,6 +100,8 @@ pub(crate) enum Event<'a> {
     BotFailed {
         reason: &'a str,
     },
+    /// A coalescing bot's turn is due: what the customer wrote meanwhile goes to it.
+    TurnDue,
     /// The customer closed the chat on their side.
     CustomerLeft,
     /// An operator ended the named conversation (admin API).
@@ -182,6 +190,23 @@ pub(crate) enum Step {
     /// The customer was told the desk is not getting their messages (once per
     /// conversation).
     TroubleTold(Uuid),
+    /// The customer's message waits for more within the bot's window: a `TurnDue` for
+    /// the member in `after_ms`.
+    ScheduleTurn {
+        after_ms: u64,
+    },
+    /// What waits for the bot goes to it as one turn.
+    ReleaseTurn,
+    /// The customer was asked how the live chat went; an answer counts for a while.
+    CsatAsked {
+        conversation: Uuid,
+        window_secs: u64,
+    },
+    /// The customer answered it (no question is open any more).
+    CsatAnswered {
+        conversation: Uuid,
+        answer: String,
+    },
     /// The member's bot is down (`true`: acted on, once) or answering again.
     BotDown(bool),
     /// The customer is told an agent joined the live chat (named, when known): once.
@@ -290,6 +315,15 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
             d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
         }
         Event::CustomerLeft => d.customer_left(),
+        Event::TurnDue => {
+            if d.facts.conversation.is_none() && d.facts.inlet.bot.is_some() {
+                d.steps.push(Step::ReleaseTurn);
+            } else {
+                // A handoff took what waited (it is held for the desk).
+                d.steps
+                    .push(Step::Ignore("a turn due while a human has the member"));
+            }
+        }
         Event::OperatorClose { reason } => d.end_named(None, reason),
     }
     d.steps
@@ -439,7 +473,75 @@ impl<'a> Decision<'_, 'a> {
 
     fn inbound(&mut self, content: &Content) {
         let inlet = self.facts.inlet;
+        let said = match &content.kind {
+            Some(content::Kind::Text(t)) => t.text.as_str(),
+            Some(content::Kind::Postback(p)) => p.payload.as_str(),
+            _ => "",
+        };
+        let rules = &inlet.handoff;
+        let is = |words: &[String]| {
+            !said.trim().is_empty()
+                && words
+                    .iter()
+                    .any(|w| w.trim().eq_ignore_ascii_case(said.trim()))
+        };
+        match self.facts.conversation {
+            Some(c)
+                if c.state == OpenState::Pending
+                    && (is(&rules.cancel_keywords) || is(&rules.end_keywords)) =>
+            {
+                self.customer_word(content);
+                self.cancel_handoff(c);
+                return;
+            }
+            Some(c) if c.state == OpenState::Live && is(&rules.end_keywords) => {
+                self.customer_word(content);
+                self.send(Command::Relay {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live: false,
+                    content: event_content("LIVE_CHAT_ENDED", json!({"reason": "customer_ended"})),
+                });
+                self.close(c, "customer_ended");
+                return;
+            }
+            None => {
+                if let (Some(asked), Some(csat)) = (self.facts.csat_pending, &inlet.csat)
+                    && let Some(answer) = csat.answer(said)
+                {
+                    self.customer_word(content);
+                    self.steps.push(Step::CsatAnswered {
+                        conversation: asked,
+                        answer: answer.to_string(),
+                    });
+                    self.system("CSAT", json!({"answer": answer}), Some(asked));
+                    if !csat.thanks.trim().is_empty() {
+                        self.send(Command::ToMember {
+                            live: false,
+                            content: text_content(&csat.thanks),
+                        });
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
         self.record(Author::Customer, &inlet.id, content, true);
+        let coalescing = self.facts.coalesce_ms > 0
+            && inlet.bot.is_some()
+            && self.facts.conversation.is_none()
+            && handoff_trigger(inlet, content).is_none();
+        if coalescing {
+            // Held (without a conversation) until the turn is due; a handoff before then
+            // takes it to the desk with the rest.
+            if let Some(Step::Record { line, .. }) = self.steps.last_mut() {
+                line.held = true;
+            }
+            self.steps.push(Step::ScheduleTurn {
+                after_ms: self.facts.coalesce_ms,
+            });
+            return;
+        }
         match self.facts.conversation {
             Some(c) if c.state == OpenState::Live => {
                 self.steps.push(Step::Touch(c.id));
@@ -465,6 +567,50 @@ impl<'a> Decision<'_, 'a> {
                 }),
             },
         }
+    }
+
+    /// A customer's message that is a word to the hub (cancel, end, a rating), not for the
+    /// bot or the desk: recorded, never held.
+    fn customer_word(&mut self, content: &Content) {
+        self.steps.push(Step::Record {
+            line: Line {
+                author: Author::Customer,
+                channel: self.facts.inlet.id.clone(),
+                conversation: self.open_id(),
+                content: content.clone(),
+                held: false,
+                withheld: false,
+            },
+            first: true,
+        });
+    }
+
+    /// PENDING → BOT on the customer's word: the desk is told, the customer hears it
+    /// worked, and the bot takes back what was held.
+    fn cancel_handoff(&mut self, c: &OpenConversation) {
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: OpenState::Pending,
+            reason: "customer_cancelled".into(),
+        });
+        let cancelled = json!({"reason": "customer_cancelled"});
+        self.system("HANDOFF_CANCELLED", cancelled.clone(), Some(c.id));
+        self.send(Command::Relay {
+            outlet: c.outlet_channel_id.clone(),
+            conversation: c.id,
+            live: false,
+            content: event_content("HANDOFF_CANCELLED", cancelled.clone()),
+        });
+        self.notice(NoticeKind::HandoffCancelled, "", false, Some(c.id));
+        self.tell_bot(SendToBot {
+            content: Some(event_content("HANDOFF_FAILED", cancelled.clone())),
+            reason: Some(Reason::HandoffFailed(trouble(&cancelled))),
+            ..Default::default()
+        });
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Bot(self.facts.inlet.bot.clone()),
+        });
     }
 
     /// BOT → PENDING towards the inlet's outlet; a member already handed off stays so.
@@ -794,6 +940,9 @@ impl<'a> Decision<'_, 'a> {
         self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
         if customer_there && c.state == OpenState::Live {
             self.notice(NoticeKind::LiveChatEnded, "", false, Some(c.id));
+            if let Some(csat) = &self.facts.inlet.csat {
+                self.ask_csat(c, csat);
+            }
         }
         // Held messages go to the bot, unless nobody is left to answer them.
         let to = customer_there
@@ -807,6 +956,32 @@ impl<'a> Decision<'_, 'a> {
             content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
             reason: Some(Reason::LiveChatEnded(trouble(&ended))),
             ..Default::default()
+        });
+    }
+
+    /// The satisfaction question, as quick replies (platforms without them get the text
+    /// fallback they use for any quick replies).
+    fn ask_csat(&mut self, c: &OpenConversation, csat: &handoff_config::CsatRules) {
+        self.steps.push(Step::CsatAsked {
+            conversation: c.id,
+            window_secs: csat.window_secs,
+        });
+        self.send(Command::ToMember {
+            live: false,
+            content: Content {
+                kind: Some(content::Kind::QuickReplies(QuickReplies {
+                    text: csat.question.clone(),
+                    options: csat
+                        .replies
+                        .iter()
+                        .map(|r| Choice {
+                            title: r.clone(),
+                            payload: r.clone(),
+                        })
+                        .collect(),
+                })),
+                raw_json: String::new(),
+            },
         });
     }
 
@@ -947,6 +1122,8 @@ mod tests {
         profile: Value,
         epoch: i32,
         bot_down: bool,
+        csat_pending: Option<Uuid>,
+        coalesce_ms: u64,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -966,6 +1143,8 @@ mod tests {
             profile: json!({}),
             epoch: 0,
             bot_down: false,
+            csat_pending: None,
+            coalesce_ms: 0,
         }
     }
 
@@ -982,6 +1161,8 @@ mod tests {
                 profile: &self.profile,
                 epoch: self.epoch,
                 bot_down: self.bot_down,
+                csat_pending: self.csat_pending,
+                coalesce_ms: self.coalesce_ms,
             };
             decide(&facts, event)
         }
@@ -1579,5 +1760,120 @@ mod tests {
         let steps = stalled(&live);
         assert!(sends(&steps).is_empty(), "{steps:?}");
         assert!(steps.contains(&Step::BotDown(true)));
+    }
+
+    fn with_rules(extra_handoff: &str, extra: &str) -> World {
+        let yaml = CHANNELS.replace(
+            "handoff: { keywords: [human], pendingTimeoutSecs: 60 }",
+            &format!(
+                "handoff: {{ keywords: [human], pendingTimeoutSecs: 60{extra_handoff} }}{extra}"
+            ),
+        );
+        let mut w = world(None);
+        w.channels = Channels::parse(&yaml).unwrap();
+        w
+    }
+
+    #[test]
+    fn a_cancel_word_while_waiting_closes_the_handoff_tells_the_desk_and_gives_the_bot_back() {
+        let mut w = with_rules(", cancelKeywords: [cancel]", "");
+        w.conversation = world(Some(OpenState::Pending)).conversation;
+        let steps = w.decide("web", Event::Inbound(&text("Cancel")));
+        assert!(
+            matches!(&steps[0], Step::Record { line, first: true } if !line.held),
+            "the word itself is not held for the desk"
+        );
+        assert!(steps.iter().any(|s| matches!(s, Step::Close { from: OpenState::Pending, reason, .. } if reason == "customer_cancelled")));
+        let sent = sends(&steps);
+        assert!(
+            matches!(sent[0], Command::Relay { content, .. } if content.raw_json.contains("HANDOFF_CANCELLED"))
+        );
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::HandoffCancelled.default_text()]
+        );
+        assert!(matches!(
+            steps.last(),
+            Some(Step::ReleaseHeld {
+                to: Release::Bot(Some(_)),
+                ..
+            })
+        ));
+        // The same word in a live chat is just a message for the agent.
+        w.conversation = world(Some(OpenState::Live)).conversation;
+        let live = w.decide("web", Event::Inbound(&text("Cancel")));
+        assert!(matches!(
+            sends(&live)[..],
+            [Command::Relay { live: true, .. }]
+        ));
+    }
+
+    #[test]
+    fn an_end_word_in_a_live_chat_ends_it_for_the_desk_and_the_customer() {
+        let mut w = with_rules(", endKeywords: [end chat]", "");
+        w.conversation = world(Some(OpenState::Live)).conversation;
+        let steps = w.decide("web", Event::Inbound(&text("end chat")));
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "customer_ended"))
+        );
+        assert!(
+            matches!(sends(&steps)[0], Command::Relay { content, live: false, .. } if content.raw_json.contains("LIVE_CHAT_ENDED"))
+        );
+        assert_eq!(texts_to_member(&steps), ["Bye from the desk"]);
+    }
+
+    #[test]
+    fn a_live_chat_ending_asks_the_rating_and_the_answer_is_recorded_not_sent_to_the_bot() {
+        let mut w = with_rules("", "\n    csat: { replies: [good, bad] }");
+        w.conversation = world(Some(OpenState::Live)).conversation;
+        w.named = CONV.to_string();
+        let steps = w.decide("web", Event::OperatorClose { reason: "admin" });
+        assert!(steps.contains(&Step::CsatAsked {
+            conversation: CONV,
+            window_secs: 600
+        }));
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::ToMember { content, .. } if matches!(&content.kind, Some(content::Kind::QuickReplies(q)) if q.options.len() == 2))));
+
+        let mut after = with_rules("", "\n    csat: { replies: [good, bad] }");
+        after.csat_pending = Some(CONV);
+        let steps = after.decide("web", Event::Inbound(&text("Good")));
+        assert!(steps.contains(&Step::CsatAnswered {
+            conversation: CONV,
+            answer: "good".into()
+        }));
+        assert!(
+            !sends(&steps)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. }))
+        );
+        assert_eq!(texts_to_member(&steps), ["Thank you for your feedback!"]);
+        let other = after.decide("web", Event::Inbound(&text("hello")));
+        assert!(matches!(sends(&other)[..], [Command::ToBot { .. }]));
+    }
+
+    #[test]
+    fn a_coalescing_bot_gets_a_burst_when_its_turn_is_due_and_a_handoff_word_acts_at_once() {
+        let mut w = world(None);
+        w.coalesce_ms = 800;
+        let steps = w.decide("web", Event::Inbound(&text("hi")));
+        assert!(
+            matches!(&steps[0], Step::Record { line, .. } if line.held && line.conversation.is_none())
+        );
+        assert!(steps.contains(&Step::ScheduleTurn { after_ms: 800 }));
+        assert!(sends(&steps).is_empty());
+        let keyword = w.decide("web", Event::Inbound(&text("human")));
+        assert!(
+            keyword
+                .iter()
+                .any(|s| matches!(s, Step::OpenHandoff { .. }))
+        );
+        assert_eq!(w.decide("web", Event::TurnDue), [Step::ReleaseTurn]);
+        let pending = world(Some(OpenState::Pending));
+        assert!(matches!(
+            pending.decide("web", Event::TurnDue)[..],
+            [Step::Ignore(_)]
+        ));
     }
 }

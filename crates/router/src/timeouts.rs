@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use handoff_bus::{derived_id, now_ms};
-use handoff_proto::{Body, ConversationTimeout, Envelope};
+use handoff_proto::{Body, ConversationTimeout, Envelope, TurnDue};
 use tokio_util::sync::CancellationToken;
 
 use crate::Parts;
@@ -28,7 +28,15 @@ pub(crate) async fn run(parts: Parts, every: Duration, shutdown: CancellationTok
     }
 }
 
+/// A coalesced turn's own timer fires in the router that received its first message; one
+/// still waiting this long after its window lost that timer (the router stopped) and is
+/// made due here.
+const TURN_GRACE_SECS: f64 = 2.0;
+
 async fn sweep(parts: &Parts) -> anyhow::Result<()> {
+    if let Err(e) = sweep_turns(parts).await {
+        tracing::warn!(error = %format!("{e:#}"), "coalesced turn sweep failed");
+    }
     let rows = store::conversations::waiting(&parts.pool).await?;
     for row in rows {
         let channel_id = row.channel_id;
@@ -66,6 +74,37 @@ async fn sweep(parts: &Parts) -> anyhow::Result<()> {
             ..Default::default()
         };
         parts.bus.publish_event(&envelope).await?;
+    }
+    Ok(())
+}
+
+async fn sweep_turns(parts: &Parts) -> anyhow::Result<()> {
+    let catalog = parts.catalog.load();
+    if catalog.channels.iter().all(|c| c.coalesce_ms == 0) {
+        return Ok(());
+    }
+    for turn in store::messages::waiting_turns(&parts.pool, TURN_GRACE_SECS).await? {
+        let Some(inlet) = catalog.channels.get(&turn.channel_id) else {
+            continue;
+        };
+        let window = inlet
+            .bot
+            .as_deref()
+            .and_then(|bot| catalog.channels.get(bot))
+            .map_or(0, |bot| bot.coalesce_ms);
+        if turn.age_secs < window as f64 / 1000.0 + TURN_GRACE_SECS {
+            continue;
+        }
+        let due = Envelope {
+            event_id: derived_id(&turn.first_event_id.to_string(), crate::engine::TURN_DUE, 0),
+            org: inlet.org.clone(),
+            channel: turn.channel_id,
+            member_id: turn.member_id.to_string(),
+            accepted_at_ms: now_ms(),
+            body: Some(Body::TurnDue(TurnDue {})),
+            ..Default::default()
+        };
+        parts.bus.publish_event(&due).await?;
     }
     Ok(())
 }

@@ -57,6 +57,8 @@ pub struct BotRequest<'a> {
     pub content: &'a Content,
     /// Why the bot hears of it; `None`: a customer's message.
     pub reason: Option<&'a Reason>,
+    /// The customer's messages this one joins (a coalesced turn), by their platform ids.
+    pub message_ids: &'a [String],
 }
 
 fn object(text: &str) -> Value {
@@ -111,6 +113,9 @@ pub fn request_body(r: &BotRequest<'_>) -> Value {
         // Stella puts relayMessageError on the message event itself; so do we.
         message[key] = what.clone();
         body[key] = what;
+    }
+    if !r.message_ids.is_empty() {
+        body["messageIds"] = json!(r.message_ids);
     }
     body["message"] = message;
     body
@@ -208,6 +213,7 @@ mod tests {
                 member: &member,
                 content: &content,
                 reason: reason.as_ref(),
+                message_ids: &[],
             })
         };
         let relay = Trouble {

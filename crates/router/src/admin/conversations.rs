@@ -118,5 +118,6 @@ fn shown(c: store::conversations::ConversationView) -> api::Conversation {
         closed_at: ts(c.closed_at),
         close_reason: c.close_reason.unwrap_or_default(),
         outlet_conversation_id: c.outlet_ref.unwrap_or_default(),
+        csat: c.csat_answer.unwrap_or_default(),
     }
 }

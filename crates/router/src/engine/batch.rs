@@ -245,6 +245,8 @@ impl Engine {
         let mut pending = Pending::default();
         let mut commands: Vec<(usize, Service, Envelope)> = Vec::new();
         let mut settled = Vec::new();
+        let mut csat = Vec::new();
+        let mut timers = Vec::new();
         for ((i, envelope, mut plan), first) in plans.into_iter().zip(first_ids) {
             let mut work = Work {
                 tx: &mut tx,
@@ -252,6 +254,8 @@ impl Engine {
                 commands: Vec::new(),
                 messages: 0,
                 settled: Vec::new(),
+                csat: Vec::new(),
+                timers: Vec::new(),
                 pending: &mut pending,
                 epoch: plan.member.epoch,
             };
@@ -277,6 +281,8 @@ impl Engine {
                 commands.extend(work.commands.into_iter().map(|(t, e)| (i, t, e)));
             }
             settled.append(&mut work.settled);
+            csat.append(&mut work.csat);
+            timers.append(&mut work.timers);
         }
         pending
             .write(&mut tx)
@@ -299,6 +305,19 @@ impl Engine {
         }
         for (outcome, seconds) in settled {
             handoff_platforms::metrics::handoff_settled(outcome, seconds);
+        }
+        for (inlet, answer) in csat {
+            handoff_platforms::metrics::csat_answered(&inlet, &answer);
+        }
+        // A timer lost with this process is made up by the sweeper (`timeouts.rs`).
+        for (after, due) in timers {
+            let bus = self.bus.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if let Err(e) = bus.publish_event(&due).await {
+                    tracing::warn!(error = %e, member = %due.member_id, "a coalesced turn is left to the sweeper");
+                }
+            });
         }
         Ok(outcomes)
     }

@@ -148,6 +148,12 @@ impl Engine {
             profile: &member.profile,
             epoch: member.epoch,
             bot_down: member.bot_down,
+            csat_pending: member.csat_pending,
+            coalesce_ms: inlet
+                .bot
+                .as_deref()
+                .and_then(|bot| catalog.channels.get(bot))
+                .map_or(0, |bot| bot.coalesce_ms),
         };
         let default_content = Content::default();
         let event = match body {
@@ -197,6 +203,7 @@ impl Engine {
             },
             Body::BotFailed(f) => Event::BotFailed { reason: &f.reason },
             Body::CustomerLeft(_) => Event::CustomerLeft,
+            Body::TurnDue(_) => Event::TurnDue,
             _ => {
                 tracing::error!(kind = envelope.kind(), "not an event; ignored");
                 return Ok(None);

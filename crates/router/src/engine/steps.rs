@@ -6,7 +6,7 @@ use handoff_config::Channel;
 use handoff_platforms::content::{content_from_response, content_to_response};
 use handoff_proto::{
     Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, RelayToOutlet,
-    RequestLivechat, SendToBot,
+    RequestLivechat, SendToBot, TurnDue,
 };
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
@@ -27,6 +27,10 @@ pub(super) struct Work<'a> {
     /// Handoffs this event settled: outcome and seconds since the request, recorded once
     /// the transaction commits.
     pub settled: Vec<(&'static str, f64)>,
+    /// Satisfaction answers this event recorded (inlet, answer), counted once committed.
+    pub csat: Vec<(String, String)>,
+    /// `TurnDue` events to publish once committed, each after its delay.
+    pub timers: Vec<(std::time::Duration, Envelope)>,
     /// What the batch writes together, once, instead of a statement per event.
     pub pending: &'a mut Pending,
     /// The member's epoch as this event leaves it (a live chat starting or ending bumps
@@ -168,6 +172,61 @@ impl Engine {
                     {
                         tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
                         return Ok(true);
+                    }
+                }
+                Step::CsatAsked {
+                    conversation,
+                    window_secs,
+                } => {
+                    store::members::set_csat(
+                        &mut **work.tx,
+                        member.id,
+                        Some(conversation),
+                        window_secs as f64,
+                    )
+                    .await?;
+                }
+                Step::CsatAnswered {
+                    conversation,
+                    answer,
+                } => {
+                    store::conversations::csat_answered(&mut **work.tx, conversation, &answer)
+                        .await?;
+                    store::members::set_csat(&mut **work.tx, member.id, None, 0.0).await?;
+                    work.csat.push((inlet.id.clone(), answer));
+                }
+                Step::ScheduleTurn { after_ms } => {
+                    let due = Envelope {
+                        // The burst's first message names the turn: the sweeper's backstop
+                        // for a lost timer derives the same id.
+                        event_id: derived_id(&work.cause.event_id, TURN_DUE, 0),
+                        org: work.cause.org.clone(),
+                        channel: member.channel_id.clone(),
+                        member_id: work.cause.member_id.clone(),
+                        causation_id: work.cause.event_id.clone(),
+                        accepted_at_ms: now_ms(),
+                        origin_accepted_at_ms: handoff_bus::origin_of(work.cause),
+                        body: Some(Body::TurnDue(TurnDue {})),
+                        ..Default::default()
+                    };
+                    work.timers
+                        .push((std::time::Duration::from_millis(after_ms), due));
+                }
+                Step::ReleaseTurn => {
+                    work.pending.write_lines(work.tx).await?;
+                    let waiting = store::messages::release_turn(&mut **work.tx, member.id).await?;
+                    if let Some(bot) = inlet.bot.clone() {
+                        for send in one_turn(waiting) {
+                            self.send(
+                                work,
+                                member,
+                                Command::ToBot {
+                                    bot: bot.clone(),
+                                    live: false,
+                                    send,
+                                },
+                            )?;
+                        }
                     }
                 }
                 Step::TroubleTold(conversation) => {
@@ -383,6 +442,9 @@ impl Engine {
         if !opened {
             return Ok(false);
         }
+        // What waited for a coalescing bot is the desk's now, held with the rest.
+        work.pending.write_lines(work.tx).await?;
+        store::messages::attach_turn(&mut **work.tx, member.id, conv_id).await?;
         let content = event_content(
             "HANDOFF_REQUESTED",
             json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),
@@ -431,6 +493,46 @@ async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<(Au
             (author, content)
         })
         .collect())
+}
+
+/// The purpose of a `TurnDue` event: its id is `derived_id(first message's event, TURN_DUE, 0)`.
+pub(crate) const TURN_DUE: &str = "turn_due";
+
+/// What waited for a coalescing bot, as what it is told: texts joined into one message
+/// carrying every platform message id, oldest first; a burst with anything but text
+/// (a button, a picture) goes message by message, in order.
+fn one_turn(waiting: Vec<(Value, Option<String>)>) -> Vec<SendToBot> {
+    let contents: Vec<(Content, Option<String>)> = waiting
+        .into_iter()
+        .map(|(stored, id)| {
+            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
+                kind: None,
+                raw_json: stored.to_string(),
+            });
+            (content, id)
+        })
+        .collect();
+    let texts: Option<Vec<&str>> = contents
+        .iter()
+        .map(|(c, _)| match &c.kind {
+            Some(handoff_proto::v1::content::Kind::Text(t)) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    match texts {
+        Some(texts) if texts.len() > 1 => vec![SendToBot {
+            content: Some(crate::machine::text_content(&texts.join("\n"))),
+            message_ids: contents.iter().filter_map(|(_, id)| id.clone()).collect(),
+            ..Default::default()
+        }],
+        _ => contents
+            .into_iter()
+            .map(|(content, _)| SendToBot {
+                content: Some(content),
+                ..Default::default()
+            })
+            .collect(),
+    }
 }
 
 fn history_token() -> String {

@@ -200,6 +200,7 @@ pub struct ConversationView {
     pub closed_at: Option<OffsetDateTime>,
     pub close_reason: Option<String>,
     pub outlet_ref: Option<String>,
+    pub csat_answer: Option<String>,
 }
 
 /// The newest conversations in `state` (`None`: the open ones), of `channel` (inlet or
@@ -214,7 +215,8 @@ pub async fn list(
         ConversationView,
         r#"SELECT c.id, c.member_id, m.channel_id AS inlet, m.external_id,
                   c.outlet_channel_id, c.state AS "state: ConvState", c.trigger, c.opened_at,
-                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref
+                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref,
+                  c.csat_answer
            FROM conversations c JOIN members m ON m.id = c.member_id
            WHERE (($1::text IS NULL AND c.state <> 'closed') OR c.state = $1)
              AND ($2::text IS NULL OR m.channel_id = $2 OR c.outlet_channel_id = $2)
@@ -232,7 +234,8 @@ pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ConversationVi
         ConversationView,
         r#"SELECT c.id, c.member_id, m.channel_id AS inlet, m.external_id,
                   c.outlet_channel_id, c.state AS "state: ConvState", c.trigger, c.opened_at,
-                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref
+                  c.state_changed_at, c.closed_at, c.close_reason, c.external_id AS outlet_ref,
+                  c.csat_answer
            FROM conversations c JOIN members m ON m.id = c.member_id WHERE c.id = $1"#,
         id,
     )
@@ -325,6 +328,18 @@ pub async fn agent_joined(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> sqlx
     .await?
     .rows_affected();
     Ok(joined == 1)
+}
+
+/// The customer's answer to the satisfaction question about the conversation.
+pub async fn csat_answered(db: impl PgExecutor<'_>, id: Uuid, answer: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE conversations SET csat_answer = $2 WHERE id = $1",
+        id,
+        answer
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// The customer was told of a relay the desk keeps refusing.

@@ -21,6 +21,8 @@ pub struct MemberRow {
     pub epoch: i32,
     /// The member's bot was found down and that was acted on; it has not answered since.
     pub bot_down: bool,
+    /// The conversation whose satisfaction question the member may still answer.
+    pub csat_pending: Option<Uuid>,
 }
 
 impl MemberRow {
@@ -59,7 +61,8 @@ pub async fn merge(
                        THEN meta || $3 ELSE meta END,
            updated_at = now()
          WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
-           bot_down_since IS NOT NULL AS \"bot_down!\"",
+           bot_down_since IS NOT NULL AS \"bot_down!\",
+           CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending",
         id,
         profile,
         meta,
@@ -75,6 +78,28 @@ pub async fn set_bot_down(db: impl PgExecutor<'_>, id: Uuid, down: bool) -> sqlx
         "UPDATE members SET bot_down_since = CASE WHEN $2 THEN now() END WHERE id = $1",
         id,
         down,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The member was asked about `conversation`; an answer counts for `window_secs`
+/// (`None`: no question is open any more).
+pub async fn set_csat(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    conversation: Option<Uuid>,
+    window_secs: f64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE members SET csat_conversation_id = $2,
+           csat_until = CASE WHEN $2::uuid IS NULL THEN NULL
+                             ELSE now() + make_interval(secs => $3) END
+         WHERE id = $1",
+        id,
+        conversation,
+        window_secs,
     )
     .execute(db)
     .await?;
@@ -150,15 +175,17 @@ pub async fn load_batch(
                               ELSE excluded.profile END,
                updated_at = now()
              RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
-                       bot_down_since
+                       bot_down_since, csat_conversation_id, csat_until
            )
            SELECT id AS "id!", channel_id AS "channel_id!", external_id AS "external_id!",
                   profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!",
-                  epoch AS "epoch!", bot_down_since IS NOT NULL AS "bot_down!"
+                  epoch AS "epoch!", bot_down_since IS NOT NULL AS "bot_down!",
+                  CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending
            FROM arrived
            UNION ALL
            SELECT id, channel_id, external_id, profile, meta, temp_data, epoch,
-                  bot_down_since IS NOT NULL FROM members
+                  bot_down_since IS NOT NULL,
+                  CASE WHEN csat_until > now() THEN csat_conversation_id END FROM members
            WHERE id = ANY($5)"#,
         &arriving.ids,
         &arriving.channels,

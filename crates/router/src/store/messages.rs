@@ -76,6 +76,71 @@ pub async fn release_held(
     Ok(rows.into_iter().map(|r| (r.author, r.content)).collect())
 }
 
+/// What waits for the member's coalescing bot (held lines without a conversation), oldest
+/// first, with each line's platform message id; no longer held.
+pub async fn release_turn(
+    db: impl PgExecutor<'_>,
+    member: Uuid,
+) -> sqlx::Result<Vec<(Value, Option<String>)>> {
+    let rows = sqlx::query!(
+        r#"WITH released AS (
+              UPDATE messages SET held = false
+              WHERE member_id = $1 AND held AND conversation_id IS NULL
+              RETURNING id, content, source_message_id)
+           SELECT content AS "content!", source_message_id FROM released ORDER BY id"#,
+        member,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.content, r.source_message_id))
+        .collect())
+}
+
+/// What waited for the member's coalescing bot joins the conversation just opened, held
+/// for the desk with the rest.
+pub async fn attach_turn(
+    db: impl PgExecutor<'_>,
+    member: Uuid,
+    conversation: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE messages SET conversation_id = $2
+         WHERE member_id = $1 AND held AND conversation_id IS NULL",
+        member,
+        conversation,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A member whose turn for a coalescing bot has waited at least `min_age_secs`.
+#[derive(Debug)]
+pub struct WaitingTurn {
+    pub member_id: Uuid,
+    pub channel_id: String,
+    /// The event id of the burst's first message (the turn's `TurnDue` derives from it).
+    pub first_event_id: Uuid,
+    pub age_secs: f64,
+}
+
+pub async fn waiting_turns(pool: &PgPool, min_age_secs: f64) -> sqlx::Result<Vec<WaitingTurn>> {
+    sqlx::query_as!(
+        WaitingTurn,
+        r#"SELECT DISTINCT ON (member_id) member_id, channel_id, event_id AS first_event_id,
+                  EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_secs!"
+           FROM messages
+           WHERE held AND conversation_id IS NULL
+             AND created_at < now() - make_interval(secs => $1)
+           ORDER BY member_id, id"#,
+        min_age_secs,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// The member's last `lines` lines of dialog (customer, bot, agent), newest first: who,
 /// and the text when the line has one.
 pub async fn last_dialog(

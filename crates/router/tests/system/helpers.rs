@@ -104,6 +104,10 @@ pub struct HubOptions {
     /// More of the main inlet's `handoff` rules, as YAML flow entries
     /// (`"botDownSecs: 2, onBotDown: handoff"`).
     pub inlet_handoff: &'static str,
+    /// The main inlet's `csat` (YAML), when it asks one.
+    pub csat: Option<&'static str>,
+    /// The demo bot's `coalesceMs`.
+    pub coalesce_ms: u64,
 }
 
 /// The notices that tests written before them do not expect (the end text they do).
@@ -146,6 +150,8 @@ impl Default for HubOptions {
             stalled_after_secs: 30,
             notices: Some(QUIET),
             inlet_handoff: "",
+            csat: None,
+            coalesce_ms: 0,
         }
     }
 }
@@ -223,10 +229,12 @@ channels:
       liveIdleTimeoutSecs: {idle}
 {inlet_handoff}
 {notices}
+{csat}
   - id: demo-bot
     org: {ORG}
     platform: webhook-bot
     role: bot
+    coalesceMs: {coalesce}
     accessToken: bot-token-789
     info:
       url: {bot}
@@ -314,6 +322,11 @@ channels:
             .filter(|entry| !entry.is_empty())
             .map(|entry| format!("      {entry}\n"))
             .collect::<String>(),
+        coalesce = o.coalesce_ms,
+        csat = match o.csat {
+            Some(csat) => format!("    csat: {csat}"),
+            None => String::new(),
+        },
         notices = match o.notices {
             Some(notices) => format!("    notices: {notices}"),
             None => String::new(),

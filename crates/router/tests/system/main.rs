@@ -14,6 +14,7 @@ mod notices;
 mod poison;
 mod selarti;
 mod stalls;
+mod stepping_out;
 mod traces;
 mod walls;
 mod zendesk;

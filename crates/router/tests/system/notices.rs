@@ -260,3 +260,58 @@ async fn a_bot_answer_arriving_after_the_handoff_is_withheld_and_reaches_the_des
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_burst_within_the_bots_window_is_one_turn_and_a_handoff_word_still_acts_at_once() {
+    // Arrange: the bot takes bursts within 600 ms as one turn
+    let hub = TestHub::start_with(HubOptions {
+        coalesce_ms: 600,
+        ..Default::default()
+    })
+    .await;
+
+    // Act: three fragments at once, each with its platform message id
+    for (i, text) in ["hi", "I need", "to change my order"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut body = WebhookClient::customer_text("bea", INLET, text, now_ms());
+        body["sendToBot"]["messageEvent"]["messageId"] = json!(format!("m-{i}"));
+        let (status, _) = hub
+            .inlet
+            .post(INLET, ORG, INLET_TOKEN, &body, &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+
+    // Assert: one call, one answer, every id kept in order
+    let got = texts_received(&hub, "bea", 1).await;
+    assert_eq!(got, ["You said: hi\nI need\nto change my order"]);
+    let calls: Vec<Value> = hub
+        .bot
+        .calls()
+        .into_iter()
+        .filter(|c| c["member"]["externalId"] == "bea")
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["messageIds"], json!(["m-0", "m-1", "m-2"]));
+
+    // Act: a fragment, then the handoff word within the window
+    hub.say("bea", "my parcel").await;
+    hub.say("bea", "talk to a human").await;
+    hand_off_by_keyword(&hub, "bea").await;
+
+    // Assert: the fragment went to the desk with the handoff, never to the bot
+    let relays = hub.wait_desk(Api::Relay, 1).await;
+    assert_eq!(relays[0].body["response"]["text"], "my parcel");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !hub.bot
+            .calls()
+            .iter()
+            .any(|c| c["message"]["text"] == "my parcel"),
+        "the bot never got it"
+    );
+    hub.shutdown().await;
+}
