@@ -127,6 +127,11 @@ pub struct LiveChatRules {
     pub end_command: String,
     /// What the customer is told when an agent ends the live chat (empty: nothing).
     pub end_text: String,
+    /// Agents may take a member the bot holds (a `sendToInlet`, or `takeoverCommand`
+    /// naming the member), without being asked.
+    pub agent_takeover: bool,
+    /// The agent command that takes a member over (`messageEvent.to` names the member).
+    pub takeover_command: String,
 }
 
 impl Default for LiveChatRules {
@@ -134,6 +139,8 @@ impl Default for LiveChatRules {
         Self {
             end_command: "done".into(),
             end_text: "The agent has left the chat. You are talking to our assistant again.".into(),
+            agent_takeover: true,
+            takeover_command: "takeover".into(),
         }
     }
 }

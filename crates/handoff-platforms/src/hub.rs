@@ -38,6 +38,13 @@ pub struct LookupRequest {
     pub outlet_channel: Option<String>,
     #[serde(default)]
     pub conversation_ref: Option<String>,
+    /// Take the member over for `caller` (an outlet) if the bot holds it: a live chat is
+    /// opened by compare-and-set before the answer, so of two racing callers one wins.
+    #[serde(default)]
+    pub claim: bool,
+    /// The agent taking over, when the desk says (`agentName`).
+    #[serde(default)]
+    pub agent_name: Option<String>,
 }
 
 /// Who serves a member now.
@@ -66,6 +73,9 @@ pub struct LookupReply {
     pub conversation_id: Option<Uuid>,
     #[serde(default)]
     pub outlet_channel: String,
+    /// This look-up's `claim` opened the live chat.
+    #[serde(default)]
+    pub claimed: bool,
     /// The router could not answer (its log says why).
     #[serde(default)]
     pub error: Option<String>,

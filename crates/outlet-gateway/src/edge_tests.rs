@@ -93,6 +93,7 @@ fn live_with(outlet: &str) -> (String, Uuid, LookupReply) {
         state: Serving::Live,
         conversation_id: Some(conversation),
         outlet_channel: outlet.into(),
+        claimed: false,
         error: None,
     };
     (member.to_string(), conversation, reply)
@@ -292,4 +293,24 @@ async fn an_unreachable_bus_is_503_on_both_edges_and_its_detail_stays_in_the_log
         assert!(!answer.to_string().contains("hunter2"), "{answer}");
         assert!(!answer.to_string().contains("10.0.0.7"), "{answer}");
     }
+}
+
+#[tokio::test]
+async fn a_takeover_the_router_did_not_grant_is_409_member_taken_and_stores_nothing() {
+    let (router, hub) = edges();
+    // The member is already live with this desk: another agent was quicker.
+    let (member, _, reply) = live_with("desk");
+    hub.knows(&member, reply);
+    let takeover = json!({"externalId": "agent-2", "sendToBot": {"messageEvent": {
+        "from": "agent-2", "to": member, "type": "TEXT", "data": {"text": "Takeover"},
+        "timestamp": 1}}});
+
+    let (status, answer) = post(&router, &webhook(DESK), takeover).await;
+
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"]["code"], "member_taken");
+    assert!(hub.accepted().is_empty());
+    let asked = &hub.lookups()[0];
+    assert!(asked.claim, "the look-up asked to claim the member");
+    assert_eq!(asked.member_id.as_deref(), Some(member.as_str()));
 }

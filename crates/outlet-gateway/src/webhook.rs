@@ -59,11 +59,15 @@ async fn receive<H: Hub>(
             source_message_id,
             agent_name,
         } => {
+            // An agent writing to a member the bot holds takes them over (where the
+            // outlet allows it): the router opens the live chat before answering.
             let found = lookup(
                 &edge.hub,
                 LookupRequest {
                     caller: Some(outlet.id.clone()),
                     member_id: Some(member_id.clone()),
+                    claim: outlet.live_chat.agent_takeover,
+                    agent_name: Some(agent_name.clone()).filter(|n| !n.is_empty()),
                     ..Default::default()
                 },
             )
@@ -99,6 +103,49 @@ async fn receive<H: Hub>(
                 field: "sendToBot.messageEvent.to".into(),
                 message: "an agent command names its conversation in `messageEvent.to`".into(),
             })?;
+            let said = match &content.kind {
+                Some(handoff_proto::v1::content::Kind::Text(t)) => t.text.trim(),
+                _ => "",
+            };
+            if outlet.live_chat.agent_takeover
+                && said.eq_ignore_ascii_case(outlet.live_chat.takeover_command.trim())
+            {
+                // `to` names the member; of two agents racing, one gets the chat.
+                let found = lookup(
+                    &edge.hub,
+                    LookupRequest {
+                        caller: Some(outlet.id.clone()),
+                        member_id: Some(reference.clone()),
+                        claim: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let (Some(member), Some(conversation), true) =
+                    (found.member_id, found.conversation_id, found.found)
+                else {
+                    return Err(ApiError::UnknownMember(reference));
+                };
+                if !found.claimed {
+                    return Err(ApiError::Taken(reference));
+                }
+                let incoming = Incoming {
+                    member_id: member.to_string(),
+                    conversation_id: conversation.to_string(),
+                    purpose: "agent",
+                    source_id: message_id(source_message_id),
+                    occurred_at_ms: timestamp_ms,
+                    body: Body::AgentCommand(AgentCommand {
+                        content: Some(content),
+                        conversation_ref: conversation.to_string(),
+                    }),
+                };
+                let accepted =
+                    accept(&edge.hub, &outlet, incoming, parsed.to_string().as_bytes()).await?;
+                return Ok(Json(
+                    json!({"ok": true, "eventId": accepted.event_id, "conversationId": conversation}),
+                ));
+            }
             let found = lookup(
                 &edge.hub,
                 LookupRequest {

@@ -85,7 +85,70 @@ async fn lookup(parts: &Parts, q: &LookupRequest) -> anyhow::Result<LookupReply>
     ) {
         return Ok(LookupReply::default());
     }
-    Ok(LookupReply {
+    if q.claim
+        && row.state.is_none_or(|s| s == ConvState::Closed)
+        && let Some(outlet) = q
+            .caller
+            .as_deref()
+            .and_then(|c| takes_over(parts, c, &row.inlet))
+    {
+        let conversation = Uuid::now_v7();
+        let taken = store::conversations::take_over(
+            &parts.pool,
+            store::conversations::Takeover {
+                id: conversation,
+                member_id: row.member_id,
+                outlet_channel_id: &outlet.id,
+                agent_name: q.agent_name.as_deref().unwrap_or_default(),
+                history_token: &crate::engine::history_token(),
+                history_ttl_secs: parts
+                    .catalog
+                    .load()
+                    .channels
+                    .get(&row.inlet)
+                    .map_or(0, |i| i.handoff.history_link_ttl_secs)
+                    as f64,
+            },
+        )
+        .await?;
+        if taken {
+            return Ok(LookupReply {
+                found: true,
+                member_id: Some(row.member_id),
+                state: Serving::Live,
+                conversation_id: Some(conversation),
+                outlet_channel: outlet.id.clone(),
+                claimed: true,
+                error: None,
+            });
+        }
+        // Another agent was quicker: say who has the member now.
+        let now = store::members::whereabouts(&parts.pool, row.member_id).await?;
+        return Ok(match now {
+            Some(now) => reply(now),
+            None => LookupReply::default(),
+        });
+    }
+    Ok(reply(row))
+}
+
+/// The outlet `caller`, when it may take members of `inlet` over without being asked.
+fn takes_over(
+    parts: &Parts,
+    caller: &str,
+    inlet: &str,
+) -> Option<std::sync::Arc<handoff_config::Channel>> {
+    let snapshot = parts.catalog.load();
+    let outlet = snapshot.channels.get(caller)?;
+    let inlet = snapshot.channels.get(inlet)?;
+    (outlet.role == Role::Outlet
+        && outlet.live_chat.agent_takeover
+        && snapshot.platforms.handoff_target(inlet) == Some(caller))
+    .then(|| outlet.clone())
+}
+
+fn reply(row: store::members::Whereabouts) -> LookupReply {
+    LookupReply {
         found: true,
         member_id: Some(row.member_id),
         state: match row.state {
@@ -95,8 +158,9 @@ async fn lookup(parts: &Parts, q: &LookupRequest) -> anyhow::Result<LookupReply>
         },
         conversation_id: row.conversation_id,
         outlet_channel: row.outlet_channel_id.unwrap_or_default(),
+        claimed: false,
         error: None,
-    })
+    }
 }
 
 /// Whether channel `caller` may act on a member of `inlet` whose open conversation (if

@@ -853,6 +853,20 @@ impl<'a> Decision<'_, 'a> {
         });
     }
 
+    /// An agent took the member without a handoff: the bot hears it is to be silent.
+    fn taken_over(&mut self, c: &OpenConversation) {
+        let started = json!({"reason": "agent_takeover"});
+        self.system("LIVE_CHAT_STARTED", started.clone(), Some(c.id));
+        self.tell_bot_as(
+            true,
+            SendToBot {
+                content: Some(event_content("LIVE_CHAT_STARTED", started.clone())),
+                reason: Some(Reason::LiveChatStarted(trouble(&started))),
+                ..Default::default()
+            },
+        );
+    }
+
     fn agent_joined(&mut self, c: &OpenConversation, agent: &str) {
         self.steps.push(Step::AgentJoined {
             conversation: c.id,
@@ -879,6 +893,14 @@ impl<'a> Decision<'_, 'a> {
         self.record(Author::Agent, self.facts.source, content, true);
         self.steps.push(Step::Touch(c.id));
         if !c.agent_joined {
+            if c.taken_over {
+                self.taken_over(c);
+            }
+            let agent = if agent.is_empty() {
+                &c.agent_name
+            } else {
+                agent
+            };
             self.agent_joined(c, agent);
         }
         self.send(Command::ToMember {
@@ -905,6 +927,18 @@ impl<'a> Decision<'_, 'a> {
         };
         if text.eq_ignore_ascii_case(self.rules().end_command.trim()) {
             self.close(c, "agent_ended");
+            return;
+        }
+        if text.eq_ignore_ascii_case(self.rules().takeover_command.trim()) {
+            // The takeover itself happened at the edge (a compare-and-set); this says so.
+            if c.taken_over && !c.agent_joined {
+                self.taken_over(c);
+                let agent = c.agent_name.clone();
+                self.agent_joined(c, &agent);
+            } else {
+                self.steps
+                    .push(Step::Ignore("a takeover of a chat already announced"));
+            }
             return;
         }
         self.steps.push(Step::Touch(c.id));
@@ -1137,6 +1171,8 @@ mod tests {
                 outlet_channel_id: "desk".into(),
                 agent_joined: false,
                 trouble_told: false,
+                taken_over: false,
+                agent_name: String::new(),
             }),
             source: "web".into(),
             named: String::new(),
@@ -1875,5 +1911,49 @@ mod tests {
             pending.decide("web", Event::TurnDue)[..],
             [Step::Ignore(_)]
         ));
+    }
+
+    #[test]
+    fn an_agents_first_message_after_a_takeover_silences_the_bot_and_announces_the_agent() {
+        let mut w = world(Some(OpenState::Live));
+        w.source = "desk".into();
+        {
+            let c = w.conversation.as_mut().unwrap();
+            c.taken_over = true;
+            c.agent_name = "Ann".into();
+        }
+        let steps = w.decide(
+            "web",
+            Event::AgentMessage {
+                content: &text("Hi, I saw you were stuck"),
+                agent: "",
+            },
+        );
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::ToBot { live: true, send, .. } if matches!(&send.reason, Some(Reason::LiveChatStarted(t)) if t.reason == "agent_takeover"))));
+        assert_eq!(
+            texts_to_member(&steps),
+            ["Ann has joined the chat.", "Hi, I saw you were stuck"]
+        );
+        let command = w.decide(
+            "web",
+            Event::AgentCommand {
+                content: &text("takeover"),
+                reference: "",
+            },
+        );
+        assert!(
+            sends(&command)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. }))
+        );
+        w.conversation.as_mut().unwrap().agent_joined = true;
+        let again = w.decide(
+            "web",
+            Event::AgentCommand {
+                content: &text("takeover"),
+                reference: "",
+            },
+        );
+        assert!(sends(&again).is_empty(), "{again:?}");
     }
 }

@@ -94,4 +94,8 @@ pub struct OpenConversation {
     pub agent_joined: bool,
     /// The customer has been told the desk is not getting their messages.
     pub trouble_told: bool,
+    /// An agent opened it on a member the bot held (no handoff was asked).
+    pub taken_over: bool,
+    /// The agent who took it, when the desk said.
+    pub agent_name: String,
 }

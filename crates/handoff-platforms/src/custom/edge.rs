@@ -46,6 +46,8 @@ pub enum ApiError {
     UnknownConversation(String),
     #[error("member `{0}` is not in a live chat")]
     NotLive(String),
+    #[error("member `{0}` is already with a human (or on the way to one)")]
+    Taken(String),
     #[error("body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the message could not be stored; try again")]
@@ -69,6 +71,7 @@ impl ApiError {
             ApiError::UnknownMember(_) => (StatusCode::NOT_FOUND, "unknown_member"),
             ApiError::UnknownConversation(_) => (StatusCode::NOT_FOUND, "unknown_conversation"),
             ApiError::NotLive(_) => (StatusCode::CONFLICT, "member_not_live"),
+            ApiError::Taken(_) => (StatusCode::CONFLICT, "member_taken"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

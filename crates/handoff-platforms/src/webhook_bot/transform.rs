@@ -21,6 +21,9 @@ pub enum BotEvent {
     /// A live chat ended (agent command, idle timeout); the member is the bot's again
     /// (`liveChatEnded.reason`).
     LiveChatEnded,
+    /// A human took the member over without being asked (`liveChatStarted.reason`:
+    /// `agent_takeover`); the bot's answers are not sent to the customer meanwhile.
+    LiveChatStarted,
 }
 
 impl BotEvent {
@@ -31,6 +34,7 @@ impl BotEvent {
             BotEvent::HandoffFailed => "handoff_failed",
             BotEvent::AgentCommand => "agent_command",
             BotEvent::LiveChatEnded => "live_chat_ended",
+            BotEvent::LiveChatStarted => "live_chat_started",
         }
     }
 }
@@ -43,6 +47,7 @@ impl BotEvent {
             Some(Reason::RelayFailed(_)) => BotEvent::RelayFailed,
             Some(Reason::HandoffFailed(_)) => BotEvent::HandoffFailed,
             Some(Reason::LiveChatEnded(_)) => BotEvent::LiveChatEnded,
+            Some(Reason::LiveChatStarted(_)) => BotEvent::LiveChatStarted,
             Some(Reason::AgentConversationId(_)) => BotEvent::AgentCommand,
         }
     }
@@ -108,6 +113,7 @@ pub fn request_body(r: &BotRequest<'_>) -> Value {
         Some(Reason::RelayFailed(t)) => (Some("relayMessageError"), Some(trouble(t))),
         Some(Reason::HandoffFailed(t)) => (Some("handoffError"), Some(trouble(t))),
         Some(Reason::LiveChatEnded(t)) => (Some("liveChatEnded"), Some(trouble(t))),
+        Some(Reason::LiveChatStarted(t)) => (Some("liveChatStarted"), Some(trouble(t))),
     };
     if let (Some(key), Some(what)) = (key, what) {
         // Stella puts relayMessageError on the message event itself; so do we.

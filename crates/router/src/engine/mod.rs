@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::store;
 use batch::Job;
-pub(crate) use steps::TURN_DUE;
+pub(crate) use steps::{TURN_DUE, history_token};
 
 /// A failure retrying cannot cure (the event refers to something that does not exist, or
 /// is malformed): the event is parked instead of retried.

@@ -535,7 +535,7 @@ fn one_turn(waiting: Vec<(Value, Option<String>)>) -> Vec<SendToBot> {
     }
 }
 
-fn history_token() -> String {
+pub(crate) fn history_token() -> String {
     use rand::Rng as _;
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

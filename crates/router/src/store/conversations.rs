@@ -49,6 +49,46 @@ pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Resu
     Ok(opened == 1)
 }
 
+/// A live chat an agent opens on a member the bot holds.
+pub struct Takeover<'a> {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub outlet_channel_id: &'a str,
+    pub agent_name: &'a str,
+    pub history_token: &'a str,
+    pub history_ttl_secs: f64,
+}
+
+/// BOT → LIVE at an agent's word, a new epoch for the member; `false` when the member
+/// already has an open conversation. Takes the member's lock first, so it waits for (and
+/// sees the effect of) a batch applying the member's events meanwhile.
+pub async fn take_over(pool: &PgPool, t: Takeover<'_>) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    super::inbox::lock_member(&mut *tx, t.member_id).await?;
+    let taken = sqlx::query_scalar!(
+        r#"WITH live AS (
+             INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
+               trigger, history_token, history_expires_at, agent_name)
+             VALUES ($1, $2, 'live', $3, 'Taken over by an agent', 'agent_takeover', $4,
+                     now() + make_interval(secs => $5), NULLIF($6, ''))
+             ON CONFLICT DO NOTHING
+             RETURNING member_id),
+           bumped AS (
+             UPDATE members SET epoch = epoch + 1 FROM live WHERE members.id = live.member_id)
+           SELECT count(*) AS "taken!" FROM live"#,
+        t.id,
+        t.member_id,
+        t.outlet_channel_id,
+        t.history_token,
+        t.history_ttl_secs,
+        t.agent_name,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(taken == 1)
+}
+
 /// PENDING → LIVE, a new epoch for the member. Seconds the customer waited, or `None`
 /// when it was no longer PENDING.
 pub async fn become_live(
@@ -290,6 +330,7 @@ pub async fn open_for_update_many(
 ) -> sqlx::Result<Vec<(Uuid, OpenConversation)>> {
     let rows = sqlx::query!(
         r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id,
+                  trigger = 'agent_takeover' AS "taken_over!", agent_name,
                   agent_joined_at IS NOT NULL AS "agent_joined!",
                   trouble_told_at IS NOT NULL AS "trouble_told!"
            FROM conversations
@@ -309,6 +350,8 @@ pub async fn open_for_update_many(
                     outlet_channel_id: r.outlet_channel_id,
                     agent_joined: r.agent_joined,
                     trouble_told: r.trouble_told,
+                    taken_over: r.taken_over,
+                    agent_name: r.agent_name.unwrap_or_default(),
                 },
             )
         })

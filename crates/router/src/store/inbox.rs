@@ -37,6 +37,19 @@ pub async fn lock_and_record(
     Ok(fresh.into_iter().collect())
 }
 
+/// Takes the member's lock for this transaction (the one batches take in
+/// `lock_and_record`), outside a batch: an agent's takeover.
+pub async fn lock_member(db: impl PgExecutor<'_>, member: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        MEMBER_LOCK_CLASS,
+        member.to_string(),
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
+}
+
 /// Whether event `id` was applied (and its inbox entry not pruned yet).
 pub async fn seen(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
     sqlx::query_scalar!(

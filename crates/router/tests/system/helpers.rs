@@ -108,6 +108,8 @@ pub struct HubOptions {
     pub csat: Option<&'static str>,
     /// The demo bot's `coalesceMs`.
     pub coalesce_ms: u64,
+    /// More of the desk's `liveChat` rules, as YAML flow entries.
+    pub outlet_live_chat: &'static str,
 }
 
 /// The notices that tests written before them do not expect (the end text they do).
@@ -152,6 +154,7 @@ impl Default for HubOptions {
             inlet_handoff: "",
             csat: None,
             coalesce_ms: 0,
+            outlet_live_chat: "",
         }
     }
 }
@@ -281,6 +284,7 @@ channels:
     liveChat:
       endCommand: done
       endText: The agent has left. The assistant is back.
+{outlet_live_chat}
   - id: {OTHER_INLET}
     org: {OTHER_ORG}
     platform: custom
@@ -323,6 +327,13 @@ channels:
             .map(|entry| format!("      {entry}\n"))
             .collect::<String>(),
         coalesce = o.coalesce_ms,
+        outlet_live_chat = o
+            .outlet_live_chat
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| format!("      {entry}\n"))
+            .collect::<String>(),
         csat = match o.csat {
             Some(csat) => format!("    csat: {csat}"),
             None => String::new(),

@@ -15,6 +15,7 @@ mod poison;
 mod selarti;
 mod stalls;
 mod stepping_out;
+mod takeover;
 mod traces;
 mod walls;
 mod zendesk;

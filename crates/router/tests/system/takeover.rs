@@ -1,0 +1,130 @@
+//! Agents take a member over without being asked: the first to write (or to send the
+//! takeover command) gets the live chat, the bot falls silent, the customer is told.
+
+use std::time::Duration;
+
+use handoff_simulators::{Api, WebhookClient};
+use serde_json::json;
+
+use crate::helpers::*;
+
+async fn agent_writes(hub: &TestHub, who: &str, text: &str) -> (u16, serde_json::Value) {
+    let mut body = WebhookClient::agent_reply(&member_id(who), text);
+    body["sendToInlet"]["agentName"] = json!("Ann");
+    hub.outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap()
+}
+
+async fn takeover(hub: &TestHub, who: &str) -> (u16, serde_json::Value) {
+    let body = WebhookClient::agent_command(&member_id(who), "takeover", now_ms());
+    hub.outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_writing_to_a_member_the_bot_holds_takes_them_over_and_the_bot_falls_silent() {
+    // Arrange: the customer is with the bot
+    let hub = TestHub::start_with(HubOptions {
+        notices: None,
+        ..Default::default()
+    })
+    .await;
+    hub.say("kim", "my order is late").await;
+    hub.wait_received("kim", 1).await;
+
+    // Act
+    let (status, body) = agent_writes(&hub, "kim", "Hi Kim, I can help with that").await;
+
+    // Assert: the chat is live with the desk, the customer is told who joined, the bot
+    // heard it should be silent, and the customer's next words go to the agent
+    assert_eq!(status, 200, "{body}");
+    let got = hub.wait_received("kim", 3).await;
+    assert_eq!(
+        got.iter().map(text_of).collect::<Vec<_>>(),
+        [
+            "You said: my order is late",
+            "Ann has joined the chat.",
+            "Hi Kim, I can help with that"
+        ]
+    );
+    let told = hub
+        .wait_bot(|c| c["event"] == "live_chat_started" && c["member"]["externalId"] == "kim")
+        .await;
+    assert_eq!(told["liveChatStarted"]["reason"], "agent_takeover");
+    hub.say("kim", "thanks, order 12").await;
+    let relays = hub.wait_desk(Api::Relay, 1).await;
+    assert_eq!(relays[0].body["response"]["text"], "thanks, order 12");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !hub.bot
+            .calls()
+            .iter()
+            .any(|c| c["message"]["text"] == "thanks, order 12"),
+        "the bot did not get it"
+    );
+    let member = member_id("kim").parse().unwrap();
+    assert!(hub.wait_conversation_state(member, "live").await.is_none());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn of_two_agents_racing_to_take_a_member_over_one_gets_the_chat_and_the_other_409() {
+    // Arrange
+    let hub = TestHub::start().await;
+    hub.say("lee", "hello").await;
+    hub.wait_received("lee", 1).await;
+
+    // Act: two takeover commands at once, then a third after
+    let (a, b) = tokio::join!(takeover(&hub, "lee"), takeover(&hub, "lee"));
+    let late = takeover(&hub, "lee").await;
+
+    // Assert
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let loser = if a.0 == 409 { &a.1 } else { &b.1 };
+    assert_eq!(loser["error"]["code"], "member_taken");
+    assert_eq!(late.0, 409);
+    let mut db = hub.db().await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversations WHERE member_id = $1::uuid AND state = 'live'
+           AND trigger = 'agent_takeover'",
+    )
+    .bind(member_id("lee"))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(open, 1);
+    hub.wait_bot(|c| c["event"] == "live_chat_started" && c["member"]["externalId"] == "lee")
+        .await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_outlet_that_does_not_take_over_gets_409_for_a_member_the_bot_holds() {
+    // Arrange: the desk's agents may not take members over
+    let hub = TestHub::start_with(HubOptions {
+        outlet_live_chat: "agentTakeover: false",
+        ..Default::default()
+    })
+    .await;
+    hub.say("mo", "hello").await;
+    hub.wait_received("mo", 1).await;
+
+    // Act
+    let (status, body) = agent_writes(&hub, "mo", "hi").await;
+    let (command, _) = takeover(&hub, "mo").await;
+
+    // Assert
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "member_not_live");
+    assert_eq!(
+        command, 404,
+        "`takeover` is just an unknown conversation here"
+    );
+    hub.shutdown().await;
+}
