@@ -190,6 +190,10 @@ pub struct Channel {
     /// are given to the bot as one turn (0: each message is a turn).
     #[serde(default)]
     pub coalesce_ms: u64,
+    /// Handoff targets (outlets, a Zendesk inlet with a department): when humans are
+    /// there. None: always.
+    #[serde(default)]
+    pub hours: Option<crate::BusinessHours>,
 }
 
 /// The question a customer is asked when a live chat ends, and how it is answered.
@@ -291,6 +295,10 @@ impl Channels {
         let mut by_id = HashMap::new();
         for (i, mut channel) in file.channels.into_iter().enumerate() {
             validate_shape(i, &channel)?;
+            let path = format!("channel `{}`.hours", channel.id);
+            if let Some(hours) = &mut channel.hours {
+                hours.compile(&path)?;
+            }
             channel.info_as_written = as_written
                 .get("channels")
                 .and_then(|list| list.get(i))

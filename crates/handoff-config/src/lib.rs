@@ -6,6 +6,7 @@
 //! they are data an operator edits, not process tuning.
 
 mod channels;
+mod hours;
 mod notices;
 mod settings;
 
@@ -13,6 +14,7 @@ pub use channels::{
     Channel, ChannelError, Channels, CsatRules, HandoffRules, LiveChatRules, OnBotDown, Platform,
     Role, env_reference, member_id,
 };
+pub use hours::{Availability, BusinessHours, Offline, opening_stamp, opening_text};
 pub use notices::{Notice, NoticeKind, Notices, render};
 pub use settings::{
     AdminSettings, DatabaseSettings, DeliverySettings, HttpSettings, NatsSettings,

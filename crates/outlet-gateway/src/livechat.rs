@@ -31,6 +31,24 @@ fn ticket_id(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// A desk's 2xx Livechat answer: accepted (with its ticket and agent, when named), or,
+/// with `"available": false`, refused because nobody is there (`unavailable`).
+fn livechat_result(body: &[u8]) -> Body {
+    let unavailable =
+        serde_json::from_slice::<Value>(body).is_ok_and(|v| v["available"] == Value::Bool(false));
+    if unavailable {
+        return Body::HandoffFailed(HandoffFailed {
+            reason: "the desk says no agent is available".into(),
+            status: 0,
+            code: "unavailable".into(),
+        });
+    }
+    Body::HandoffAccepted(HandoffAccepted {
+        external_conversation_id: ticket_id(body),
+        agent_name: agent_name(body),
+    })
+}
+
 /// The agent a desk's Livechat answer names (`agentName`, or `agent.name`), if any.
 fn agent_name(body: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
@@ -84,13 +102,7 @@ impl Handler for LiveChatDeliverer {
                     .client
                     .post_json(url, id, &body, signer.as_ref())
                     .await
-                    .map(|ok| {
-                        let accepted = Body::HandoffAccepted(HandoffAccepted {
-                            external_conversation_id: ticket_id(&ok.body),
-                            agent_name: agent_name(&ok.body),
-                        });
-                        Some(("livechat_result", accepted))
-                    });
+                    .map(|ok| Some(("livechat_result", livechat_result(&ok.body))));
                 // No park: the bot takes the customer back, which is the answer.
                 settle(Horizon::Handoff, attempt, &|e: &DeliveryError| Failure {
                     purpose: "livechat_result",
@@ -161,5 +173,31 @@ impl Handler for LiveChatDeliverer {
                 reason: format!("`{}` is not a command for a live chat", envelope.kind()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_livechat_answer_accepts_with_its_ticket_and_agent_or_says_nobody_is_available() {
+        let accepted = livechat_result(br#"{"ticketId": 42, "agent": {"name": " Bo "}}"#);
+        assert_eq!(
+            accepted,
+            Body::HandoffAccepted(HandoffAccepted {
+                external_conversation_id: "42".into(),
+                agent_name: "Bo".into(),
+            })
+        );
+        let refused = livechat_result(br#"{"ok": true, "available": false}"#);
+        assert!(
+            matches!(&refused, Body::HandoffFailed(f) if f.code == "unavailable"),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            livechat_result(b"not json"),
+            Body::HandoffAccepted(_)
+        ));
     }
 }

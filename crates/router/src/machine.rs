@@ -54,6 +54,19 @@ pub(crate) struct Facts<'a> {
     pub csat_pending: Option<Uuid>,
     /// The member's bot's coalescing window (0: each message is a turn).
     pub coalesce_ms: u64,
+    /// The handoff target is outside its hours now.
+    pub desk_closed: Option<DeskClosed>,
+}
+
+/// A desk outside its business hours.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeskClosed {
+    /// When it opens next, for a program (RFC 3339) and for the customer; empty: not
+    /// within two weeks.
+    pub next_open_at: String,
+    pub next_open_text: String,
+    /// The desk wants the request anyway (`offline: ticket`).
+    pub offline_ticket: bool,
 }
 
 /// An event, in the machine's terms.
@@ -187,6 +200,12 @@ pub(crate) enum Step {
         outlet: String,
         details: HandoffDetails,
     },
+    /// A handoff outside hours the desk wants anyway: the Livechat request goes out for a
+    /// conversation closed at once (`outside_hours`); the member stays with the bot.
+    OfflineTicket {
+        outlet: String,
+        details: HandoffDetails,
+    },
     /// The customer was told the desk is not getting their messages (once per
     /// conversation).
     TroubleTold(Uuid),
@@ -273,6 +292,10 @@ fn trouble(detail: &Value) -> Trouble {
             .as_i64()
             .and_then(|s| i32::try_from(s).ok()),
         message: detail["message"].as_str().unwrap_or_default().to_string(),
+        next_open_at: detail["nextOpenAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -421,8 +444,14 @@ impl<'a> Decision<'_, 'a> {
         let Some(template) = self.facts.inlet.notices.template(kind, locale, fallback) else {
             return;
         };
+        let next_open = self
+            .facts
+            .desk_closed
+            .as_ref()
+            .map(|c| c.next_open_text.clone());
         let text = handoff_config::render(template, |name| match name {
             "agentName" => Some(agent.to_string()),
+            "nextOpenAt" => next_open.clone(),
             _ => name
                 .strip_prefix("profile.")
                 .and_then(|field| match &profile[field] {
@@ -621,6 +650,9 @@ impl<'a> Decision<'_, 'a> {
             return;
         }
         match self.facts.handoff_to {
+            Some(outlet) if self.facts.desk_closed.is_some() => {
+                self.outside_hours(outlet, details);
+            }
             Some(outlet) => {
                 self.steps.push(Step::OpenHandoff {
                     outlet: outlet.to_string(),
@@ -639,6 +671,36 @@ impl<'a> Decision<'_, 'a> {
                 });
             }
         }
+    }
+
+    /// A handoff while the desk is closed: the customer hears when it opens, the bot gets
+    /// `handoff_failed` (`outside_hours`, `nextOpenAt`), and the desk the request only if
+    /// it wants offline tickets.
+    fn outside_hours(&mut self, outlet: &str, mut details: HandoffDetails) {
+        let closed = self.facts.desk_closed.clone().unwrap_or_default();
+        if closed.offline_ticket {
+            let mut meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+            if let Value::Object(m) = &mut meta {
+                m.insert("offline".into(), json!(true));
+            }
+            details.meta_json = meta.to_string();
+            self.steps.push(Step::OfflineTicket {
+                outlet: outlet.to_string(),
+                details,
+            });
+        }
+        let error = json!({
+            "reason": "outside_hours",
+            "message": "the desk is outside its hours",
+            "nextOpenAt": closed.next_open_at,
+        });
+        self.system("HANDOFF_FAILED", error.clone(), None);
+        self.notice(NoticeKind::OutsideHours, "", false, None);
+        self.tell_bot(SendToBot {
+            content: Some(event_content("HANDOFF_FAILED", error.clone())),
+            reason: Some(Reason::HandoffFailed(trouble(&error))),
+            ..Default::default()
+        });
     }
 
     /// The event came from a channel that may not act on this member: it is recorded as
@@ -1158,6 +1220,7 @@ mod tests {
         bot_down: bool,
         csat_pending: Option<Uuid>,
         coalesce_ms: u64,
+        desk_closed: Option<DeskClosed>,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -1181,6 +1244,7 @@ mod tests {
             bot_down: false,
             csat_pending: None,
             coalesce_ms: 0,
+            desk_closed: None,
         }
     }
 
@@ -1199,6 +1263,7 @@ mod tests {
                 bot_down: self.bot_down,
                 csat_pending: self.csat_pending,
                 coalesce_ms: self.coalesce_ms,
+                desk_closed: self.desk_closed.clone(),
             };
             decide(&facts, event)
         }
@@ -1955,5 +2020,32 @@ mod tests {
             },
         );
         assert!(sends(&again).is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn outside_hours_a_handoff_calls_no_desk_and_says_when_it_opens() {
+        let mut w = world(None);
+        w.desk_closed = Some(DeskClosed {
+            next_open_at: "2026-12-07T09:00:00+01:00".into(),
+            next_open_text: "Monday 09:00 (Europe/Berlin)".into(),
+            offline_ticket: false,
+        });
+        let steps = w.decide("web", Event::Inbound(&text("human")));
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::OpenHandoff { .. } | Step::OfflineTicket { .. }))
+        );
+        assert_eq!(
+            texts_to_member(&steps),
+            [
+                "Our team is offline right now and back Monday 09:00 (Europe/Berlin). Our assistant will keep helping you."
+            ]
+        );
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::HandoffFailed(t)) if t.reason == "outside_hours" && t.next_open_at == "2026-12-07T09:00:00+01:00"))));
+
+        w.desk_closed.as_mut().unwrap().offline_ticket = true;
+        let steps = w.decide("web", Event::Inbound(&text("human")));
+        assert!(steps.iter().any(|s| matches!(s, Step::OfflineTicket { outlet, details } if outlet == "desk" && details.meta_json.contains(r#""offline":true"#))));
     }
 }

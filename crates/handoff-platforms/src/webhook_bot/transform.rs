@@ -82,6 +82,9 @@ fn trouble(t: &Trouble) -> Value {
     if !t.message.is_empty() {
         v["message"] = json!(t.message);
     }
+    if !t.next_open_at.is_empty() {
+        v["nextOpenAt"] = json!(t.next_open_at);
+    }
     v
 }
 
@@ -225,12 +228,13 @@ mod tests {
         let relay = Trouble {
             reason: "relay_failed".into(),
             status: Some(503),
-            message: String::new(),
+            ..Default::default()
         };
         let refused = Trouble {
             reason: "livechat_failed".into(),
             status: Some(422),
             message: "no agents".into(),
+            ..Default::default()
         };
         let ended = Trouble {
             reason: "agent_ended".into(),

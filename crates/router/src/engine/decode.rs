@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use handoff_bus::{Parking, storable};
-use handoff_config::Channel;
+use handoff_config::{Availability, Channel, Offline, opening_stamp, opening_text};
 use handoff_proto::{Body, Content, Envelope};
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{Engine, permanent};
-use crate::machine::{self, Event, Facts, Step};
+use crate::machine::{self, DeskClosed, Event, Facts, Step};
 use crate::model::OpenConversation;
 use crate::store::{self, members::MemberRow};
 
@@ -154,6 +154,9 @@ impl Engine {
                 .as_deref()
                 .and_then(|bot| catalog.channels.get(bot))
                 .map_or(0, |bot| bot.coalesce_ms),
+            desk_closed: handoff_to
+                .and_then(|desk| catalog.channels.get(desk))
+                .and_then(|desk| desk_closed(desk)),
         };
         let default_content = Content::default();
         let event = match body {
@@ -227,4 +230,17 @@ async fn told_when_stalled(
     let stalled =
         handoff_bus::derived_id(&failure.causation_id, handoff_platforms::settle::STALLED, 0);
     Ok(store::inbox::seen(&mut **tx, stalled.parse()?).await?)
+}
+
+/// Whether `desk` is outside its business hours now, and when it opens.
+fn desk_closed(desk: &Channel) -> Option<DeskClosed> {
+    let hours = desk.hours.as_ref()?;
+    match hours.now() {
+        Availability::Open => None,
+        Availability::Closed { next_open } => Some(DeskClosed {
+            next_open_at: next_open.as_ref().map(opening_stamp).unwrap_or_default(),
+            next_open_text: next_open.as_ref().map(opening_text).unwrap_or_default(),
+            offline_ticket: hours.offline == Offline::Ticket,
+        }),
+    }
 }

@@ -165,9 +165,13 @@ impl Engine {
                     }
                 }
                 Step::Touch(conversation) => work.pending.touched.push(conversation),
+                Step::OfflineTicket { outlet, details } => {
+                    self.open_handoff(work, member, inlet, &outlet, details, true)
+                        .await?;
+                }
                 Step::OpenHandoff { outlet, details } => {
                     if !self
-                        .open_handoff(work, member, inlet, &outlet, details)
+                        .open_handoff(work, member, inlet, &outlet, details, false)
                         .await?
                     {
                         tracing::info!(member = %member.id, "handoff asked while one is open; ignored");
@@ -407,7 +411,9 @@ impl Engine {
     }
 
     /// BOT → PENDING: the conversation, its HANDOFF_REQUESTED line and the Livechat request.
-    /// `false` when the member already has an open conversation.
+    /// `false` when the member already has an open conversation. `offline`: the desk is
+    /// closed and wants the request anyway; the conversation is closed at once
+    /// (`outside_hours`) and the member stays with the bot.
     pub(super) async fn open_handoff(
         &self,
         work: &mut Work<'_>,
@@ -415,6 +421,7 @@ impl Engine {
         inlet: &Channel,
         outlet: &str,
         mut details: HandoffDetails,
+        offline: bool,
     ) -> anyhow::Result<bool> {
         if details.summary.is_empty() {
             details.summary = dialog_summary(work, member.id).await?;
@@ -436,15 +443,18 @@ impl Engine {
                 trigger: &details.trigger,
                 history_token: &token,
                 history_ttl_secs: ttl,
+                closed_as: offline.then_some("outside_hours"),
             },
         )
         .await?;
         if !opened {
             return Ok(false);
         }
-        // What waited for a coalescing bot is the desk's now, held with the rest.
-        work.pending.write_lines(work.tx).await?;
-        store::messages::attach_turn(&mut **work.tx, member.id, conv_id).await?;
+        if !offline {
+            // What waited for a coalescing bot is the desk's now, held with the rest.
+            work.pending.write_lines(work.tx).await?;
+            store::messages::attach_turn(&mut **work.tx, member.id, conv_id).await?;
+        }
         let content = event_content(
             "HANDOFF_REQUESTED",
             json!({"trigger": details.trigger, "summary": details.summary, "groupName": details.group_name}),

@@ -21,6 +21,8 @@ pub struct NewConversation<'a> {
     pub trigger: &'a str,
     pub history_token: &'a str,
     pub history_ttl_secs: f64,
+    /// Opened closed, for this reason (a ticket for a desk outside its hours).
+    pub closed_as: Option<&'a str>,
 }
 
 /// BOT → PENDING. `false` when the member already has an open conversation (or this one
@@ -28,9 +30,11 @@ pub struct NewConversation<'a> {
 pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Result<bool> {
     let opened = sqlx::query!(
         "INSERT INTO conversations (id, member_id, state, outlet_channel_id, summary,
-           group_name, label, meta, trigger, history_token, history_expires_at)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9,
-                 now() + make_interval(secs => $10))
+           group_name, label, meta, trigger, history_token, history_expires_at,
+           closed_at, close_reason)
+         VALUES ($1, $2, CASE WHEN $11::text IS NULL THEN 'pending' ELSE 'closed' END,
+                 $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10),
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE now() END, $11)
          ON CONFLICT DO NOTHING",
         c.id,
         c.member_id,
@@ -42,6 +46,7 @@ pub async fn open(db: impl PgExecutor<'_>, c: NewConversation<'_>) -> sqlx::Resu
         c.trigger,
         c.history_token,
         c.history_ttl_secs,
+        c.closed_as,
     )
     .execute(db)
     .await?

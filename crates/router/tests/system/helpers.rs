@@ -110,6 +110,8 @@ pub struct HubOptions {
     pub coalesce_ms: u64,
     /// More of the desk's `liveChat` rules, as YAML flow entries.
     pub outlet_live_chat: &'static str,
+    /// The desk's business `hours` (YAML).
+    pub desk_hours: Option<String>,
 }
 
 /// The notices that tests written before them do not expect (the end text they do).
@@ -155,6 +157,7 @@ impl Default for HubOptions {
             csat: None,
             coalesce_ms: 0,
             outlet_live_chat: "",
+            desk_hours: None,
         }
     }
 }
@@ -285,6 +288,7 @@ channels:
       endCommand: done
       endText: The agent has left. The assistant is back.
 {outlet_live_chat}
+{desk_hours}
   - id: {OTHER_INLET}
     org: {OTHER_ORG}
     platform: custom
@@ -327,6 +331,10 @@ channels:
             .map(|entry| format!("      {entry}\n"))
             .collect::<String>(),
         coalesce = o.coalesce_ms,
+        desk_hours = match &o.desk_hours {
+            Some(hours) => format!("    hours: {hours}"),
+            None => String::new(),
+        },
         outlet_live_chat = o
             .outlet_live_chat
             .split(',')

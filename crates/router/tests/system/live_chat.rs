@@ -272,8 +272,12 @@ async fn an_agent_reply_posted_twice_reaches_the_customer_once() {
 
 #[tokio::test]
 async fn agents_get_404_for_unknown_members_and_409_for_members_not_live() {
-    // Arrange
-    let hub = TestHub::start().await;
+    // Arrange: a desk whose agents do not take members over (takeover.rs has those)
+    let hub = TestHub::start_with(HubOptions {
+        outlet_live_chat: "agentTakeover: false",
+        ..Default::default()
+    })
+    .await;
     hub.say("pat", "hi").await;
     hub.wait_received("pat", 1).await;
 

@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod bot_flow;
 mod crash_recovery;
+mod hours;
 mod independence;
 mod live_chat;
 mod notices;
