@@ -132,6 +132,32 @@ pub struct LiveChatRules {
     pub agent_takeover: bool,
     /// The agent command that takes a member over (`messageEvent.to` names the member).
     pub takeover_command: String,
+    /// LIVE without a first agent message this long: the customer gets the
+    /// `stillWaiting` notice, once per acceptance (0: never).
+    pub first_reply_secs: u64,
+    /// LIVE without a first agent message this long: the request goes to the desk again,
+    /// or the customer back to the bot (`onNoReply`) (0: never).
+    pub requeue_secs: u64,
+    pub on_no_reply: OnNoReply,
+    /// How many times a request goes to the desk again before the bot takes over.
+    pub max_requeues: u32,
+    /// The customer waiting this long since the agent last wrote: they get the
+    /// `agentIdle` notice, and the chat closes `agentIdleGraceSecs` later unless the agent
+    /// writes (0: never).
+    pub agent_idle_secs: u64,
+    pub agent_idle_grace_secs: u64,
+}
+
+/// What a live chat with no first agent reply in `requeueSecs` becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNoReply {
+    /// The Livechat request is sent again (PENDING until accepted), up to `maxRequeues`
+    /// times; then the bot takes the customer back.
+    #[default]
+    Requeue,
+    /// The bot takes the customer back at once.
+    Bot,
 }
 
 impl Default for LiveChatRules {
@@ -141,6 +167,12 @@ impl Default for LiveChatRules {
             end_text: "The agent has left the chat. You are talking to our assistant again.".into(),
             agent_takeover: true,
             takeover_command: "takeover".into(),
+            first_reply_secs: 120,
+            requeue_secs: 0,
+            on_no_reply: OnNoReply::Requeue,
+            max_requeues: 1,
+            agent_idle_secs: 0,
+            agent_idle_grace_secs: 120,
         }
     }
 }

@@ -11,8 +11,8 @@ mod notices;
 mod settings;
 
 pub use channels::{
-    Channel, ChannelError, Channels, CsatRules, HandoffRules, LiveChatRules, OnBotDown, Platform,
-    Role, env_reference, member_id,
+    Channel, ChannelError, Channels, CsatRules, HandoffRules, LiveChatRules, OnBotDown, OnNoReply,
+    Platform, Role, env_reference, member_id,
 };
 pub use hours::{Availability, BusinessHours, Offline, opening_stamp, opening_text};
 pub use notices::{Notice, NoticeKind, Notices, render};

@@ -20,6 +20,10 @@ pub enum NoticeKind {
     Transferred,
     /// The customer cancelled a handoff still waiting for the desk.
     HandoffCancelled,
+    /// The desk accepted, and no agent has written within `firstReplySecs`.
+    StillWaiting,
+    /// The agent has not written for `agentIdleSecs` while the customer waits.
+    AgentIdle,
     /// The live chat is over; the bot answers again.
     LiveChatEnded,
     /// No human could take the customer (the desk refused, failed, or nobody accepted).
@@ -31,7 +35,9 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 9] = [
+    pub const ALL: [NoticeKind; 11] = [
+        NoticeKind::StillWaiting,
+        NoticeKind::AgentIdle,
         NoticeKind::HandoffRequested,
         NoticeKind::Queued,
         NoticeKind::AgentJoined,
@@ -51,6 +57,8 @@ impl NoticeKind {
             NoticeKind::AgentJoined => "agentJoined",
             NoticeKind::Transferred => "transferred",
             NoticeKind::HandoffCancelled => "handoffCancelled",
+            NoticeKind::StillWaiting => "stillWaiting",
+            NoticeKind::AgentIdle => "agentIdle",
             NoticeKind::LiveChatEnded => "liveChatEnded",
             NoticeKind::Unavailable => "unavailable",
             NoticeKind::OutsideHours => "outsideHours",
@@ -69,6 +77,12 @@ impl NoticeKind {
             }
             NoticeKind::HandoffCancelled => {
                 "OK, I've cancelled your request. You're talking to our assistant again."
+            }
+            NoticeKind::StillWaiting => {
+                "Thanks for waiting. An agent will be with you as soon as possible."
+            }
+            NoticeKind::AgentIdle => {
+                "Sorry for the wait. If nobody answers soon, our assistant will take over again."
             }
             NoticeKind::LiveChatEnded => {
                 "The agent has left the chat. You are talking to our assistant again."
@@ -119,6 +133,10 @@ pub struct Notices {
     pub transferred: Option<Notice>,
     #[serde(deserialize_with = "present")]
     pub handoff_cancelled: Option<Notice>,
+    #[serde(deserialize_with = "present")]
+    pub still_waiting: Option<Notice>,
+    #[serde(deserialize_with = "present")]
+    pub agent_idle: Option<Notice>,
     /// Left out: the outlet's `liveChat.endText`, where this text lived first.
     #[serde(deserialize_with = "present")]
     pub live_chat_ended: Option<Notice>,
@@ -145,6 +163,8 @@ impl Notices {
             NoticeKind::AgentJoined => self.agent_joined.as_ref(),
             NoticeKind::Transferred => self.transferred.as_ref(),
             NoticeKind::HandoffCancelled => self.handoff_cancelled.as_ref(),
+            NoticeKind::StillWaiting => self.still_waiting.as_ref(),
+            NoticeKind::AgentIdle => self.agent_idle.as_ref(),
             NoticeKind::LiveChatEnded => self.live_chat_ended.as_ref(),
             NoticeKind::Unavailable => self.unavailable.as_ref(),
             NoticeKind::OutsideHours => self.outside_hours.as_ref(),

@@ -18,7 +18,7 @@
 //! given to the desk as context. So is an answer to a turn from before a live chat started
 //! or ended (the member's `epoch`, which the bot's answer carries back).
 
-use handoff_config::{Channel, LiveChatRules, NoticeKind, OnBotDown};
+use handoff_config::{Channel, LiveChatRules, NoticeKind, OnBotDown, OnNoReply};
 use handoff_proto::v1::content;
 use handoff_proto::v1::send_to_bot::Reason;
 use handoff_proto::{
@@ -27,7 +27,7 @@ use handoff_proto::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::model::{Author, OpenConversation, OpenState};
+use crate::model::{Author, OpenConversation, OpenState, Timer};
 
 /// What is known when an event arrives.
 pub(crate) struct Facts<'a> {
@@ -192,8 +192,9 @@ pub(crate) enum Step {
         line: Line,
         first: bool,
     },
-    /// The conversation saw activity (the idle timeout starts again).
-    Touch(Uuid),
+    /// The conversation saw activity (the idle timeout starts again), from the customer
+    /// or an agent (their own clocks: first reply, agent idle).
+    Touch(Uuid, Author),
     /// BOT → PENDING: the conversation, its HANDOFF_REQUESTED line and the Livechat
     /// request. Ends the steps if a conversation opened meanwhile.
     OpenHandoff {
@@ -250,6 +251,24 @@ pub(crate) enum Step {
         conversation: Uuid,
         state: OpenState,
         limit_secs: u64,
+    },
+    /// Ends the steps unless the live-chat timer is still due (checked in the
+    /// transaction: an agent may have written since the sweeper looked).
+    IfTimer {
+        conversation: Uuid,
+        timer: Timer,
+        limit_secs: u64,
+    },
+    /// The customer was told of a live-chat timer (`idle`: the agent's silence; else the
+    /// wait for a first reply), once per state.
+    TimerTold {
+        conversation: Uuid,
+        idle: bool,
+    },
+    /// LIVE → PENDING for want of a first reply: the Livechat request goes out again.
+    Requeue {
+        conversation: Uuid,
+        outlet: String,
     },
     /// Held customer messages, oldest first, are no longer held and go to `to`.
     ReleaseHeld {
@@ -573,7 +592,7 @@ impl<'a> Decision<'_, 'a> {
         }
         match self.facts.conversation {
             Some(c) if c.state == OpenState::Live => {
-                self.steps.push(Step::Touch(c.id));
+                self.steps.push(Step::Touch(c.id, Author::Customer));
                 self.send(Command::Relay {
                     outlet: c.outlet_channel_id.clone(),
                     conversation: c.id,
@@ -953,7 +972,7 @@ impl<'a> Decision<'_, 'a> {
             return;
         }
         self.record(Author::Agent, self.facts.source, content, true);
-        self.steps.push(Step::Touch(c.id));
+        self.steps.push(Step::Touch(c.id, Author::Agent));
         if !c.agent_joined {
             if c.taken_over {
                 self.taken_over(c);
@@ -1003,7 +1022,7 @@ impl<'a> Decision<'_, 'a> {
             }
             return;
         }
-        self.steps.push(Step::Touch(c.id));
+        self.steps.push(Step::Touch(c.id, Author::Agent));
         let reference = if reference.is_empty() {
             c.id.to_string()
         } else {
@@ -1023,6 +1042,28 @@ impl<'a> Decision<'_, 'a> {
     /// what was still held and is told.
     fn close(&mut self, c: &OpenConversation, reason: &str) {
         self.end(c, reason, true);
+    }
+
+    /// Closes a LIVE `c` with the customer there, telling them with `notice` rather than
+    /// the end text (nobody ever answered).
+    fn end_as(&mut self, c: &OpenConversation, reason: &str, notice: NoticeKind) {
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: c.state,
+            reason: reason.to_string(),
+        });
+        let ended = json!({"reason": reason});
+        self.system("LIVE_CHAT_ENDED", ended.clone(), Some(c.id));
+        self.notice(notice, "", false, Some(c.id));
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Bot(self.facts.inlet.bot.clone()),
+        });
+        self.tell_bot(SendToBot {
+            content: Some(event_content("LIVE_CHAT_ENDED", ended.clone())),
+            reason: Some(Reason::LiveChatEnded(trouble(&ended))),
+            ..Default::default()
+        });
     }
 
     /// Closes `c`; the customer hears the end text only if they are still there to hear.
@@ -1082,7 +1123,72 @@ impl<'a> Decision<'_, 'a> {
     }
 
     fn timeout(&mut self, state: &str, reason: &str) {
-        self.end_named(Some(state), reason);
+        let rules = self.rules();
+        let (timer, limit_secs) = match reason {
+            "first_reply" => (Timer::FirstReply, rules.first_reply_secs),
+            "no_reply" => (Timer::NoReply, rules.requeue_secs),
+            "agent_idle" => (Timer::AgentIdle, rules.agent_idle_secs),
+            "agent_idle_close" => (Timer::AgentIdleClose, rules.agent_idle_grace_secs),
+            _ => return self.end_named(Some(state), reason),
+        };
+        let Some(c) = self.named(OpenState::Live) else {
+            self.steps
+                .push(Step::Ignore("the conversation named has moved on"));
+            return;
+        };
+        self.steps.push(Step::IfTimer {
+            conversation: c.id,
+            timer,
+            limit_secs,
+        });
+        match timer {
+            Timer::FirstReply | Timer::AgentIdle => {
+                let idle = timer == Timer::AgentIdle;
+                self.steps.push(Step::TimerTold {
+                    conversation: c.id,
+                    idle,
+                });
+                let notice = if idle {
+                    NoticeKind::AgentIdle
+                } else {
+                    NoticeKind::StillWaiting
+                };
+                self.notice(notice, "", true, Some(c.id));
+            }
+            Timer::NoReply
+                if rules.on_no_reply == OnNoReply::Requeue && c.requeues < rules.max_requeues =>
+            {
+                self.system(
+                    "REQUEUED",
+                    json!({"reason": "no_agent_reply", "requeues": c.requeues + 1}),
+                    Some(c.id),
+                );
+                self.steps.push(Step::Requeue {
+                    conversation: c.id,
+                    outlet: c.outlet_channel_id.clone(),
+                });
+            }
+            Timer::NoReply => {
+                // Nobody answered (again): the bot takes the customer back.
+                let reason = "no_agent_reply";
+                self.send(Command::Relay {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live: false,
+                    content: event_content("LIVE_CHAT_ENDED", json!({"reason": reason})),
+                });
+                self.end_as(c, reason, NoticeKind::Unavailable);
+            }
+            Timer::AgentIdleClose => {
+                self.send(Command::Relay {
+                    outlet: c.outlet_channel_id.clone(),
+                    conversation: c.id,
+                    live: false,
+                    content: event_content("LIVE_CHAT_ENDED", json!({"reason": reason})),
+                });
+                self.close(c, reason);
+            }
+        }
     }
 
     /// Ends the conversation the event names: a timeout (only if it is still in `state`
@@ -1236,6 +1342,7 @@ mod tests {
                 trouble_told: false,
                 taken_over: false,
                 agent_name: String::new(),
+                requeues: 0,
             }),
             source: "web".into(),
             named: String::new(),
@@ -1319,7 +1426,7 @@ mod tests {
     #[test]
     fn a_customer_message_while_live_is_relayed_and_keeps_the_chat_alive() {
         let steps = world(Some(OpenState::Live)).decide("web", Event::Inbound(&text("hi")));
-        assert!(steps.contains(&Step::Touch(CONV)));
+        assert!(steps.contains(&Step::Touch(CONV, Author::Customer)));
         assert!(
             matches!(sends(&steps)[..], [Command::Relay { outlet, live: true, .. }] if outlet == "desk")
         );
@@ -2047,5 +2154,90 @@ mod tests {
         w.desk_closed.as_mut().unwrap().offline_ticket = true;
         let steps = w.decide("web", Event::Inbound(&text("human")));
         assert!(steps.iter().any(|s| matches!(s, Step::OfflineTicket { outlet, details } if outlet == "desk" && details.meta_json.contains(r#""offline":true"#))));
+    }
+
+    fn timer(w: &World, reason: &'static str) -> Vec<Step> {
+        w.decide(
+            "web",
+            Event::Timeout {
+                state: "live",
+                reason,
+            },
+        )
+    }
+
+    #[test]
+    fn live_chat_timers_check_again_then_tell_the_customer_or_requeue_or_give_up() {
+        let yaml = CHANNELS.replace(
+            "liveChat: { endText: Bye from the desk }",
+            "liveChat: { endText: Bye from the desk, firstReplySecs: 5, requeueSecs: 9, maxRequeues: 1, agentIdleSecs: 7, agentIdleGraceSecs: 3 }",
+        );
+        let mut w = world(Some(OpenState::Live));
+        w.channels = Channels::parse(&yaml).unwrap();
+        w.named = CONV.to_string();
+
+        let waiting = timer(&w, "first_reply");
+        assert_eq!(
+            waiting[0],
+            Step::IfTimer {
+                conversation: CONV,
+                timer: Timer::FirstReply,
+                limit_secs: 5
+            }
+        );
+        assert!(waiting.contains(&Step::TimerTold {
+            conversation: CONV,
+            idle: false
+        }));
+        assert_eq!(
+            texts_to_member(&waiting),
+            [NoticeKind::StillWaiting.default_text()]
+        );
+
+        let requeue = timer(&w, "no_reply");
+        assert!(
+            requeue
+                .iter()
+                .any(|s| matches!(s, Step::Requeue { outlet, .. } if outlet == "desk"))
+        );
+        w.conversation.as_mut().unwrap().requeues = 1;
+        let give_up = timer(&w, "no_reply");
+        assert!(
+            give_up
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "no_agent_reply"))
+        );
+        assert_eq!(
+            texts_to_member(&give_up),
+            [NoticeKind::Unavailable.default_text()]
+        );
+
+        let idle = timer(&w, "agent_idle");
+        assert_eq!(
+            texts_to_member(&idle),
+            [NoticeKind::AgentIdle.default_text()]
+        );
+        let close = timer(&w, "agent_idle_close");
+        assert!(matches!(
+            close[0],
+            Step::IfTimer {
+                timer: Timer::AgentIdleClose,
+                limit_secs: 3,
+                ..
+            }
+        ));
+        assert!(
+            close
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "agent_idle_close"))
+        );
+
+        // A timer for a conversation that is no longer live does nothing.
+        let mut moved = world(Some(OpenState::Pending));
+        moved.named = CONV.to_string();
+        assert!(matches!(
+            timer(&moved, "first_reply")[..],
+            [Step::Ignore(_)]
+        ));
     }
 }

@@ -98,4 +98,20 @@ pub struct OpenConversation {
     pub taken_over: bool,
     /// The agent who took it, when the desk said.
     pub agent_name: String,
+    /// Times the request went to the desk again for want of a first reply.
+    pub requeues: u32,
+}
+
+/// A live-chat timer, as the router checks it again inside the transaction that acts on
+/// it: it fires only if still due, so at most once per state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// LIVE, no agent message yet, not told yet.
+    FirstReply,
+    /// LIVE, no agent message yet (what then, requeue or the bot, the machine decides).
+    NoReply,
+    /// LIVE, the customer waits since the agent last wrote, not told yet.
+    AgentIdle,
+    /// Told the agent is quiet `limit` ago, and the agent still has not written.
+    AgentIdleClose,
 }

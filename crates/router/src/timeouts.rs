@@ -1,5 +1,6 @@
-//! The sweeper: finds conversations past their state's timeout and publishes a
-//! `ConversationTimeout` event into the member's partition, where it is applied in order
+//! The sweeper: finds conversations past their state's timeout, or with a live-chat timer
+//! due (no first reply, an agent gone quiet), and publishes a `ConversationTimeout`
+//! event into the member's partition, where it is applied in order
 //! with the member's other events (and only if still overdue then). Its event id derives
 //! from the conversation and the moment it went quiet, so replicas sweeping at once
 //! produce one effect.
@@ -39,8 +40,7 @@ async fn sweep(parts: &Parts) -> anyhow::Result<()> {
     }
     let rows = store::conversations::waiting(&parts.pool).await?;
     for row in rows {
-        let channel_id = row.channel_id;
-        let Some(inlet) = parts.catalog.load().channels.get(&channel_id).cloned() else {
+        let Some(inlet) = parts.catalog.load().channels.get(&row.channel_id).cloned() else {
             continue;
         };
         let (elapsed, limit, reason) = match row.state {
@@ -55,26 +55,80 @@ async fn sweep(parts: &Parts) -> anyhow::Result<()> {
                 "live_idle_timeout",
             ),
         };
-        if elapsed < limit as f64 {
+        let (conv, state) = (row.id, row.state.as_str());
+        if elapsed >= limit as f64 {
+            let marker = format!("{conv}/{state}/{}", row.quiet_since);
+            publish(parts, &inlet, &row, &marker, reason).await?;
             continue;
         }
-        let (conv, member, quiet_since, state) =
-            (row.id, row.member_id, row.quiet_since, row.state.as_str());
-        let envelope = Envelope {
-            event_id: derived_id(&format!("{conv}/{state}/{quiet_since}"), "timeout", 0),
-            org: inlet.org.clone(),
-            channel: channel_id,
-            member_id: member.to_string(),
-            conversation_id: conv.to_string(),
-            accepted_at_ms: now_ms(),
-            body: Some(Body::ConversationTimeout(ConversationTimeout {
-                state: state.into(),
-                reason: reason.into(),
-            })),
-            ..Default::default()
-        };
-        parts.bus.publish_event(&envelope).await?;
+        if row.state == OpenState::Live
+            && let Some(outlet) = parts.catalog.load().channels.get(&row.outlet_channel_id)
+        {
+            for (reason, marker) in live_chat_timers(&outlet.live_chat, &row) {
+                publish(parts, &inlet, &row, &marker, reason).await?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// The live-chat timers due for `row`, each with what its event id derives from: the
+/// moment its clock started, so it fires once per state (or per silence).
+fn live_chat_timers(
+    rules: &handoff_config::LiveChatRules,
+    row: &store::conversations::Waiting,
+) -> Vec<(&'static str, String)> {
+    let on = |secs: u64, elapsed: f64| secs > 0 && elapsed >= secs as f64;
+    let conv = row.id;
+    let mut due = Vec::new();
+    if row.unanswered && !row.waiting_told && on(rules.first_reply_secs, row.in_state) {
+        due.push((
+            "first_reply",
+            format!("{conv}/first_reply/{}", row.state_since),
+        ));
+    }
+    if row.unanswered && on(rules.requeue_secs, row.in_state) {
+        due.push(("no_reply", format!("{conv}/no_reply/{}", row.state_since)));
+    }
+    match row.idle_told {
+        None if row.customer_waits && on(rules.agent_idle_secs, row.agent_quiet) => {
+            due.push((
+                "agent_idle",
+                format!("{conv}/agent_idle/{}", row.agent_quiet_since),
+            ));
+        }
+        Some(told) if rules.agent_idle_secs > 0 && told >= rules.agent_idle_grace_secs as f64 => {
+            due.push((
+                "agent_idle_close",
+                format!("{conv}/agent_idle_close/{}", row.agent_quiet_since),
+            ));
+        }
+        _ => {}
+    }
+    due
+}
+
+async fn publish(
+    parts: &Parts,
+    inlet: &handoff_config::Channel,
+    row: &store::conversations::Waiting,
+    marker: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let envelope = Envelope {
+        event_id: derived_id(marker, "timeout", 0),
+        org: inlet.org.clone(),
+        channel: row.channel_id.clone(),
+        member_id: row.member_id.to_string(),
+        conversation_id: row.id.to_string(),
+        accepted_at_ms: now_ms(),
+        body: Some(Body::ConversationTimeout(ConversationTimeout {
+            state: row.state.as_str().into(),
+            reason: reason.into(),
+        })),
+        ..Default::default()
+    };
+    parts.bus.publish_event(&envelope).await?;
     Ok(())
 }
 

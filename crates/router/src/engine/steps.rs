@@ -44,6 +44,8 @@ pub(super) struct Work<'a> {
 pub(super) struct Pending {
     lines: store::messages::NewLines,
     touched: Vec<Uuid>,
+    by_agent: Vec<Uuid>,
+    by_customer: Vec<Uuid>,
 }
 
 impl Pending {
@@ -62,7 +64,13 @@ impl Pending {
     pub async fn write(&mut self, tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<()> {
         self.write_lines(tx).await?;
         if !self.touched.is_empty() {
-            store::conversations::touch_many(&mut **tx, &std::mem::take(&mut self.touched)).await?;
+            store::conversations::touch_many(
+                &mut **tx,
+                &std::mem::take(&mut self.touched),
+                &std::mem::take(&mut self.by_agent),
+                &std::mem::take(&mut self.by_customer),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -164,7 +172,14 @@ impl Engine {
                         return Ok(false);
                     }
                 }
-                Step::Touch(conversation) => work.pending.touched.push(conversation),
+                Step::Touch(conversation, by) => {
+                    work.pending.touched.push(conversation);
+                    match by {
+                        Author::Agent => work.pending.by_agent.push(conversation),
+                        Author::Customer => work.pending.by_customer.push(conversation),
+                        Author::Bot | Author::System => {}
+                    }
+                }
                 Step::OfflineTicket { outlet, details } => {
                     self.open_handoff(work, member, inlet, &outlet, details, true)
                         .await?;
@@ -215,6 +230,58 @@ impl Engine {
                     };
                     work.timers
                         .push((std::time::Duration::from_millis(after_ms), due));
+                }
+                Step::IfTimer {
+                    conversation,
+                    timer,
+                    limit_secs,
+                } => {
+                    let due = store::conversations::timer_due(
+                        &mut **work.tx,
+                        conversation,
+                        timer,
+                        limit_secs as f64,
+                    )
+                    .await?;
+                    if !due {
+                        return Ok(true);
+                    }
+                }
+                Step::TimerTold { conversation, idle } => {
+                    store::conversations::timer_told(&mut **work.tx, conversation, idle).await?;
+                }
+                Step::Requeue {
+                    conversation,
+                    outlet,
+                } => {
+                    let Some(asked) =
+                        store::conversations::requeue(&mut **work.tx, conversation).await?
+                    else {
+                        return Ok(true);
+                    };
+                    let mut meta = asked.meta;
+                    if let Value::Object(m) = &mut meta {
+                        m.insert("requeued".into(), json!(asked.requeues));
+                    }
+                    work.command(
+                        self.service_of(&outlet)?,
+                        &outlet,
+                        Some(conversation),
+                        Body::RequestLivechat(RequestLivechat {
+                            member: Some(member.to_proto(false)),
+                            details: Some(HandoffDetails {
+                                summary: asked.summary,
+                                group_name: asked.group_name,
+                                label: asked.label,
+                                meta_json: meta.to_string(),
+                                trigger: asked.trigger,
+                            }),
+                            chat_history_url: format!(
+                                "{}/history/{}",
+                                self.public_url, asked.history_token
+                            ),
+                        }),
+                    );
                 }
                 Step::ReleaseTurn => {
                     work.pending.write_lines(work.tx).await?;

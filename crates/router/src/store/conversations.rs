@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::members::Whereabouts;
-use crate::model::{ConvState, OpenConversation, OpenState};
+use crate::model::{ConvState, OpenConversation, OpenState, Timer};
 
 /// A PENDING conversation about to be opened.
 pub struct NewConversation<'a> {
@@ -176,6 +176,19 @@ pub struct Waiting {
     pub idle: f64,
     /// When it went quiet (ms since the epoch): the timeout event's id derives from it.
     pub quiet_since: i64,
+    pub outlet_channel_id: String,
+    /// When the state last changed (ms): the first-reply timers' ids derive from it.
+    pub state_since: i64,
+    /// No agent has written in this state; the customer was told they still wait.
+    pub unanswered: bool,
+    pub waiting_told: bool,
+    /// The customer has written since the agent last did (or the chat went live), and
+    /// how long ago that was, in seconds, and since when (ms).
+    pub customer_waits: bool,
+    pub agent_quiet: f64,
+    pub agent_quiet_since: i64,
+    /// Seconds since the customer was told the agent is quiet (`None`: not told).
+    pub idle_told: Option<f64>,
 }
 
 pub async fn waiting(pool: &PgPool) -> sqlx::Result<Vec<Waiting>> {
@@ -184,7 +197,19 @@ pub async fn waiting(pool: &PgPool) -> sqlx::Result<Vec<Waiting>> {
         r#"SELECT c.id, c.member_id, c.state AS "state: OpenState", m.channel_id,
                   EXTRACT(EPOCH FROM now() - c.state_changed_at)::float8 AS "in_state!",
                   EXTRACT(EPOCH FROM now() - c.last_activity_at)::float8 AS "idle!",
-                  (EXTRACT(EPOCH FROM c.last_activity_at) * 1000)::int8 AS "quiet_since!"
+                  (EXTRACT(EPOCH FROM c.last_activity_at) * 1000)::int8 AS "quiet_since!",
+                  c.outlet_channel_id,
+                  (EXTRACT(EPOCH FROM c.state_changed_at) * 1000)::int8 AS "state_since!",
+                  (c.last_agent_at IS NULL OR c.last_agent_at < c.state_changed_at)
+                    AS "unanswered!",
+                  c.waiting_told_at IS NOT NULL AS "waiting_told!",
+                  COALESCE(c.last_customer_at > COALESCE(c.last_agent_at, c.state_changed_at),
+                           false) AS "customer_waits!",
+                  EXTRACT(EPOCH FROM now() - COALESCE(c.last_agent_at, c.state_changed_at))::float8
+                    AS "agent_quiet!",
+                  (EXTRACT(EPOCH FROM COALESCE(c.last_agent_at, c.state_changed_at)) * 1000)::int8
+                    AS "agent_quiet_since!",
+                  EXTRACT(EPOCH FROM now() - c.idle_told_at)::float8 AS idle_told
            FROM conversations c JOIN members m ON m.id = c.member_id
            WHERE c.state IN ('pending', 'live')"#
     )
@@ -335,7 +360,7 @@ pub async fn open_for_update_many(
 ) -> sqlx::Result<Vec<(Uuid, OpenConversation)>> {
     let rows = sqlx::query!(
         r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id,
-                  trigger = 'agent_takeover' AS "taken_over!", agent_name,
+                  trigger = 'agent_takeover' AS "taken_over!", agent_name, requeues,
                   agent_joined_at IS NOT NULL AS "agent_joined!",
                   trouble_told_at IS NOT NULL AS "trouble_told!"
            FROM conversations
@@ -356,6 +381,7 @@ pub async fn open_for_update_many(
                     agent_joined: r.agent_joined,
                     trouble_told: r.trouble_told,
                     taken_over: r.taken_over,
+                    requeues: u32::try_from(r.requeues).unwrap_or_default(),
                     agent_name: r.agent_name.unwrap_or_default(),
                 },
             )
@@ -401,13 +427,104 @@ pub async fn trouble_told(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()>
     Ok(())
 }
 
-/// A batch's conversations saw activity (their idle timeouts start again).
-pub async fn touch_many(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
+/// A batch's conversations saw activity (their idle timeouts start again); those in
+/// `by_agent` and `by_customer` from that side (the live-chat timers' clocks).
+pub async fn touch_many(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    by_agent: &[Uuid],
+    by_customer: &[Uuid],
+) -> sqlx::Result<()> {
     sqlx::query!(
-        "UPDATE conversations SET last_activity_at = now() WHERE id = ANY($1)",
-        ids
+        "UPDATE conversations SET last_activity_at = now(),
+           last_agent_at = CASE WHEN id = ANY($2) THEN now() ELSE last_agent_at END,
+           idle_told_at = CASE WHEN id = ANY($2) THEN NULL ELSE idle_told_at END,
+           last_customer_at = CASE WHEN id = ANY($3) THEN now() ELSE last_customer_at END
+         WHERE id = ANY($1)",
+        ids,
+        by_agent,
+        by_customer,
     )
     .execute(db)
     .await?;
     Ok(())
+}
+
+pub async fn timer_due(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    timer: Timer,
+    limit_secs: f64,
+) -> sqlx::Result<bool> {
+    let which = match timer {
+        Timer::FirstReply => "first_reply",
+        Timer::NoReply => "no_reply",
+        Timer::AgentIdle => "agent_idle",
+        Timer::AgentIdleClose => "agent_idle_close",
+    };
+    let due = sqlx::query_scalar!(
+        r#"SELECT (state = 'live' AND CASE $2::text
+             WHEN 'first_reply' THEN waiting_told_at IS NULL
+               AND (last_agent_at IS NULL OR last_agent_at < state_changed_at)
+               AND state_changed_at <= now() - make_interval(secs => $3)
+             WHEN 'no_reply' THEN (last_agent_at IS NULL OR last_agent_at < state_changed_at)
+               AND state_changed_at <= now() - make_interval(secs => $3)
+             WHEN 'agent_idle' THEN idle_told_at IS NULL
+               AND last_customer_at > COALESCE(last_agent_at, state_changed_at)
+               AND COALESCE(last_agent_at, state_changed_at) <= now() - make_interval(secs => $3)
+             WHEN 'agent_idle_close' THEN idle_told_at IS NOT NULL
+               AND idle_told_at <= now() - make_interval(secs => $3)
+               AND (last_agent_at IS NULL OR last_agent_at < idle_told_at)
+             ELSE false END) AS "due!"
+           FROM conversations WHERE id = $1"#,
+        id,
+        which,
+        limit_secs,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(due.unwrap_or(false))
+}
+
+/// The customer was told of a live-chat timer (`waiting` or `idle`).
+pub async fn timer_told(db: impl PgExecutor<'_>, id: Uuid, idle: bool) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE conversations SET
+           waiting_told_at = CASE WHEN $2 THEN waiting_told_at ELSE now() END,
+           idle_told_at = CASE WHEN $2 THEN now() ELSE idle_told_at END
+         WHERE id = $1",
+        id,
+        idle,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// LIVE → PENDING for want of a first reply: the request goes to the desk again. What it
+/// asked for the first time.
+pub async fn requeue(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Requeued>> {
+    sqlx::query_as!(
+        Requeued,
+        r#"UPDATE conversations SET state = 'pending', state_changed_at = now(),
+             last_activity_at = now(), requeues = requeues + 1, waiting_told_at = NULL,
+             agent_joined_at = NULL
+           WHERE id = $1 AND state = 'live'
+           RETURNING summary, group_name, label, meta, trigger, history_token, requeues"#,
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A requeued conversation's request, as first asked.
+#[derive(Debug)]
+pub struct Requeued {
+    pub summary: String,
+    pub group_name: String,
+    pub label: String,
+    pub meta: Value,
+    pub trigger: String,
+    pub history_token: String,
+    pub requeues: i32,
 }

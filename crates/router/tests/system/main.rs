@@ -17,6 +17,7 @@ mod selarti;
 mod stalls;
 mod stepping_out;
 mod takeover;
+mod timers;
 mod traces;
 mod walls;
 mod zendesk;
