@@ -146,6 +146,12 @@ pub struct LiveChatRules {
     /// writes (0: never).
     pub agent_idle_secs: u64,
     pub agent_idle_grace_secs: u64,
+    /// A new handoff within this long after a live chat with this outlet closed names it
+    /// (`meta.previousConversationId`, `previousGroupName`, `previousAgentName`).
+    pub return_window_secs: u64,
+    /// Within that window, the customer's next message goes straight back into the
+    /// previous live chat instead of to the bot.
+    pub reopen: bool,
 }
 
 /// What a live chat with no first agent reply in `requeueSecs` becomes.
@@ -173,6 +179,8 @@ impl Default for LiveChatRules {
             max_requeues: 1,
             agent_idle_secs: 0,
             agent_idle_grace_secs: 120,
+            return_window_secs: 3600,
+            reopen: false,
         }
     }
 }

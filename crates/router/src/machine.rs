@@ -56,6 +56,9 @@ pub(crate) struct Facts<'a> {
     pub coalesce_ms: u64,
     /// The handoff target is outside its hours now.
     pub desk_closed: Option<DeskClosed>,
+    /// The member's last live chat and its outlet, when that outlet takes the customer's
+    /// next message back into it (`reopen`, within its return window).
+    pub reopen: Option<(Uuid, String)>,
 }
 
 /// A desk outside its business hours.
@@ -264,6 +267,11 @@ pub(crate) enum Step {
     TimerTold {
         conversation: Uuid,
         idle: bool,
+    },
+    /// CLOSED → LIVE: the customer came back within the outlet's return window. Ends the
+    /// steps if it cannot be reopened.
+    Reopen {
+        conversation: Uuid,
     },
     /// LIVE → PENDING for want of a first reply: the Livechat request goes out again.
     Requeue {
@@ -571,6 +579,10 @@ impl<'a> Decision<'_, 'a> {
                     }
                     return;
                 }
+                if let Some((previous, outlet)) = self.facts.reopen.clone() {
+                    self.reopen(content, previous, outlet);
+                    return;
+                }
             }
             _ => {}
         }
@@ -630,6 +642,41 @@ impl<'a> Decision<'_, 'a> {
                 withheld: false,
             },
             first: true,
+        });
+    }
+
+    /// The customer writes again soon after a live chat with an outlet that reopens: the
+    /// message goes back into that chat, and the bot hears it is to stay silent.
+    fn reopen(&mut self, content: &Content, previous: Uuid, outlet: String) {
+        self.steps.push(Step::Record {
+            line: Line {
+                author: Author::Customer,
+                channel: self.facts.inlet.id.clone(),
+                conversation: Some(previous),
+                content: content.clone(),
+                held: false,
+                withheld: false,
+            },
+            first: true,
+        });
+        self.steps.push(Step::Reopen {
+            conversation: previous,
+        });
+        let returned = json!({"reason": "customer_returned"});
+        self.system("LIVE_CHAT_STARTED", returned.clone(), Some(previous));
+        self.tell_bot_as(
+            true,
+            SendToBot {
+                content: Some(event_content("LIVE_CHAT_STARTED", returned.clone())),
+                reason: Some(Reason::LiveChatStarted(trouble(&returned))),
+                ..Default::default()
+            },
+        );
+        self.send(Command::Relay {
+            outlet,
+            conversation: previous,
+            live: true,
+            content: content.clone(),
         });
     }
 
@@ -1327,6 +1374,7 @@ mod tests {
         csat_pending: Option<Uuid>,
         coalesce_ms: u64,
         desk_closed: Option<DeskClosed>,
+        reopen: Option<(Uuid, String)>,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -1352,6 +1400,7 @@ mod tests {
             csat_pending: None,
             coalesce_ms: 0,
             desk_closed: None,
+            reopen: None,
         }
     }
 
@@ -1371,6 +1420,7 @@ mod tests {
                 csat_pending: self.csat_pending,
                 coalesce_ms: self.coalesce_ms,
                 desk_closed: self.desk_closed.clone(),
+                reopen: self.reopen.clone(),
             };
             decide(&facts, event)
         }
@@ -2239,5 +2289,27 @@ mod tests {
             timer(&moved, "first_reply")[..],
             [Step::Ignore(_)]
         ));
+    }
+
+    #[test]
+    fn a_customer_back_within_the_window_goes_into_the_previous_chat_where_the_outlet_reopens() {
+        let mut w = world(None);
+        let previous = Uuid::from_u128(9);
+        w.reopen = Some((previous, "desk".into()));
+        let steps = w.decide("web", Event::Inbound(&text("me again")));
+        assert!(
+            matches!(&steps[0], Step::Record { line, first: true } if line.conversation == Some(previous))
+        );
+        assert!(steps.contains(&Step::Reopen {
+            conversation: previous
+        }));
+        let sent = sends(&steps);
+        assert!(sent.iter().any(|c| matches!(c, Command::Relay { conversation, live: true, .. } if *conversation == previous)));
+        assert!(sent.iter().any(|c| matches!(c, Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::LiveChatStarted(t)) if t.reason == "customer_returned"))));
+        assert!(
+            !sent
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { send, .. } if send.reason.is_none()))
+        );
     }
 }

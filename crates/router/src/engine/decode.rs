@@ -157,6 +157,17 @@ impl Engine {
             desk_closed: handoff_to
                 .and_then(|desk| catalog.channels.get(desk))
                 .and_then(|desk| desk_closed(desk)),
+            reopen: member
+                .last_live
+                .zip(member.last_live_outlet.clone())
+                .filter(|(_, outlet)| {
+                    catalog.channels.get(outlet).is_some_and(|o| {
+                        o.live_chat.reopen
+                            && member
+                                .last_live_age
+                                .is_some_and(|age| age <= o.live_chat.return_window_secs as f64)
+                    })
+                }),
         };
         let default_content = Content::default();
         let event = match body {

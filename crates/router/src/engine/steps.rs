@@ -250,6 +250,12 @@ impl Engine {
                 Step::TimerTold { conversation, idle } => {
                     store::conversations::timer_told(&mut **work.tx, conversation, idle).await?;
                 }
+                Step::Reopen { conversation } => {
+                    if !store::conversations::reopen(&mut **work.tx, conversation).await? {
+                        return Ok(true);
+                    }
+                    work.epoch += 1;
+                }
                 Step::Requeue {
                     conversation,
                     outlet,
@@ -496,7 +502,14 @@ impl Engine {
         let conv_id: Uuid = derived_id(&work.cause.event_id, "conversation", 0).parse()?;
         let token = history_token();
         let ttl = inlet.handoff.history_link_ttl_secs as f64;
-        let meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+        let mut meta: Value = serde_json::from_str(&details.meta_json).unwrap_or(json!({}));
+        // A returning customer: the desk may route them to whoever served them last.
+        if let Some(previous) = self.returning(work, member, outlet).await?
+            && let Value::Object(m) = &mut meta
+        {
+            m.extend(previous);
+            details.meta_json = meta.to_string();
+        }
         let opened = store::conversations::open(
             &mut **work.tx,
             store::conversations::NewConversation {
@@ -548,6 +561,41 @@ impl Engine {
             }),
         );
         Ok(true)
+    }
+}
+
+impl Engine {
+    /// What a new handoff to `outlet` says of the member's previous live chat with it,
+    /// when that closed within the outlet's return window.
+    async fn returning(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        outlet: &str,
+    ) -> anyhow::Result<Option<serde_json::Map<String, Value>>> {
+        let window = self
+            .catalog
+            .load()
+            .channels
+            .get(outlet)
+            .map_or(0, |o| o.live_chat.return_window_secs);
+        let (Some(previous), Some(age)) = (member.last_live, member.last_live_age) else {
+            return Ok(None);
+        };
+        if member.last_live_outlet.as_deref() != Some(outlet) || age > window as f64 {
+            return Ok(None);
+        }
+        let Some((group, agent)) = store::conversations::previous(&mut **work.tx, previous).await?
+        else {
+            return Ok(None);
+        };
+        let mut meta = serde_json::Map::new();
+        meta.insert("previousConversationId".into(), json!(previous));
+        meta.insert("previousGroupName".into(), json!(group));
+        if let Some(agent) = agent {
+            meta.insert("previousAgentName".into(), json!(agent));
+        }
+        Ok(Some(meta))
     }
 }
 

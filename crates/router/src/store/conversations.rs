@@ -131,9 +131,12 @@ pub async fn close(
              UPDATE conversations SET state = 'closed', closed_at = now(),
                state_changed_at = now(), close_reason = $3
              WHERE id = $1 AND state = $2
-             RETURNING member_id, EXTRACT(EPOCH FROM now() - opened_at)::float8 AS lasted),
+             RETURNING id, member_id, outlet_channel_id,
+                       EXTRACT(EPOCH FROM now() - opened_at)::float8 AS lasted),
            bumped AS (
-             UPDATE members SET epoch = epoch + 1 FROM closed
+             UPDATE members SET epoch = epoch + 1, last_live_id = closed.id,
+               last_live_outlet = closed.outlet_channel_id, last_live_closed_at = now()
+             FROM closed
              WHERE members.id = closed.member_id AND $2 = 'live')
            SELECT lasted AS "lasted!" FROM closed"#,
         id,
@@ -402,6 +405,44 @@ pub async fn agent_joined(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> sqlx
     .await?
     .rows_affected();
     Ok(joined == 1)
+}
+
+/// CLOSED → LIVE: the customer writes again within the outlet's return window, and the
+/// outlet reopens; a new epoch for the member. `false` when it was not closed (or the
+/// member has another open conversation).
+pub async fn reopen(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    let reopened = sqlx::query_scalar!(
+        r#"WITH live AS (
+             UPDATE conversations SET state = 'live', closed_at = NULL, close_reason = NULL,
+               state_changed_at = now(), last_activity_at = now(), waiting_told_at = NULL,
+               idle_told_at = NULL
+             WHERE id = $1 AND state = 'closed'
+               AND NOT EXISTS (SELECT 1 FROM conversations o
+                               WHERE o.member_id = conversations.member_id
+                                 AND o.state <> 'closed')
+             RETURNING member_id),
+           bumped AS (
+             UPDATE members SET epoch = epoch + 1 FROM live WHERE members.id = live.member_id)
+           SELECT count(*) AS "n!" FROM live"#,
+        id,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(reopened == 1)
+}
+
+/// Whom a member's previous live chat was with: its group and its agent.
+pub async fn previous(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> sqlx::Result<Option<(String, Option<String>)>> {
+    let row = sqlx::query!(
+        "SELECT group_name, agent_name FROM conversations WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.group_name, r.agent_name)))
 }
 
 /// The customer's answer to the satisfaction question about the conversation.

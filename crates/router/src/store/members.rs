@@ -23,6 +23,10 @@ pub struct MemberRow {
     pub bot_down: bool,
     /// The conversation whose satisfaction question the member may still answer.
     pub csat_pending: Option<Uuid>,
+    /// The member's last live chat, its outlet, and seconds since it closed.
+    pub last_live: Option<Uuid>,
+    pub last_live_outlet: Option<String>,
+    pub last_live_age: Option<f64>,
 }
 
 impl MemberRow {
@@ -62,7 +66,9 @@ pub async fn merge(
            updated_at = now()
          WHERE id = $1 RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
            bot_down_since IS NOT NULL AS \"bot_down!\",
-           CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending",
+           CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending,
+           last_live_id AS last_live, last_live_outlet,
+           EXTRACT(EPOCH FROM now() - last_live_closed_at)::float8 AS last_live_age",
         id,
         profile,
         meta,
@@ -175,17 +181,22 @@ pub async fn load_batch(
                               ELSE excluded.profile END,
                updated_at = now()
              RETURNING id, channel_id, external_id, profile, meta, temp_data, epoch,
-                       bot_down_since, csat_conversation_id, csat_until
+                       bot_down_since, csat_conversation_id, csat_until, last_live_id,
+                       last_live_outlet, last_live_closed_at
            )
            SELECT id AS "id!", channel_id AS "channel_id!", external_id AS "external_id!",
                   profile AS "profile!", meta AS "meta!", temp_data AS "temp_data!",
                   epoch AS "epoch!", bot_down_since IS NOT NULL AS "bot_down!",
-                  CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending
+                  CASE WHEN csat_until > now() THEN csat_conversation_id END AS csat_pending,
+                  last_live_id AS last_live, last_live_outlet,
+                  EXTRACT(EPOCH FROM now() - last_live_closed_at)::float8 AS last_live_age
            FROM arrived
            UNION ALL
            SELECT id, channel_id, external_id, profile, meta, temp_data, epoch,
                   bot_down_since IS NOT NULL,
-                  CASE WHEN csat_until > now() THEN csat_conversation_id END FROM members
+                  CASE WHEN csat_until > now() THEN csat_conversation_id END,
+                  last_live_id, last_live_outlet,
+                  EXTRACT(EPOCH FROM now() - last_live_closed_at)::float8 FROM members
            WHERE id = ANY($5)"#,
         &arriving.ids,
         &arriving.channels,

@@ -128,3 +128,92 @@ async fn an_outlet_that_does_not_take_over_gets_409_for_a_member_the_bot_holds()
     );
     hub.shutdown().await;
 }
+
+async fn agent_named(hub: &TestHub, who: &str, agent: &str, text: &str) {
+    let mut body = WebhookClient::agent_reply(&member_id(who), text);
+    body["sendToInlet"]["agentName"] = json!(agent);
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+async fn done(hub: &TestHub, ticket: &str) {
+    let body = WebhookClient::agent_command(ticket, "done", now_ms());
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_returning_customers_handoff_names_the_previous_chat_group_and_agent() {
+    // Arrange: a live chat with Alice, ended
+    let hub = TestHub::start().await;
+    let first = crate::live_chat::hand_off(&hub, "val", 1).await;
+    agent_named(&hub, "val", "Alice", "Alice here").await;
+    done(&hub, "T-1").await;
+    let member = member_id("val").parse().unwrap();
+    assert!(
+        hub.wait_conversation_state(member, "closed")
+            .await
+            .is_some()
+    );
+
+    // Act: back within the hour
+    hub.say("val", "talk to a human").await;
+
+    // Assert
+    let asked = hub.wait_desk(Api::Livechat, 2).await;
+    let meta = &asked[1].body["meta"];
+    assert_eq!(
+        meta["previousConversationId"],
+        first["meta"]["conversationId"]
+    );
+    assert_eq!(meta["previousGroupName"], "support");
+    assert_eq!(meta["previousAgentName"], "Alice");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_outlet_that_reopens_takes_the_returning_customers_next_message_back_into_the_chat() {
+    // Arrange
+    let hub = TestHub::start_with(HubOptions {
+        outlet_live_chat: "reopen: true",
+        ..Default::default()
+    })
+    .await;
+    let first = crate::live_chat::hand_off(&hub, "wyn", 1).await;
+    agent_named(&hub, "wyn", "Bo", "Bo here").await;
+    done(&hub, "T-1").await;
+    let member = member_id("wyn").parse().unwrap();
+    assert!(
+        hub.wait_conversation_state(member, "closed")
+            .await
+            .is_some()
+    );
+
+    // Act
+    hub.say("wyn", "one more thing").await;
+
+    // Assert: relayed in the same conversation, which is live again; the bot is silent
+    let relays = hub.wait_desk(Api::Relay, 1).await;
+    assert_eq!(relays[0].body["response"]["text"], "one more thing");
+    assert_eq!(
+        relays[0].body["conversationId"],
+        first["meta"]["conversationId"]
+    );
+    assert!(hub.wait_conversation_state(member, "live").await.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !hub.bot
+            .calls()
+            .iter()
+            .any(|c| c["message"]["text"] == "one more thing")
+    );
+    hub.shutdown().await;
+}
