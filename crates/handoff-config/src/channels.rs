@@ -152,6 +152,9 @@ pub struct LiveChatRules {
     /// Within that window, the customer's next message goes straight back into the
     /// previous live chat instead of to the bot.
     pub reopen: bool,
+    /// The agent command that moves a live chat to another outlet of the org:
+    /// `transfer <outlet id> [group]`.
+    pub transfer_command: String,
 }
 
 /// What a live chat with no first agent reply in `requeueSecs` becomes.
@@ -181,6 +184,7 @@ impl Default for LiveChatRules {
             agent_idle_grace_secs: 120,
             return_window_secs: 3600,
             reopen: false,
+            transfer_command: "transfer".into(),
         }
     }
 }

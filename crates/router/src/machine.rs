@@ -118,6 +118,14 @@ pub(crate) enum Event<'a> {
     },
     /// A coalescing bot's turn is due: what the customer wrote meanwhile goes to it.
     TurnDue,
+    /// An agent moves the live chat to another outlet (`transfer <outlet> [group]`).
+    Transfer {
+        content: &'a Content,
+        /// The outlet named, and that channel when it is configured.
+        to: &'a str,
+        target: Option<&'a Channel>,
+        group: &'a str,
+    },
     /// The customer closed the chat on their side.
     CustomerLeft,
     /// An operator ended the named conversation (admin API).
@@ -365,6 +373,12 @@ pub(crate) fn decide(facts: &Facts<'_>, event: Event<'_>) -> Vec<Step> {
             d.system("BOT_FAILED", json!({"reason": reason}), d.open_id());
         }
         Event::CustomerLeft => d.customer_left(),
+        Event::Transfer {
+            content,
+            to,
+            target,
+            group,
+        } => d.transfer(content, to, target, group),
         Event::TurnDue => {
             if d.facts.conversation.is_none() && d.facts.inlet.bot.is_some() {
                 d.steps.push(Step::ReleaseTurn);
@@ -642,6 +656,72 @@ impl<'a> Decision<'_, 'a> {
                 withheld: false,
             },
             first: true,
+        });
+    }
+
+    /// LIVE with one outlet → PENDING with another of the org: the first desk hears the
+    /// chat ended (`transferred`), the customer is told, and a Livechat request goes to
+    /// the second; the customer's messages are held for it meanwhile.
+    fn transfer(&mut self, content: &Content, to: &str, target: Option<&Channel>, group: &str) {
+        let Some(c) = self
+            .facts
+            .conversation
+            .filter(|c| c.state == OpenState::Live)
+        else {
+            self.steps
+                .push(Step::Ignore("a transfer of a chat that is not live"));
+            return;
+        };
+        if c.outlet_channel_id != self.facts.source {
+            self.refuse("a transfer from an outlet that does not hold the live chat");
+            return;
+        }
+        self.record(Author::Agent, self.facts.source, content, true);
+        let inlet = self.facts.inlet;
+        let Some(target) = target.filter(|t| {
+            t.role == handoff_config::Role::Outlet
+                && t.org == inlet.org
+                && t.id != c.outlet_channel_id
+        }) else {
+            self.send(Command::Relay {
+                outlet: c.outlet_channel_id.clone(),
+                conversation: c.id,
+                live: true,
+                content: event_content(
+                    "TRANSFER_FAILED",
+                    json!({"to": to, "reason": "not another outlet of this org"}),
+                ),
+            });
+            return;
+        };
+        let moved = json!({"reason": "transferred", "to": target.id});
+        self.send(Command::Relay {
+            outlet: c.outlet_channel_id.clone(),
+            conversation: c.id,
+            live: false,
+            content: event_content("LIVE_CHAT_ENDED", moved.clone()),
+        });
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: OpenState::Live,
+            reason: "transferred".into(),
+        });
+        self.system(
+            "TRANSFERRED",
+            json!({"from": c.outlet_channel_id, "to": target.id}),
+            Some(c.id),
+        );
+        self.notice(NoticeKind::Transferred, "", false, Some(c.id));
+        self.steps.push(Step::OpenHandoff {
+            outlet: target.id.clone(),
+            details: HandoffDetails {
+                summary: format!("Transferred from {}", c.outlet_channel_id),
+                group_name: group.to_string(),
+                trigger: "transfer".into(),
+                meta_json: json!({"transferredFrom": c.id, "fromOutlet": c.outlet_channel_id})
+                    .to_string(),
+                ..Default::default()
+            },
         });
     }
 
@@ -2311,5 +2391,57 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Command::ToBot { send, .. } if send.reason.is_none()))
         );
+    }
+
+    #[test]
+    fn a_transfer_to_another_outlet_of_the_org_closes_this_chat_and_hands_over_there() {
+        let yaml = format!(
+            "{CHANNELS}  - id: desk-b\n    org: o\n    platform: custom\n    role: outlet\n    accessToken: secret-123456\n    info: {{ livechatApi: 'http://127.0.0.1:9/l', relayResponseApi: 'http://127.0.0.1:9/r' }}\n"
+        );
+        let mut w = world(Some(OpenState::Live));
+        w.channels = Channels::parse(&yaml).unwrap();
+        w.source = "desk".into();
+        let to_b = w.channels.get("desk-b").cloned();
+        let steps = w.decide(
+            "web",
+            Event::Transfer {
+                content: &text("transfer desk-b billing"),
+                to: "desk-b",
+                target: to_b.as_deref(),
+                group: "billing",
+            },
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "transferred"))
+        );
+        assert!(steps.iter().any(|s| matches!(s, Step::OpenHandoff { outlet, details } if outlet == "desk-b" && details.group_name == "billing" && details.trigger == "transfer")));
+        assert_eq!(
+            texts_to_member(&steps),
+            [NoticeKind::Transferred.default_text()]
+        );
+
+        // To itself, or to a channel that is not an outlet: the agent is told, nothing moves.
+        for (to, target) in [
+            ("desk", w.channels.get("desk").cloned()),
+            ("bot", w.channels.get("bot").cloned()),
+        ] {
+            let refused = w.decide(
+                "web",
+                Event::Transfer {
+                    content: &text("transfer x"),
+                    to,
+                    target: target.as_deref(),
+                    group: "",
+                },
+            );
+            assert!(
+                !refused
+                    .iter()
+                    .any(|s| matches!(s, Step::Close { .. } | Step::OpenHandoff { .. }))
+            );
+            assert!(sends(&refused).iter().any(|c| matches!(c, Command::Relay { content, .. } if content.raw_json.contains("TRANSFER_FAILED"))));
+        }
     }
 }

@@ -179,10 +179,21 @@ impl Engine {
                 content: m.content.as_ref().unwrap_or(&default_content),
                 agent: &m.agent_name,
             },
-            Body::AgentCommand(c) => Event::AgentCommand {
-                content: c.content.as_ref().unwrap_or(&default_content),
-                reference: &c.conversation_ref,
-            },
+            Body::AgentCommand(c) => {
+                let content = c.content.as_ref().unwrap_or(&default_content);
+                match transfer_request(outlet.as_deref(), content) {
+                    Some((to, group)) => Event::Transfer {
+                        content,
+                        to,
+                        target: catalog.channels.get(to).map(|t| &**t),
+                        group,
+                    },
+                    None => Event::AgentCommand {
+                        content,
+                        reference: &c.conversation_ref,
+                    },
+                }
+            }
             Body::HandoffRequested(r) => {
                 Event::HandoffRequested(r.details.clone().unwrap_or_default())
             }
@@ -254,4 +265,22 @@ fn desk_closed(desk: &Channel) -> Option<DeskClosed> {
             offline_ticket: hours.offline == Offline::Ticket,
         }),
     }
+}
+
+/// `transfer <outlet> [group]` (the holding outlet's `transferCommand`): the outlet and the
+/// group named.
+fn transfer_request<'c>(
+    outlet: Option<&Channel>,
+    content: &'c Content,
+) -> Option<(&'c str, &'c str)> {
+    let command = outlet?.live_chat.transfer_command.trim();
+    let Some(handoff_proto::v1::content::Kind::Text(t)) = &content.kind else {
+        return None;
+    };
+    let mut words = t.text.trim().splitn(3, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case(command) {
+        return None;
+    }
+    let to = words.next().filter(|w| !w.is_empty())?;
+    Some((to, words.next().unwrap_or("").trim()))
 }

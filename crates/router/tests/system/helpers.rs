@@ -18,6 +18,9 @@ pub const ORG: &str = "acme";
 pub const INLET: &str = "web";
 pub const INLET_TOKEN: &str = "inlet-token-123";
 pub const OUTLET: &str = "desk";
+/// A second outlet of the same org (another team), on the same simulated desk: its calls
+/// carry `channel.info.team: b`.
+pub const SECOND_OUTLET: &str = "desk-b";
 pub const OUTLET_TOKEN: &str = "desk-token-456";
 pub const INLET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
@@ -289,6 +292,16 @@ channels:
       endText: The agent has left. The assistant is back.
 {outlet_live_chat}
 {desk_hours}
+  - id: {SECOND_OUTLET}
+    org: {ORG}
+    platform: custom
+    role: outlet
+    accessToken: desk-b-token-789
+    info:
+      livechatApi: {livechat}
+      relayResponseApi: {relay}
+      sendResponseApi: {desk_send}
+      team: b
   - id: {OTHER_INLET}
     org: {OTHER_ORG}
     platform: custom

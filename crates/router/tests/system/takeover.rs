@@ -217,3 +217,64 @@ async fn an_outlet_that_reopens_takes_the_returning_customers_next_message_back_
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_transfer_moves_a_live_chat_to_another_team_and_every_later_message_goes_there_in_order()
+{
+    // Arrange: a live chat with the first team
+    let hub = TestHub::start_with(HubOptions {
+        notices: None,
+        ..Default::default()
+    })
+    .await;
+    crate::live_chat::hand_off(&hub, "xia", 1).await;
+    hub.say("xia", "before").await;
+    hub.wait_desk(Api::Relay, 1).await;
+
+    // Act: the agent moves it to team b, with a group
+    let body = WebhookClient::agent_command("T-1", "transfer desk-b billing", now_ms());
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for i in 0..5 {
+        hub.say("xia", &format!("after {i}")).await;
+    }
+
+    // Assert: team b was asked (with the group), the first team heard it ended, and
+    // everything after went to team b, in order, once
+    let asked = hub.wait_desk(Api::Livechat, 2).await;
+    assert_eq!(asked[1].body["meta"]["trigger"], "transfer");
+    assert_eq!(asked[1].body["assignmentDetails"]["groupName"], "billing");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (to_b, ended) = loop {
+        let relays = hub.desk.calls(Api::Relay);
+        let to_b: Vec<String> = relays
+            .iter()
+            .filter(|r| r.body["channel"]["info"]["team"] == "b")
+            .filter_map(|r| r.body["response"]["text"].as_str().map(str::to_string))
+            .collect();
+        if to_b.len() >= 5 {
+            let ended = relays
+                .iter()
+                .any(|r| r.body["response"]["reason"] == "transferred");
+            break (to_b, ended);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{to_b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        to_b,
+        (0..5).map(|i| format!("after {i}")).collect::<Vec<_>>()
+    );
+    assert!(ended, "the first team heard the chat was transferred");
+    let texts = hub.received_once("xia");
+    assert!(
+        texts
+            .contains(&"You're being transferred to another team. One moment, please.".to_string()),
+        "{texts:?}"
+    );
+    hub.shutdown().await;
+}
