@@ -28,6 +28,8 @@ pub enum Platform {
     WebhookBot,
     Selarti,
     Zendesk,
+    /// A URL that receives an org's conversation lifecycle events.
+    Webhook,
 }
 
 impl Platform {
@@ -38,6 +40,7 @@ impl Platform {
             Platform::WebhookBot => "webhook-bot",
             Platform::Selarti => "selarti",
             Platform::Zendesk => "zendesk",
+            Platform::Webhook => "webhook",
         }
     }
 }
@@ -48,6 +51,8 @@ pub enum Role {
     Inlet,
     Outlet,
     Bot,
+    /// Hears of the org's conversations (`handoff_requested`, `accepted`, …).
+    Subscriber,
 }
 
 impl Role {
@@ -56,6 +61,7 @@ impl Role {
             Role::Inlet => "inlet",
             Role::Outlet => "outlet",
             Role::Bot => "bot",
+            Role::Subscriber => "subscriber",
         }
     }
 }
@@ -436,7 +442,8 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             c.id, c.org
         ));
     }
-    let calls_handoff = c.platform != Platform::Zendesk;
+    // Zendesk is reached over its own socket, a subscriber only hears.
+    let calls_handoff = !matches!(c.platform, Platform::Zendesk | Platform::Webhook);
     if calls_handoff && c.access_token.expose_secret().len() < 8 {
         return Err(format!(
             "channel `{}`.accessToken: must be at least 8 characters",

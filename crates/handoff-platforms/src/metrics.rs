@@ -21,6 +21,8 @@ struct Instruments {
     latency: Histogram<f64>,
     handoff_duration: Histogram<f64>,
     csat_answers: Counter<u64>,
+    lifecycle: Counter<u64>,
+    first_reply: Histogram<f64>,
 }
 
 /// Bucket bounds in seconds: a hop is milliseconds, a bot or a desk seconds, an outage minutes.
@@ -66,6 +68,18 @@ fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description(
                     "Seconds from a handoff request until it was settled, by outcome.",
+                )
+                .with_boundaries(HANDOFF_BOUNDS.to_vec())
+                .build(),
+            lifecycle: meter
+                .u64_counter("handoff_conversation_events")
+                .with_description("Conversation lifecycle events (handoff_requested, accepted, ended, returned_to_bot, handoff_failed, …), by outlet and reason: handoffs by outcome, outside-hours refusals.")
+                .build(),
+            first_reply: meter
+                .f64_histogram("handoff_first_agent_reply")
+                .with_unit("s")
+                .with_description(
+                    "Seconds from the desk's acceptance to the first agent message, by outlet.",
                 )
                 .with_boundaries(HANDOFF_BOUNDS.to_vec())
                 .build(),
@@ -145,7 +159,6 @@ pub fn delivery_failed(channel: &str, platform: &str, reason: &'static str, retr
     }
 }
 
-/// A handoff requested `seconds` ago was settled: `accepted`, `returned_to_bot` or `closed`.
 /// A customer of `inlet` answered the satisfaction question with `answer` (one of the
 /// inlet's configured replies, so the label's values are bounded).
 pub fn csat_answered(inlet: &str, answer: &str) {
@@ -158,6 +171,26 @@ pub fn csat_answered(inlet: &str, answer: &str) {
     );
 }
 
+/// A conversation lifecycle event (`reason` as the event gives it: `outside_hours`,
+/// `agent_ended`, …; bounded by the hub's own codes). `seconds`, for `first_agent_reply`:
+/// since the desk accepted.
+pub fn lifecycle(event: &'static str, outlet: &str, reason: &str, seconds: Option<f64>) {
+    let i = instruments();
+    i.lifecycle.add(
+        1,
+        &[
+            KeyValue::new("event", event),
+            KeyValue::new("outlet", outlet.to_string()),
+            KeyValue::new("reason", reason.to_string()),
+        ],
+    );
+    if let ("first_agent_reply", Some(seconds)) = (event, seconds) {
+        i.first_reply
+            .record(seconds, &[KeyValue::new("outlet", outlet.to_string())]);
+    }
+}
+
+/// A handoff requested `seconds` ago was settled: `accepted`, `returned_to_bot` or `closed`.
 pub fn handoff_settled(outcome: &'static str, seconds: f64) {
     instruments()
         .handoff_duration

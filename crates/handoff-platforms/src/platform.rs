@@ -19,6 +19,68 @@ pub enum ChannelSettings {
     WebhookBot(webhook_bot::BotSettings),
     Selarti(selarti::SelartiSettings),
     Zendesk(zendesk::ZendeskSettings),
+    Subscriber(SubscriberSettings),
+}
+
+/// A lifecycle subscription: where an org's conversation events are POSTed, and which.
+#[derive(Debug, Clone)]
+pub struct SubscriberSettings {
+    /// `info.url`.
+    pub url: String,
+    /// `info.events`: the events wanted (none listed: all).
+    pub events: Vec<String>,
+}
+
+/// The events a subscriber may ask for.
+pub const LIFECYCLE_EVENTS: [&str; 8] = [
+    "handoff_requested",
+    "handoff_failed",
+    "accepted",
+    "first_agent_reply",
+    "transferred",
+    "ended",
+    "returned_to_bot",
+    "csat",
+];
+
+impl SubscriberSettings {
+    fn from_channel(c: &Channel) -> Result<Self, String> {
+        let url = match c.info_str("url") {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => u.to_string(),
+            _ => {
+                return Err(format!(
+                    "channel `{}`.info.url: required, an http(s) URL where events are posted",
+                    c.id
+                ));
+            }
+        };
+        let events: Vec<String> = match c.info.get("events") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|e| match e.as_str() {
+                    Some(e) if LIFECYCLE_EVENTS.contains(&e) => Ok(e.to_string()),
+                    _ => Err(format!(
+                        "channel `{}`.info.events: `{e}` is not one of {}",
+                        c.id,
+                        LIFECYCLE_EVENTS.join(", ")
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(format!(
+                    "channel `{}`.info.events: a list of event names",
+                    c.id
+                ));
+            }
+        };
+        Ok(Self { url, events })
+    }
+
+    /// Whether this subscriber wants `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event)
+    }
 }
 
 impl ChannelSettings {
@@ -40,6 +102,9 @@ impl ChannelSettings {
             (Platform::Zendesk, Role::Inlet) => {
                 Self::Zendesk(zendesk::ZendeskSettings::from_channel(c)?)
             }
+            (Platform::Webhook, Role::Subscriber) => {
+                Self::Subscriber(SubscriberSettings::from_channel(c)?)
+            }
             (platform, role) => {
                 return Err(format!(
                     "channel `{}`.role: a {platform:?} channel cannot have role {role:?}",
@@ -53,9 +118,10 @@ impl ChannelSettings {
     pub fn service(&self) -> Service {
         match self {
             Self::CustomInlet(_) => Service::InletGateway,
-            Self::CustomOutlet(_) | Self::WebhookBot(_) | Self::Selarti(_) => {
-                Service::OutletGateway
-            }
+            Self::CustomOutlet(_)
+            | Self::WebhookBot(_)
+            | Self::Selarti(_)
+            | Self::Subscriber(_) => Service::OutletGateway,
             Self::Zendesk(_) => Service::ZendeskAgent,
         }
     }
@@ -176,5 +242,34 @@ mod tests {
     fn a_selarti_bot_without_its_key_is_refused_naming_the_field() {
         let err = parse(&CHANNELS.replace("    apiKey: key\n", "")).unwrap_err();
         assert!(err.contains("`ai`.apiKey"), "{err}");
+    }
+
+    const SUBSCRIBER: &str = "
+  - id: crm
+    org: o
+    platform: webhook
+    role: subscriber
+    info: { url: 'https://crm.example.com/handoff', events: [accepted, ended] }
+";
+
+    #[test]
+    fn a_subscriber_needs_no_token_and_hears_only_the_events_it_lists() {
+        let platforms = parse(&format!("{CHANNELS}{SUBSCRIBER}")).unwrap();
+        assert_eq!(platforms.service_of("crm"), Some(Service::OutletGateway));
+        let Some(ChannelSettings::Subscriber(s)) = platforms.get("crm").map(|s| &**s) else {
+            panic!("crm is not a subscriber");
+        };
+        assert!(s.wants("accepted") && s.wants("ended"));
+        assert!(!s.wants("csat"));
+    }
+
+    #[test]
+    fn a_subscriber_asking_for_an_unknown_event_or_without_a_url_is_refused() {
+        let unknown = SUBSCRIBER.replace("ended]", "closed]");
+        let err = parse(&format!("{CHANNELS}{unknown}")).unwrap_err();
+        assert!(err.contains("`crm`.info.events: `\"closed\"`"), "{err}");
+        let no_url = SUBSCRIBER.replace("url: 'https://crm.example.com/handoff', ", "");
+        let err = parse(&format!("{CHANNELS}{no_url}")).unwrap_err();
+        assert!(err.contains("`crm`.info.url"), "{err}");
     }
 }

@@ -47,6 +47,7 @@ impl Envelope {
             Some(Body::RequestLivechat(_)) => "request_livechat",
             Some(Body::RelayToOutlet(_)) => "relay_to_outlet",
             Some(Body::DeliverToOutlet(_)) => "deliver_to_outlet",
+            Some(Body::DeliverLifecycle(_)) => "deliver_lifecycle",
         }
     }
 }

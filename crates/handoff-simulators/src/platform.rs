@@ -24,6 +24,8 @@ pub struct Recorded {
     pub api: Api,
     pub webhook_id: String,
     pub signature: Option<String>,
+    /// `webhook-timestamp`, which the signature covers.
+    pub timestamp: Option<i64>,
     pub body: Value,
 }
 
@@ -236,6 +238,7 @@ async fn receive(
         api,
         webhook_id: header("webhook-id").unwrap_or_default(),
         signature: header("webhook-signature"),
+        timestamp: header("webhook-timestamp").and_then(|t| t.parse().ok()),
         body,
     };
     {

@@ -12,6 +12,7 @@ mod bots;
 mod edge_tests;
 mod livechat;
 mod selarti;
+mod subscribers;
 mod webhook;
 
 use std::sync::Arc;
@@ -76,6 +77,11 @@ impl Application {
                 catalog: catalog.clone(),
                 client: self.client.clone(),
             },
+            subscribers: subscribers::Notifier {
+                bus: bus.clone(),
+                catalog: catalog.clone(),
+                client: self.client.clone(),
+            },
             bots: bots::BotCaller {
                 bus: bus.clone(),
                 catalog: catalog.clone(),
@@ -98,12 +104,14 @@ impl Application {
 struct Deliverer {
     livechat: livechat::LiveChatDeliverer,
     bots: bots::BotCaller,
+    subscribers: subscribers::Notifier,
 }
 
 impl Handler for Deliverer {
     async fn handle(&self, envelope: Envelope, partition: u16) -> Handled {
         match &envelope.body {
             Some(Body::SendToBot(_)) => self.bots.handle(envelope, partition).await,
+            Some(Body::DeliverLifecycle(_)) => self.subscribers.handle(envelope, partition).await,
             _ => self.livechat.handle(envelope, partition).await,
         }
     }

@@ -177,6 +177,8 @@ fn may_act_on(parts: &Parts, caller: Option<&str>, inlet: &str, holder: Option<&
     caller.org == inlet.org
         && match caller.role {
             Role::Bot => inlet.bot.as_deref() == Some(caller.id.as_str()),
+            // A subscriber only hears; it acts on no member.
+            Role::Subscriber => false,
             Role::Outlet | Role::Inlet => {
                 holder == Some(caller.id.as_str())
                     || snapshot.platforms.handoff_target(inlet) == Some(caller.id.as_str())

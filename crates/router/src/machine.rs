@@ -281,6 +281,13 @@ pub(crate) enum Step {
     Reopen {
         conversation: Uuid,
     },
+    /// A lifecycle event for the org's subscribers (the transitions' own are emitted where
+    /// they apply: `handoff_requested`, `accepted`, `ended`, `returned_to_bot`).
+    Lifecycle {
+        event: &'static str,
+        conversation: Option<Uuid>,
+        detail: Value,
+    },
     /// LIVE → PENDING for want of a first reply: the Livechat request goes out again.
     Requeue {
         conversation: Uuid,
@@ -585,6 +592,11 @@ impl<'a> Decision<'_, 'a> {
                         answer: answer.to_string(),
                     });
                     self.system("CSAT", json!({"answer": answer}), Some(asked));
+                    self.steps.push(Step::Lifecycle {
+                        event: "csat",
+                        conversation: Some(asked),
+                        detail: json!({"answer": answer}),
+                    });
                     if !csat.thanks.trim().is_empty() {
                         self.send(Command::ToMember {
                             live: false,
@@ -711,6 +723,11 @@ impl<'a> Decision<'_, 'a> {
             json!({"from": c.outlet_channel_id, "to": target.id}),
             Some(c.id),
         );
+        self.steps.push(Step::Lifecycle {
+            event: "transferred",
+            conversation: Some(c.id),
+            detail: json!({"outlet": c.outlet_channel_id, "to": target.id, "group": group}),
+        });
         self.notice(NoticeKind::Transferred, "", false, Some(c.id));
         self.steps.push(Step::OpenHandoff {
             outlet: target.id.clone(),
@@ -809,6 +826,11 @@ impl<'a> Decision<'_, 'a> {
             None => {
                 let error = json!({"reason": "no_outlet", "message": "this inlet has no outlet configured"});
                 self.system("HANDOFF_FAILED", error.clone(), None);
+                self.steps.push(Step::Lifecycle {
+                    event: "handoff_failed",
+                    conversation: None,
+                    detail: json!({"reason": "no_outlet"}),
+                });
                 self.notice(NoticeKind::Unavailable, "", false, None);
                 self.tell_bot(SendToBot {
                     content: Some(event_content("HANDOFF_FAILED", error.clone())),
@@ -841,6 +863,11 @@ impl<'a> Decision<'_, 'a> {
             "nextOpenAt": closed.next_open_at,
         });
         self.system("HANDOFF_FAILED", error.clone(), None);
+        self.steps.push(Step::Lifecycle {
+            event: "handoff_failed",
+            conversation: None,
+            detail: json!({"outlet": outlet, "reason": "outside_hours", "offlineTicket": closed.offline_ticket}),
+        });
         self.notice(NoticeKind::OutsideHours, "", false, None);
         self.tell_bot(SendToBot {
             content: Some(event_content("HANDOFF_FAILED", error.clone())),
@@ -1065,6 +1092,11 @@ impl<'a> Decision<'_, 'a> {
     fn taken_over(&mut self, c: &OpenConversation) {
         let started = json!({"reason": "agent_takeover"});
         self.system("LIVE_CHAT_STARTED", started.clone(), Some(c.id));
+        self.steps.push(Step::Lifecycle {
+            event: "accepted",
+            conversation: Some(c.id),
+            detail: json!({"outlet": c.outlet_channel_id, "trigger": "agent_takeover"}),
+        });
         self.tell_bot_as(
             true,
             SendToBot {
@@ -1100,6 +1132,14 @@ impl<'a> Decision<'_, 'a> {
         }
         self.record(Author::Agent, self.facts.source, content, true);
         self.steps.push(Step::Touch(c.id, Author::Agent));
+        if !c.replied {
+            self.steps.push(Step::Lifecycle {
+                event: "first_agent_reply",
+                conversation: Some(c.id),
+                detail: json!({"outlet": c.outlet_channel_id, "agentName": agent,
+                               "seconds": c.in_state_secs}),
+            });
+        }
         if !c.agent_joined {
             if c.taken_over {
                 self.taken_over(c);
@@ -1471,6 +1511,8 @@ mod tests {
                 taken_over: false,
                 agent_name: String::new(),
                 requeues: 0,
+                replied: false,
+                in_state_secs: 0.0,
             }),
             source: "web".into(),
             named: String::new(),

@@ -100,6 +100,10 @@ pub struct OpenConversation {
     pub agent_name: String,
     /// Times the request went to the desk again for want of a first reply.
     pub requeues: u32,
+    /// An agent has written in this state.
+    pub replied: bool,
+    /// Seconds since it entered this state (for LIVE: since the desk accepted).
+    pub in_state_secs: f64,
 }
 
 /// A live-chat timer, as the router checks it again inside the transaction that acts on

@@ -247,6 +247,7 @@ impl Engine {
         let mut settled = Vec::new();
         let mut csat = Vec::new();
         let mut timers = Vec::new();
+        let mut lifecycle = Vec::new();
         for ((i, envelope, mut plan), first) in plans.into_iter().zip(first_ids) {
             let mut work = Work {
                 tx: &mut tx,
@@ -256,6 +257,7 @@ impl Engine {
                 settled: Vec::new(),
                 csat: Vec::new(),
                 timers: Vec::new(),
+                lifecycle: Vec::new(),
                 pending: &mut pending,
                 epoch: plan.member.epoch,
             };
@@ -283,6 +285,7 @@ impl Engine {
             settled.append(&mut work.settled);
             csat.append(&mut work.csat);
             timers.append(&mut work.timers);
+            lifecycle.append(&mut work.lifecycle);
         }
         pending
             .write(&mut tx)
@@ -308,6 +311,9 @@ impl Engine {
         }
         for (inlet, answer) in csat {
             handoff_platforms::metrics::csat_answered(&inlet, &answer);
+        }
+        for (event, outlet, reason, seconds) in lifecycle {
+            handoff_platforms::metrics::lifecycle(event, &outlet, &reason, seconds);
         }
         // A timer lost with this process is made up by the sweeper (`timeouts.rs`).
         for (after, due) in timers {

@@ -5,8 +5,8 @@ use handoff_bus::{Service, derived_id, now_ms};
 use handoff_config::Channel;
 use handoff_platforms::content::{content_from_response, content_to_response};
 use handoff_proto::{
-    Body, Content, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails, RelayToOutlet,
-    RequestLivechat, SendToBot, TurnDue,
+    Body, Content, DeliverLifecycle, DeliverToMember, DeliverToOutlet, Envelope, HandoffDetails,
+    RelayToOutlet, RequestLivechat, SendToBot, TurnDue,
 };
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
@@ -29,6 +29,8 @@ pub(super) struct Work<'a> {
     pub settled: Vec<(&'static str, f64)>,
     /// Satisfaction answers this event recorded (inlet, answer), counted once committed.
     pub csat: Vec<(String, String)>,
+    /// Lifecycle events (event, outlet, reason), counted once committed.
+    pub lifecycle: Vec<(&'static str, String, String, Option<f64>)>,
     /// `TurnDue` events to publish once committed, each after its delay.
     pub timers: Vec<(std::time::Duration, Envelope)>,
     /// What the batch writes together, once, instead of a statement per event.
@@ -325,11 +327,19 @@ impl Engine {
                         &external_id,
                     )
                     .await?;
-                    let Some(waited) = waited else {
+                    let Some((waited, outlet)) = waited else {
                         return Ok(true);
                     };
                     work.epoch += 1;
                     work.settled.push(("accepted", waited));
+                    self.lifecycle(
+                        work,
+                        member,
+                        inlet,
+                        "accepted",
+                        Some(conversation),
+                        json!({"outlet": outlet, "ticket": external_id, "seconds": waited}),
+                    );
                 }
                 Step::Close {
                     conversation,
@@ -339,19 +349,32 @@ impl Engine {
                     let lasted =
                         store::conversations::close(&mut **work.tx, conversation, from, &reason)
                             .await?;
-                    let Some(lasted) = lasted else {
+                    let Some((lasted, outlet)) = lasted else {
                         return Ok(true);
                     };
                     if from == OpenState::Live {
                         work.epoch += 1;
                     }
                     // A handoff closed before anyone took it went back to the bot.
-                    let outcome = match from {
-                        OpenState::Pending => "returned_to_bot",
-                        OpenState::Live => "closed",
+                    let (outcome, event) = match from {
+                        OpenState::Pending => ("returned_to_bot", "returned_to_bot"),
+                        OpenState::Live => ("closed", "ended"),
                     };
                     work.settled.push((outcome, lasted));
+                    self.lifecycle(
+                        work,
+                        member,
+                        inlet,
+                        event,
+                        Some(conversation),
+                        json!({"outlet": outlet, "reason": reason, "seconds": lasted}),
+                    );
                 }
+                Step::Lifecycle {
+                    event,
+                    conversation,
+                    detail,
+                } => self.lifecycle(work, member, inlet, event, conversation, detail),
                 Step::IfOverdue {
                     conversation,
                     state,
@@ -530,6 +553,19 @@ impl Engine {
         if !opened {
             return Ok(false);
         }
+        self.lifecycle(
+            work,
+            member,
+            inlet,
+            if offline {
+                "handoff_failed"
+            } else {
+                "handoff_requested"
+            },
+            Some(conv_id),
+            json!({"outlet": outlet, "trigger": details.trigger, "groupName": details.group_name,
+                   "reason": if offline { "outside_hours" } else { "" }}),
+        );
         if !offline {
             // What waited for a coalescing bot is the desk's now, held with the rest.
             work.pending.write_lines(work.tx).await?;
@@ -565,6 +601,60 @@ impl Engine {
 }
 
 impl Engine {
+    /// Tells the org's subscribers (`role: subscriber`) of a lifecycle event, one command
+    /// each, delivered (signed, retried, parked) like every other call; nothing when the
+    /// org has none. Counted once the batch commits.
+    fn lifecycle(
+        &self,
+        work: &mut Work<'_>,
+        member: &MemberRow,
+        inlet: &Channel,
+        event: &'static str,
+        conversation: Option<Uuid>,
+        detail: Value,
+    ) {
+        let outlet = detail["outlet"].as_str().unwrap_or_default().to_string();
+        let reason = detail["reason"].as_str().unwrap_or_default().to_string();
+        work.lifecycle
+            .push((event, outlet, reason, detail["seconds"].as_f64()));
+        let catalog = self.catalog.load();
+        let mut body = json!({
+            "type": event,
+            "id": derived_id(&work.cause.event_id, event, 0),
+            "at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "org": inlet.org,
+            "inlet": inlet.id,
+            "memberId": member.id,
+            "externalId": member.external_id,
+            "conversationId": conversation,
+        });
+        if let (Value::Object(b), Value::Object(d)) = (&mut body, detail) {
+            b.extend(d.into_iter().filter(|(_, v)| *v != json!("")));
+        }
+        let subscribers: Vec<String> = catalog
+            .channels
+            .iter()
+            .filter(|c| c.org == inlet.org && c.role == handoff_config::Role::Subscriber)
+            .filter(|c| {
+                matches!(catalog.platforms.get(&c.id).map(|s| &**s),
+                    Some(handoff_platforms::ChannelSettings::Subscriber(s)) if s.wants(event))
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        for subscriber in subscribers {
+            work.command(
+                Service::OutletGateway,
+                &subscriber,
+                conversation,
+                Body::DeliverLifecycle(DeliverLifecycle {
+                    event_json: body.to_string(),
+                }),
+            );
+        }
+    }
+
     /// What a new handoff to `outlet` says of the member's previous live chat with it,
     /// when that closed within the outlet's return window.
     async fn returning(

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use handoff_config::{Channels, Role};
+use handoff_config::Channels;
 use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -33,11 +33,7 @@ pub async fn sync(pool: &PgPool, channels: &Channels) -> sqlx::Result<()> {
                 "liveIdleTimeoutSecs": c.handoff.live_idle_timeout_secs,
             },
         });
-        let role = match c.role {
-            Role::Inlet => "inlet",
-            Role::Outlet => "outlet",
-            Role::Bot => "bot",
-        };
+        let role = c.role.as_str();
         sqlx::query!(
             "INSERT INTO channels (id, org, platform, role, config, enabled)
              VALUES ($1, $2, $3, $4, $5, $6)

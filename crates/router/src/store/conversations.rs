@@ -94,28 +94,30 @@ pub async fn take_over(pool: &PgPool, t: Takeover<'_>) -> sqlx::Result<bool> {
     Ok(taken == 1)
 }
 
-/// PENDING → LIVE, a new epoch for the member. Seconds the customer waited, or `None`
-/// when it was no longer PENDING.
+/// PENDING → LIVE, a new epoch for the member. Seconds the customer waited and the
+/// outlet, or `None` when it was no longer PENDING.
 pub async fn become_live(
     db: impl PgExecutor<'_>,
     id: Uuid,
     external_id: &str,
-) -> sqlx::Result<Option<f64>> {
-    sqlx::query_scalar!(
+) -> sqlx::Result<Option<(f64, String)>> {
+    let row = sqlx::query!(
         r#"WITH live AS (
              UPDATE conversations SET state = 'live',
                external_id = COALESCE(NULLIF($2, ''), external_id),
                state_changed_at = now(), last_activity_at = now()
              WHERE id = $1 AND state = 'pending'
-             RETURNING member_id, EXTRACT(EPOCH FROM now() - opened_at)::float8 AS waited),
+             RETURNING member_id, outlet_channel_id,
+                       EXTRACT(EPOCH FROM now() - opened_at)::float8 AS waited),
            bumped AS (
              UPDATE members SET epoch = epoch + 1 FROM live WHERE members.id = live.member_id)
-           SELECT waited AS "waited!" FROM live"#,
+           SELECT waited AS "waited!", outlet_channel_id AS "outlet!" FROM live"#,
         id,
         external_id,
     )
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(|r| (r.waited, r.outlet)))
 }
 
 /// `from` → closed (from LIVE: a new epoch for the member). Seconds the conversation
@@ -125,8 +127,8 @@ pub async fn close(
     id: Uuid,
     from: OpenState,
     reason: &str,
-) -> sqlx::Result<Option<f64>> {
-    sqlx::query_scalar!(
+) -> sqlx::Result<Option<(f64, String)>> {
+    let row = sqlx::query!(
         r#"WITH closed AS (
              UPDATE conversations SET state = 'closed', closed_at = now(),
                state_changed_at = now(), close_reason = $3
@@ -138,13 +140,14 @@ pub async fn close(
                last_live_outlet = closed.outlet_channel_id, last_live_closed_at = now()
              FROM closed
              WHERE members.id = closed.member_id AND $2 = 'live')
-           SELECT lasted AS "lasted!" FROM closed"#,
+           SELECT lasted AS "lasted!", outlet_channel_id AS "outlet!" FROM closed"#,
         id,
         from.as_str(),
         reason,
     )
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(|r| (r.lasted, r.outlet)))
 }
 
 /// Whether the conversation has been in `state` (PENDING), or quiet (LIVE), for
@@ -364,6 +367,8 @@ pub async fn open_for_update_many(
     let rows = sqlx::query!(
         r#"SELECT member_id, id, state AS "state: OpenState", outlet_channel_id,
                   trigger = 'agent_takeover' AS "taken_over!", agent_name, requeues,
+                  COALESCE(last_agent_at >= state_changed_at, false) AS "replied!",
+                  EXTRACT(EPOCH FROM now() - state_changed_at)::float8 AS "in_state_secs!",
                   agent_joined_at IS NOT NULL AS "agent_joined!",
                   trouble_told_at IS NOT NULL AS "trouble_told!"
            FROM conversations
@@ -385,6 +390,8 @@ pub async fn open_for_update_many(
                     trouble_told: r.trouble_told,
                     taken_over: r.taken_over,
                     requeues: u32::try_from(r.requeues).unwrap_or_default(),
+                    replied: r.replied,
+                    in_state_secs: r.in_state_secs,
                     agent_name: r.agent_name.unwrap_or_default(),
                 },
             )

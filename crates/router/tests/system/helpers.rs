@@ -115,6 +115,9 @@ pub struct HubOptions {
     pub outlet_live_chat: &'static str,
     /// The desk's business `hours` (YAML).
     pub desk_hours: Option<String>,
+    /// The org has a lifecycle subscriber (`crm`), posting to the other org's simulated
+    /// platform's Relay API (which nothing else uses), signed with `INLET_SECRET`.
+    pub subscriber: bool,
 }
 
 /// The notices that tests written before them do not expect (the end text they do).
@@ -161,6 +164,7 @@ impl Default for HubOptions {
             coalesce_ms: 0,
             outlet_live_chat: "",
             desk_hours: None,
+            subscriber: false,
         }
     }
 }
@@ -302,6 +306,7 @@ channels:
       relayResponseApi: {relay}
       sendResponseApi: {desk_send}
       team: b
+{subscriber}
   - id: {OTHER_INLET}
     org: {OTHER_ORG}
     platform: custom
@@ -344,6 +349,14 @@ channels:
             .map(|entry| format!("      {entry}\n"))
             .collect::<String>(),
         coalesce = o.coalesce_ms,
+        subscriber = if o.subscriber {
+            format!(
+                "  - id: crm\n    org: {ORG}\n    platform: webhook\n    role: subscriber\n    secret: {INLET_SECRET}\n    info: {{ url: '{}' }}\n",
+                other_customer.url("/relay")
+            )
+        } else {
+            String::new()
+        },
         desk_hours = match &o.desk_hours {
             Some(hours) => format!("    hours: {hours}"),
             None => String::new(),

@@ -278,3 +278,73 @@ async fn a_transfer_moves_a_live_chat_to_another_team_and_every_later_message_go
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_subscribed_url_hears_each_lifecycle_event_of_a_handoff_once_in_order_and_signed() {
+    // Arrange: the org's CRM subscribes
+    let hub = TestHub::start_with(HubOptions {
+        subscriber: true,
+        ..Default::default()
+    })
+    .await;
+
+    // Act: a handoff, accepted, answered twice, ended
+    crate::live_chat::hand_off(&hub, "yan", 1).await;
+    agent_named(&hub, "yan", "Cy", "Cy here").await;
+    agent_named(&hub, "yan", "Cy", "anything else?").await;
+    done(&hub, "T-1").await;
+
+    // Assert
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let mut seen = std::collections::HashSet::new();
+        let events: Vec<_> = hub
+            .other_customer
+            .calls(Api::Relay)
+            .into_iter()
+            .filter(|c| seen.insert(c.webhook_id.clone()))
+            .collect();
+        if events.len() >= 4 {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e.body["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "handoff_requested",
+            "accepted",
+            "first_agent_reply",
+            "ended"
+        ]
+    );
+    assert_eq!(events[0].body["outlet"], OUTLET);
+    assert_eq!(events[0].body["memberId"], member_id("yan"));
+    assert_eq!(events[1].body["outlet"], OUTLET, "{}", events[1].body);
+    assert!(events[1].body["seconds"].as_f64().is_some());
+    assert_eq!(events[2].body["agentName"], "Cy");
+    assert_eq!(events[3].body["reason"], "agent_ended");
+    let signer = handoff_platforms::Signer::new(INLET_SECRET);
+    for e in &events {
+        let expected = signer.sign(
+            &e.webhook_id,
+            e.timestamp.expect("timestamped"),
+            e.body.to_string().as_bytes(),
+        );
+        assert_eq!(
+            e.signature.as_deref(),
+            Some(expected.as_str()),
+            "{}",
+            e.body
+        );
+    }
+    let relays = hub.other_customer.calls(Api::Relay).len();
+    assert_eq!(relays, 4, "each once");
+    hub.shutdown().await;
+}
