@@ -313,11 +313,13 @@ struct ChannelsFile {
     channels: Vec<Channel>,
 }
 
-/// All configured channels, by id, and which of them an operator disabled.
+/// All configured channels, by id, which of them an operator disabled, and which outlets
+/// an operator switched unavailable.
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     by_id: HashMap<String, Arc<Channel>>,
     disabled: std::collections::BTreeSet<String>,
+    unavailable: std::collections::BTreeSet<String>,
 }
 
 impl Channels {
@@ -366,7 +368,7 @@ impl Channels {
         }
         let channels = Self {
             by_id,
-            disabled: Default::default(),
+            ..Default::default()
         };
         channels.validate_links()?;
         Ok(channels)
@@ -384,6 +386,16 @@ impl Channels {
 
     pub fn is_enabled(&self, id: &str) -> bool {
         !self.disabled.contains(id)
+    }
+
+    /// These outlets take no handoffs, as if outside their hours.
+    pub fn with_unavailable(mut self, unavailable: impl IntoIterator<Item = String>) -> Self {
+        self.unavailable = unavailable.into_iter().collect();
+        self
+    }
+
+    pub fn is_available(&self, id: &str) -> bool {
+        !self.unavailable.contains(id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {

@@ -30,7 +30,9 @@ impl Snapshot {
 
     /// Parses and validates a catalog entry whole: a bad document changes nothing.
     pub fn from_entry(entry: &CatalogEntry) -> Result<Self, String> {
-        let channels = Channels::parse(&entry.document)?.with_disabled(entry.disabled.clone());
+        let channels = Channels::parse(&entry.document)?
+            .with_disabled(entry.disabled.clone())
+            .with_unavailable(entry.unavailable.clone());
         Self::new(channels)
     }
 }

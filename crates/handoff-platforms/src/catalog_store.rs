@@ -37,6 +37,9 @@ pub struct CatalogEntry {
     pub document: String,
     /// Channels that refuse new messages.
     pub disabled: std::collections::BTreeSet<String>,
+    /// Outlets an operator switched unavailable (entries written before it have none).
+    #[serde(default)]
+    pub unavailable: std::collections::BTreeSet<String>,
     /// SHA-256 of the channels file this entry was last seeded from.
     pub file_sha256: String,
 }
@@ -138,12 +141,16 @@ impl CatalogStore {
             if current.as_ref().is_some_and(|(e, _)| e.file_sha256 == sha) {
                 return Ok(());
             }
-            // Operators' disabled channels outlive a new file.
+            // Operators' switches outlive a new file.
             let entry = CatalogEntry {
                 document: text.to_string(),
                 disabled: current
                     .as_ref()
                     .map(|(e, _)| e.disabled.clone())
+                    .unwrap_or_default(),
+                unavailable: current
+                    .as_ref()
+                    .map(|(e, _)| e.unavailable.clone())
                     .unwrap_or_default(),
                 file_sha256: sha.clone(),
             };

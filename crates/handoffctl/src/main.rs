@@ -87,6 +87,14 @@ enum ChannelAction {
     Enable {
         id: String,
     },
+    /// Switch an outlet unavailable: handoffs to it fail as outside its hours (`unavailable`).
+    Unavailable {
+        id: String,
+    },
+    /// Switch an outlet back to taking handoffs.
+    Available {
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -177,6 +185,28 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
 }
 
 /// A refusal from the API, said plainly.
+/// `channels unavailable|available <id>`.
+async fn set_availability(
+    client: &mut Client,
+    json: bool,
+    id: String,
+    available: bool,
+) -> anyhow::Result<()> {
+    let channel = client
+        .set_availability(api::SetAvailabilityRequest { id, available })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    show(json, &channel, || {
+        if channel.available {
+            println!("outlet {} takes handoffs", channel.id)
+        } else {
+            println!("outlet {} is unavailable: handoffs to it fail", channel.id)
+        }
+    });
+    Ok(())
+}
+
 fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
@@ -224,6 +254,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 show(json, &channel, || {
                     println!("channel {} enabled", channel.id)
                 });
+            }
+            ChannelAction::Unavailable { id } => {
+                set_availability(&mut client, json, id, false).await?
+            }
+            ChannelAction::Available { id } => {
+                set_availability(&mut client, json, id, true).await?
             }
         },
         Command::Apply { file, dry_run } => {
@@ -460,7 +496,15 @@ fn show<T: Serialize>(json: bool, value: &T, human: impl FnOnce()) {
 fn channels_table(channels: &[api::Channel]) {
     table(
         &[
-            "ID", "ORG", "PLATFORM", "ROLE", "ENABLED", "BOT", "OUTLET", "UPDATED",
+            "ID",
+            "ORG",
+            "PLATFORM",
+            "ROLE",
+            "ENABLED",
+            "AVAILABLE",
+            "BOT",
+            "OUTLET",
+            "UPDATED",
         ],
         channels
             .iter()
@@ -471,6 +515,12 @@ fn channels_table(channels: &[api::Channel]) {
                     c.platform.clone(),
                     c.role.clone(),
                     if c.enabled { "yes" } else { "no" }.into(),
+                    match (c.role.as_str(), c.available) {
+                        ("outlet", true) => "yes",
+                        ("outlet", false) => "no",
+                        _ => "",
+                    }
+                    .into(),
                     c.bot.clone(),
                     c.outlet.clone(),
                     c.updated_at.clone(),
@@ -495,6 +545,7 @@ fn conversations_table(conversations: &[api::Conversation]) {
             "OPENED",
             "CLOSE REASON",
             "CSAT",
+            "NEXT TIMER",
         ],
         conversations
             .iter()
@@ -508,6 +559,11 @@ fn conversations_table(conversations: &[api::Conversation]) {
                     c.opened_at.clone(),
                     c.close_reason.clone(),
                     c.csat.clone(),
+                    if c.next_timer.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} at {}", c.next_timer, c.next_timer_at)
+                    },
                 ]
             })
             .collect(),

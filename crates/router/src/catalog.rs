@@ -117,6 +117,37 @@ pub(crate) async fn apply(
     Ok(Response::new(response))
 }
 
+/// Switches outlet `id` available or not (`handoffctl channels unavailable`).
+pub(crate) async fn set_available(
+    pool: &PgPool,
+    catalog: &Catalog,
+    store: Option<&CatalogStore>,
+    id: &str,
+    available: bool,
+) -> Result<(), Status> {
+    let store = shared(store)?;
+    let (mut entry, revision) = current(store).await?;
+    let snapshot = Snapshot::from_entry(&entry).map_err(unavailable)?;
+    match snapshot.channels.get(id) {
+        None => return Err(Status::not_found(format!("no channel `{id}`"))),
+        Some(c) if c.role != handoff_config::Role::Outlet => {
+            return Err(Status::failed_precondition(format!(
+                "channel `{id}` is not an outlet: only outlets take handoffs"
+            )));
+        }
+        Some(_) => {}
+    }
+    let changed = if available {
+        entry.unavailable.remove(id)
+    } else {
+        entry.unavailable.insert(id.to_string())
+    };
+    if changed {
+        commit(pool, catalog, store, &entry, revision).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn set_enabled(
     pool: &PgPool,
     catalog: &Catalog,

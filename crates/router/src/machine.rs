@@ -70,6 +70,9 @@ pub(crate) struct DeskClosed {
     pub next_open_text: String,
     /// The desk wants the request anyway (`offline: ticket`).
     pub offline_ticket: bool,
+    /// An operator switched the outlet unavailable (`handoffctl channels unavailable`):
+    /// the reason is `unavailable`, and the customer gets that notice.
+    pub switched_off: bool,
 }
 
 /// An event, in the machine's terms.
@@ -857,18 +860,31 @@ impl<'a> Decision<'_, 'a> {
                 details,
             });
         }
+        let (reason, message, notice) = if closed.switched_off {
+            (
+                "unavailable",
+                "the desk is switched unavailable",
+                NoticeKind::Unavailable,
+            )
+        } else {
+            (
+                "outside_hours",
+                "the desk is outside its hours",
+                NoticeKind::OutsideHours,
+            )
+        };
         let error = json!({
-            "reason": "outside_hours",
-            "message": "the desk is outside its hours",
+            "reason": reason,
+            "message": message,
             "nextOpenAt": closed.next_open_at,
         });
         self.system("HANDOFF_FAILED", error.clone(), None);
         self.steps.push(Step::Lifecycle {
             event: "handoff_failed",
             conversation: None,
-            detail: json!({"outlet": outlet, "reason": "outside_hours", "offlineTicket": closed.offline_ticket}),
+            detail: json!({"outlet": outlet, "reason": reason, "offlineTicket": closed.offline_ticket}),
         });
-        self.notice(NoticeKind::OutsideHours, "", false, None);
+        self.notice(notice, "", false, None);
         self.tell_bot(SendToBot {
             content: Some(event_content("HANDOFF_FAILED", error.clone())),
             reason: Some(Reason::HandoffFailed(trouble(&error))),
@@ -2308,6 +2324,7 @@ mod tests {
             next_open_at: "2026-12-07T09:00:00+01:00".into(),
             next_open_text: "Monday 09:00 (Europe/Berlin)".into(),
             offline_ticket: false,
+            switched_off: false,
         });
         let steps = w.decide("web", Event::Inbound(&text("human")));
         assert!(
@@ -2326,6 +2343,26 @@ mod tests {
         w.desk_closed.as_mut().unwrap().offline_ticket = true;
         let steps = w.decide("web", Event::Inbound(&text("human")));
         assert!(steps.iter().any(|s| matches!(s, Step::OfflineTicket { outlet, details } if outlet == "desk" && details.meta_json.contains(r#""offline":true"#))));
+    }
+
+    #[test]
+    fn an_outlet_switched_unavailable_calls_no_desk_and_fails_the_handoff_as_unavailable() {
+        let mut w = world(None);
+        w.desk_closed = Some(DeskClosed {
+            switched_off: true,
+            ..Default::default()
+        });
+        let steps = w.decide("web", Event::Inbound(&text("human")));
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::OpenHandoff { .. } | Step::OfflineTicket { .. }))
+        );
+        assert_eq!(
+            texts_to_member(&steps),
+            ["No one from our team is available right now. Our assistant will keep helping you."]
+        );
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::HandoffFailed(t)) if t.reason == "unavailable"))));
     }
 
     fn timer(w: &World, reason: &'static str) -> Vec<Step> {

@@ -108,6 +108,50 @@ fn live_chat_timers(
     due
 }
 
+/// The timer of `row` that fires next and in how many seconds (zero or less: due now,
+/// at the next sweep): what `handoffctl conversations` shows. The same rules as the sweep.
+pub(crate) fn next_due(
+    inlet: &handoff_config::Channel,
+    outlet: Option<&handoff_config::Channel>,
+    row: &store::conversations::Waiting,
+) -> Option<(&'static str, f64)> {
+    let after = |secs: u64, elapsed: f64| (secs > 0).then_some(secs as f64 - elapsed);
+    let mut candidates: Vec<(&'static str, Option<f64>)> = Vec::new();
+    match row.state {
+        OpenState::Pending => candidates.push((
+            "pending_timeout",
+            after(inlet.handoff.pending_timeout_secs, row.in_state),
+        )),
+        OpenState::Live => {
+            candidates.push((
+                "live_idle_timeout",
+                after(inlet.handoff.live_idle_timeout_secs, row.idle),
+            ));
+            if let Some(rules) = outlet.map(|o| &o.live_chat) {
+                if row.unanswered && !row.waiting_told {
+                    candidates.push(("first_reply", after(rules.first_reply_secs, row.in_state)));
+                }
+                if row.unanswered {
+                    candidates.push(("no_reply", after(rules.requeue_secs, row.in_state)));
+                }
+                match row.idle_told {
+                    None if row.customer_waits => candidates
+                        .push(("agent_idle", after(rules.agent_idle_secs, row.agent_quiet))),
+                    Some(told) if rules.agent_idle_secs > 0 => candidates.push((
+                        "agent_idle_close",
+                        Some(rules.agent_idle_grace_secs as f64 - told),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .filter_map(|(name, secs)| secs.map(|s| (name, s)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
 async fn publish(
     parts: &Parts,
     inlet: &handoff_config::Channel,

@@ -52,6 +52,22 @@ impl AdminService {
         self.set_enabled(request.id, true).await
     }
 
+    pub(super) async fn set_availability_(
+        &self,
+        request: api::SetAvailabilityRequest,
+    ) -> Result<api::Channel, Status> {
+        crate::catalog::set_available(
+            &self.pool,
+            &self.catalog,
+            self.store.as_ref(),
+            &request.id,
+            request.available,
+        )
+        .await?;
+        self.get_channel_(api::GetChannelRequest { id: request.id })
+            .await
+    }
+
     async fn set_enabled(&self, id: String, enabled: bool) -> Result<api::Channel, Status> {
         crate::catalog::set_enabled(&self.pool, &self.catalog, self.store.as_ref(), &id, enabled)
             .await?;
@@ -79,6 +95,7 @@ impl AdminService {
                     platform: c.platform.as_str().into(),
                     role: c.role.as_str().into(),
                     enabled: snapshot.channels.is_enabled(&c.id),
+                    available: snapshot.channels.is_available(&c.id),
                     bot: c.bot.clone().unwrap_or_default(),
                     outlet: c.outlet.clone().unwrap_or_default(),
                     settings_json: config.to_string(),

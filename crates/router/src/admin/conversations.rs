@@ -35,9 +35,11 @@ impl AdminService {
         let rows = store::conversations::list(&self.pool, state, channel, i64::from(limit))
             .await
             .map_err(internal)?;
-        Ok(api::ListConversationsResponse {
-            conversations: rows.into_iter().map(shown).collect(),
-        })
+        let mut conversations: Vec<api::Conversation> = rows.into_iter().map(shown).collect();
+        if conversations.iter().any(|c| c.closed_at.is_empty()) {
+            self.with_timers(&mut conversations).await?;
+        }
+        Ok(api::ListConversationsResponse { conversations })
     }
 
     pub(super) async fn get_conversation_(
@@ -52,8 +54,13 @@ impl AdminService {
         let lines = store::messages::of_conversation(&self.pool, id)
             .await
             .map_err(internal)?;
+        let mut conversation = [shown(row)];
+        if conversation[0].closed_at.is_empty() {
+            self.with_timers(&mut conversation).await?;
+        }
+        let [conversation] = conversation;
         Ok(api::ConversationDetail {
-            conversation: Some(shown(row)),
+            conversation: Some(conversation),
             transcript: lines
                 .into_iter()
                 .map(|l| api::TranscriptLine {
@@ -104,6 +111,32 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Which timer of each open conversation fires next, and when.
+    async fn with_timers(&self, conversations: &mut [api::Conversation]) -> Result<(), Status> {
+        let waiting = store::conversations::waiting(&self.pool)
+            .await
+            .map_err(internal)?;
+        let catalog = self.catalog.load();
+        let now = time::OffsetDateTime::now_utc();
+        for c in conversations.iter_mut() {
+            let Some(row) = waiting.iter().find(|w| w.id.to_string() == c.id) else {
+                continue;
+            };
+            let Some(inlet) = catalog.channels.get(&row.channel_id) else {
+                continue;
+            };
+            let outlet = catalog.channels.get(&row.outlet_channel_id);
+            if let Some((name, secs)) = crate::timeouts::next_due(inlet, outlet.map(|o| &**o), row)
+            {
+                c.next_timer = name.into();
+                c.next_timer_at = ts(Some(now + time::Duration::seconds_f64(secs.max(0.0))));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn shown(c: store::conversations::ConversationView) -> api::Conversation {
     api::Conversation {
         id: c.id.to_string(),
@@ -119,5 +152,7 @@ fn shown(c: store::conversations::ConversationView) -> api::Conversation {
         close_reason: c.close_reason.unwrap_or_default(),
         outlet_conversation_id: c.outlet_ref.unwrap_or_default(),
         csat: c.csat_answer.unwrap_or_default(),
+        next_timer: String::new(),
+        next_timer_at: String::new(),
     }
 }

@@ -142,6 +142,15 @@ impl Admin for AdminService {
             .map(Response::new)
     }
 
+    async fn set_availability(
+        &self,
+        request: Request<api::SetAvailabilityRequest>,
+    ) -> Result<Response<api::Channel>, Status> {
+        self.set_availability_(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn find_member(
         &self,
         request: Request<api::FindMemberRequest>,

@@ -156,7 +156,7 @@ impl Engine {
                 .map_or(0, |bot| bot.coalesce_ms),
             desk_closed: handoff_to
                 .and_then(|desk| catalog.channels.get(desk))
-                .and_then(|desk| desk_closed(desk)),
+                .and_then(|desk| desk_closed(desk, catalog.channels.is_available(&desk.id))),
             reopen: member
                 .last_live
                 .zip(member.last_live_outlet.clone())
@@ -254,15 +254,27 @@ async fn told_when_stalled(
     Ok(store::inbox::seen(&mut **tx, stalled.parse()?).await?)
 }
 
-/// Whether `desk` is outside its business hours now, and when it opens.
-fn desk_closed(desk: &Channel) -> Option<DeskClosed> {
-    let hours = desk.hours.as_ref()?;
-    match hours.now() {
+/// Whether `desk` takes no handoffs now: switched unavailable by an operator (`available`
+/// false), or outside its business hours (and when it opens).
+fn desk_closed(desk: &Channel, available: bool) -> Option<DeskClosed> {
+    let offline_ticket = desk
+        .hours
+        .as_ref()
+        .is_some_and(|h| h.offline == Offline::Ticket);
+    if !available {
+        return Some(DeskClosed {
+            switched_off: true,
+            offline_ticket,
+            ..Default::default()
+        });
+    }
+    match desk.hours.as_ref()?.now() {
         Availability::Open => None,
         Availability::Closed { next_open } => Some(DeskClosed {
             next_open_at: next_open.as_ref().map(opening_stamp).unwrap_or_default(),
             next_open_text: next_open.as_ref().map(opening_text).unwrap_or_default(),
-            offline_ticket: hours.offline == Offline::Ticket,
+            offline_ticket,
+            switched_off: false,
         }),
     }
 }

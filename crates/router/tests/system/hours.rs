@@ -114,3 +114,50 @@ async fn a_desk_taking_offline_tickets_gets_the_request_marked_offline_and_the_b
     assert_eq!(reason.as_deref(), Some("outside_hours"));
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_outlet_an_operator_switches_unavailable_takes_no_handoff_until_it_is_switched_back() {
+    // Arrange
+    let hub = TestHub::start_with(HubOptions {
+        notices: None,
+        ..Default::default()
+    })
+    .await;
+    let (ok, out) = hub.handoffctl(&["channels", "unavailable", OUTLET]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = hub.handoffctl(&["channels", "get", OUTLET, "--json"]).await;
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert!(ok && got["available"] == false, "{out}");
+    let (ok, _) = hub.handoffctl(&["channels", "unavailable", INLET]).await;
+    assert!(!ok, "only an outlet takes handoffs");
+
+    // Act: switched off, then back on
+    hub.say("una", "talk to a human").await;
+    let told = hub
+        .wait_bot(|c| c["event"] == "handoff_failed" && c["member"]["externalId"] == "una")
+        .await;
+    let (ok, out) = hub.handoffctl(&["channels", "available", OUTLET]).await;
+    assert!(ok, "{out}");
+    // The switch reaches the router through the catalog: a handoff is tried until it calls.
+    let calls = loop {
+        hub.say("una", "talk to a human").await;
+        let calls = hub
+            .desk
+            .wait_for(Api::Livechat, 1, Duration::from_secs(2))
+            .await;
+        if !calls.is_empty() {
+            break calls;
+        }
+    };
+
+    // Assert
+    assert_eq!(told["handoffError"]["reason"], "unavailable");
+    let got = hub.wait_received("una", 2).await;
+    assert_eq!(
+        text_of(&got[0]),
+        "No one from our team is available right now. Our assistant will keep helping you."
+    );
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["member"]["externalId"], "una");
+    hub.shutdown().await;
+}

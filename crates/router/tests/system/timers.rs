@@ -108,3 +108,52 @@ async fn an_agent_gone_quiet_while_the_customer_waits_is_covered_for_and_the_cha
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn handoffctl_conversations_says_which_timer_of_a_live_chat_fires_next() {
+    // Arrange: a first reply is expected within 60 s, an idle agent is covered for after 30
+    let hub = TestHub::start_with(HubOptions {
+        outlet_live_chat: "firstReplySecs: 60, requeueSecs: 600, agentIdleSecs: 30",
+        ..Default::default()
+    })
+    .await;
+    hand_off(&hub, "nia", 1).await;
+    let next = async |hub: &TestHub| {
+        let (ok, out) = hub.handoffctl(&["conversations", "--json"]).await;
+        assert!(ok, "{out}");
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let c = list["conversations"][0].clone();
+        (
+            c["nextTimer"].as_str().unwrap_or_default().to_string(),
+            c["nextTimerAt"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+
+    // Act + Assert: before any agent message, the first-reply clock; once the agent
+    // answered and the customer wrote, the idle agent's
+    hub.wait_conversation_state(member_id("nia").parse().unwrap(), "live")
+        .await;
+    let (timer, at) = next(&hub).await;
+    assert_eq!(timer, "first_reply");
+    let at = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 time");
+    let in_secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
+    assert!((50.0..=61.0).contains(&in_secs), "{in_secs}");
+
+    agent_says(&hub, "nia", "hello").await;
+    hub.wait_received("nia", 1).await;
+    hub.say("nia", "my order?").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if next(&hub).await.0 == "agent_idle" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            next(&hub).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.shutdown().await;
+}
