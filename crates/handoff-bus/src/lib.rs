@@ -21,6 +21,7 @@
 
 mod consume;
 mod lease;
+pub mod mailbox;
 mod propagation;
 
 use std::time::Duration;
@@ -615,6 +616,10 @@ impl Bus {
         self.js.delete_stream(self.stream_name()).await?;
         let _ = self.js.delete_stream(self.commands_stream_name()).await;
         let _ = self.js.delete_stream(self.hold_stream_name()).await;
+        let _ = self
+            .js
+            .delete_stream(mailbox::mailbox_stream(&self.settings.prefix))
+            .await;
         let _ = self.js.delete_key_value(self.lease_bucket()).await;
         let _ = self.js.delete_key_value(self.catalog_bucket()).await;
         Ok(())

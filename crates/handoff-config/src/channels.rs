@@ -30,6 +30,9 @@ pub enum Platform {
     Zendesk,
     /// A URL that receives an org's conversation lifecycle events.
     Webhook,
+    /// Handoff's own web chat: the widget and its visitors' connections, served by the
+    /// inlet-gateway.
+    Webchat,
 }
 
 impl Platform {
@@ -41,6 +44,7 @@ impl Platform {
             Platform::Selarti => "selarti",
             Platform::Zendesk => "zendesk",
             Platform::Webhook => "webhook",
+            Platform::Webchat => "webchat",
         }
     }
 }
@@ -454,8 +458,12 @@ fn validate_shape(i: usize, c: &Channel) -> Result<(), String> {
             c.id, c.org
         ));
     }
-    // Zendesk is reached over its own socket, a subscriber only hears.
-    let calls_handoff = !matches!(c.platform, Platform::Zendesk | Platform::Webhook);
+    // Zendesk is reached over its own socket, a subscriber only hears, web chat visitors
+    // carry tokens the hub signed.
+    let calls_handoff = !matches!(
+        c.platform,
+        Platform::Zendesk | Platform::Webhook | Platform::Webchat
+    );
     if calls_handoff && c.access_token.expose_secret().len() < 8 {
         return Err(format!(
             "channel `{}`.accessToken: must be at least 8 characters",

@@ -28,6 +28,7 @@ pub mod outbound;
 mod platform;
 pub mod selarti;
 pub mod settle;
+pub mod webchat;
 pub mod webhook_bot;
 pub mod zendesk;
 
@@ -36,7 +37,7 @@ pub use outbound::{DeliveryError, Horizon, OutboundClient, OutboundSettings, Sig
 pub use platform::{ChannelSettings, Platforms};
 
 /// Every edge answers a refusal the same way: `{"error": {"code", "message", "field"?}}`.
-pub(crate) fn error_response(
+pub fn error_response(
     status: axum::http::StatusCode,
     code: &str,
     message: String,

@@ -20,6 +20,7 @@ pub enum ChannelSettings {
     Selarti(selarti::SelartiSettings),
     Zendesk(zendesk::ZendeskSettings),
     Subscriber(SubscriberSettings),
+    Webchat(crate::webchat::WebchatSettings),
 }
 
 /// A lifecycle subscription: where an org's conversation events are POSTed, and which.
@@ -102,6 +103,9 @@ impl ChannelSettings {
             (Platform::Zendesk, Role::Inlet) => {
                 Self::Zendesk(zendesk::ZendeskSettings::from_channel(c)?)
             }
+            (Platform::Webchat, Role::Inlet) => {
+                Self::Webchat(crate::webchat::WebchatSettings::from_channel(c)?)
+            }
             (Platform::Webhook, Role::Subscriber) => {
                 Self::Subscriber(SubscriberSettings::from_channel(c)?)
             }
@@ -117,7 +121,7 @@ impl ChannelSettings {
     /// The service that talks to this channel's platform, and so consumes its commands.
     pub fn service(&self) -> Service {
         match self {
-            Self::CustomInlet(_) => Service::InletGateway,
+            Self::CustomInlet(_) | Self::Webchat(_) => Service::InletGateway,
             Self::CustomOutlet(_)
             | Self::WebhookBot(_)
             | Self::Selarti(_)

@@ -102,7 +102,10 @@ async fn serve(listener: HttpListener, app: Router, stop: CancellationToken) -> 
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                // The web chat's WebSockets: once upgraded, a connection leaves this loop
+                // (and its slot) and is the web chat's to end on `stop`.
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             // A closed or cut-off connection is the client's business, not an error of
             // the service's.

@@ -1,8 +1,11 @@
-//! `deliver.inlet-gateway` commands: responses for a customer, sent to the inlet's Send API.
+//! `deliver.inlet-gateway` commands: responses for a customer, sent to the inlet's Send API
+//! (custom platforms) or put in the visitor's mailbox (the web chat).
 
+use handoff_bus::mailbox::Mailbox;
 use handoff_bus::{Bus, Handled, Handler};
 use handoff_platforms::custom::send_body;
 use handoff_platforms::settle::{Failure, settle};
+use handoff_platforms::webchat::frames::MailboxEntry;
 use handoff_platforms::{Catalog, ChannelSettings, Horizon, OutboundClient, Signer};
 use handoff_proto::{Body, Envelope};
 
@@ -10,6 +13,7 @@ pub(crate) struct Deliverer {
     pub bus: Bus,
     pub catalog: Catalog,
     pub client: OutboundClient,
+    pub mailbox: Mailbox,
 }
 
 impl Handler for Deliverer {
@@ -34,12 +38,38 @@ impl Handler for Deliverer {
                 reason: "deliver_to_member without member or content".into(),
             };
         };
-        let Some(ChannelSettings::CustomInlet(inlet)) =
-            catalog.platforms.get(&channel.id).map(|s| &**s)
-        else {
-            return Handled::Park {
-                reason: format!("channel `{}` is not a custom inlet", channel.id),
-            };
+        let inlet = match catalog.platforms.get(&channel.id).map(|s| &**s) {
+            Some(ChannelSettings::CustomInlet(inlet)) => inlet,
+            Some(ChannelSettings::Webchat(_)) => {
+                let sender = handoff_proto::Sender::try_from(cmd.sender).unwrap_or_default();
+                let entry = MailboxEntry::delivered(content, sender, crate::webchat::rfc3339_now());
+                let bytes = serde_json::to_vec(&entry).expect("an entry serializes");
+                return match self
+                    .mailbox
+                    .post(
+                        &channel.id,
+                        &member.external_id,
+                        &envelope.event_id,
+                        bytes.into(),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        handoff_platforms::metrics::delivered(&envelope, channel.platform.as_str());
+                        Handled::Done
+                    }
+                    // JetStream is the bus itself: retried like any bus outage.
+                    Err(e) => Handled::Retry {
+                        after: std::time::Duration::from_secs(1),
+                        reason: format!("the visitor's mailbox: {e}"),
+                    },
+                };
+            }
+            _ => {
+                return Handled::Park {
+                    reason: format!("channel `{}` is not an inlet served here", channel.id),
+                };
+            }
         };
         let url = inlet.send_response_api.as_str();
         let body = send_body(content, member, &channel.info, None);

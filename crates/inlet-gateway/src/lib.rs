@@ -3,8 +3,11 @@
 //! It serves the Stella-compatible Webhook API for inlet channels, turns each customer
 //! message into one `InboundMessage` event and answers 200 only once JetStream has stored
 //! it. It also consumes `deliver.inlet-gateway` commands and calls the inlet's Send API.
+//! It serves Handoff's own web chat too (`webchat`): the widget, visitor sessions and
+//! their WebSockets.
 
 mod deliver;
+mod webchat;
 mod webhook;
 
 use std::sync::Arc;
@@ -51,6 +54,10 @@ impl Application {
             store,
             ports,
         } = self.shell;
+        let webchat =
+            webchat::Webchat::open(bus.clone(), catalog.clone(), shutdown.clone()).await?;
+        // The web chat's sockets live for hours: outside the request timeout and the
+        // concurrency bound of the webhook edge.
         let routes = edge_routes(
             &self.http,
             webhook::router(Edge {
@@ -58,11 +65,13 @@ impl Application {
                 catalog: catalog.clone(),
                 body_limit: self.http.body_limit,
             }),
-        );
+        )
+        .merge(webchat.clone().router());
         let deliverer = Arc::new(deliver::Deliverer {
             bus: bus.clone(),
             catalog: catalog.clone(),
             client: self.client,
+            mailbox: webchat.mailbox.clone(),
         });
         ports
             .serve(BusReady(bus.clone()), routes, shutdown, move |stop| {

@@ -172,6 +172,8 @@ pub(crate) enum Command {
     ToMember {
         live: bool,
         content: Content,
+        /// Bot, agent, or the hub's own notices (`System`).
+        from: Author,
     },
     /// A customer-side message for the live chat (Relay API).
     Relay {
@@ -519,6 +521,7 @@ impl<'a> Decision<'_, 'a> {
         self.send(Command::ToMember {
             live,
             content: text_content(&text),
+            from: Author::System,
         });
     }
 
@@ -604,6 +607,7 @@ impl<'a> Decision<'_, 'a> {
                         self.send(Command::ToMember {
                             live: false,
                             content: text_content(&csat.thanks),
+                            from: Author::System,
                         });
                     }
                     return;
@@ -944,6 +948,7 @@ impl<'a> Decision<'_, 'a> {
                 self.send(Command::ToMember {
                     live,
                     content: response.clone(),
+                    from: author,
                 });
             } else if let Some(c) = self.facts.conversation {
                 // The answer to an agent command goes back to the live chat.
@@ -1170,6 +1175,7 @@ impl<'a> Decision<'_, 'a> {
         self.send(Command::ToMember {
             live: true,
             content: content.clone(),
+            from: Author::Agent,
         });
     }
 
@@ -1302,6 +1308,7 @@ impl<'a> Decision<'_, 'a> {
                 })),
                 raw_json: String::new(),
             },
+            from: Author::System,
         });
     }
 
@@ -1720,7 +1727,7 @@ mod tests {
         );
         let sent = sends(&steps);
         assert!(
-            matches!(sent[0], Command::ToMember { content, live: false } if *content == text("Bye from the desk"))
+            matches!(sent[0], Command::ToMember { content, live: false, .. } if *content == text("Bye from the desk"))
         );
         assert!(
             matches!(sent[1], Command::ToBot { send, .. } if matches!(&send.reason, Some(Reason::LiveChatEnded(_))))

@@ -465,12 +465,21 @@ impl Engine {
                     }),
                 )
             }
-            Command::ToMember { live, content } => (
+            Command::ToMember {
+                live,
+                content,
+                from,
+            } => (
                 member.channel_id.clone(),
                 None,
                 Body::DeliverToMember(DeliverToMember {
                     member: Some(member.to_proto(live)),
                     content: Some(content),
+                    sender: match from {
+                        Author::Agent => handoff_proto::Sender::Agent,
+                        Author::System => handoff_proto::Sender::Hub,
+                        Author::Bot | Author::Customer => handoff_proto::Sender::Bot,
+                    } as i32,
                 }),
             ),
             Command::Relay {

@@ -26,6 +26,9 @@ pub const INLET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const CATALOG_KEY: &str = "catalog-key-for-tests";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// The org's web chat (`platform: webchat`), served by the inlet-gateway.
+pub const WEBCHAT: &str = "chat";
+pub const WEBCHAT_ORIGIN: &str = "https://shop.example.com";
 /// An inlet whose members talk to Selarti's AI (simulated) and are handed to `desk`.
 pub const AI_INLET: &str = "ai-web";
 pub const AI_INLET_TOKEN: &str = "ai-inlet-token-1";
@@ -180,6 +183,8 @@ enum RouterHandle {
 pub struct TestHub {
     pub settings: Settings,
     pub inlet: WebhookClient,
+    /// The inlet-gateway's root URL (the web chat lives there).
+    pub inlet_url: String,
     pub outlet: WebhookClient,
     /// The customer's web chat (inlet Send API).
     pub customer: CustomPlatform,
@@ -307,6 +312,17 @@ channels:
       sendResponseApi: {desk_send}
       team: b
 {subscriber}
+  - id: {WEBCHAT}
+    org: {ORG}
+    platform: webchat
+    role: inlet
+    secret: chat-secret-0123456789
+    info: {{ allowedOrigins: ['{WEBCHAT_ORIGIN}'], messagesPerMinute: 9, maxMessageChars: 200 }}
+    bot: demo-bot
+    outlet: {OUTLET}
+    handoff:
+      keywords: ["talk to a human"]
+{notices}
   - id: {OTHER_INLET}
     org: {OTHER_ORG}
     platform: custom
@@ -537,7 +553,8 @@ impl TestHub {
 
         let mut hub = Self {
             settings,
-            inlet: WebhookClient::new(inlet_url),
+            inlet: WebhookClient::new(inlet_url.clone()),
+            inlet_url,
             outlet: WebhookClient::new(outlet_url),
             inlet_ops,
             outlet_ops,
@@ -621,11 +638,17 @@ impl TestHub {
 
     /// Starts one more inlet-gateway in this process; returns its index for `stop_replica`.
     pub async fn add_inlet_replica(&mut self) -> usize {
+        self.add_inlet_replica_at().await.0
+    }
+
+    /// [`Self::add_inlet_replica`], with the replica's root URL.
+    pub async fn add_inlet_replica_at(&mut self) -> (usize, String) {
         let channels = Channels::load(&self.channels_path).unwrap();
         let app = inlet_gateway::Application::build(&self.settings, channels)
             .await
             .expect("inlet-gateway replica starts");
-        self.keep_replica(|stop| app.run_until_stopped(stop))
+        let url = format!("http://127.0.0.1:{}", app.port());
+        (self.keep_replica(|stop| app.run_until_stopped(stop)), url)
     }
 
     /// Starts one more outlet-gateway in this process; returns its index for `stop_replica`.

@@ -20,4 +20,5 @@ mod takeover;
 mod timers;
 mod traces;
 mod walls;
+mod webchat;
 mod zendesk;
