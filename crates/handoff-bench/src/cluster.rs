@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 pub const ORG: &str = "bench";
 pub const INLET: &str = "web";
 pub const INLET_TOKEN: &str = "bench-inlet-token";
+/// The web chat (`handoff-bench visitors`).
+pub const WEBCHAT: &str = "chat";
 /// An inlet whose bot is Selarti's AI (simulated), answering on its webhook.
 pub const AI_INLET: &str = "ai-web";
 const AI_BOT: &str = "bench-ai";
@@ -90,6 +92,13 @@ channels:
     accessToken: {INLET_TOKEN}
     info:
       sendResponseApi: {send}
+    bot: bench-bot
+  - id: {WEBCHAT}
+    org: {ORG}
+    platform: webchat
+    role: inlet
+    secret: bench-webchat-secret-0123456789
+    info: {{ messagesPerMinute: 600 }}
     bot: bench-bot
   - id: bench-bot
     org: {ORG}
@@ -206,6 +215,11 @@ channels:
         Ok(())
     }
 
+    /// The process id of `service`'s first replica.
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        self.replicas.get(service)?.first()?.1.id()
+    }
+
     /// Base URLs of the running inlet-gateway replicas.
     pub fn inlets(&self) -> Vec<String> {
         self.replicas
@@ -234,6 +248,9 @@ channels:
                 .await;
             let _ = js
                 .delete_stream(handoff_bus::hold_stream(&self.prefix))
+                .await;
+            let _ = js
+                .delete_stream(handoff_bus::mailbox::mailbox_stream(&self.prefix))
                 .await;
             let _ = js
                 .delete_key_value(handoff_bus::lease_bucket(&self.prefix))

@@ -16,6 +16,7 @@ mod cpu;
 mod faults;
 mod infra;
 mod load;
+mod visitors;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]\n\
              handoff-bench latency [--rate 50] [--seconds 10]\n\
-             handoff-bench faults [--out docs/bench] [--customers 60]\n\n\
+             handoff-bench faults [--out docs/bench] [--customers 60]\n\
+             handoff-bench visitors [--out docs/bench] [--visitors 2000] [--seconds 40]\n\n\
              Use scripts/bench and scripts/faults: they build the release binaries first."
         );
         return Ok(());
@@ -103,6 +105,18 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(|_| ())
         }
+        "visitors" => visitors::run(
+            &mut cluster,
+            number("--visitors", 2000),
+            number("--seconds", 40) as u64,
+        )
+        .await
+        .and_then(|report| {
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(out.join("visitors.json"), &json)?;
+            println!("{json}");
+            Ok(())
+        }),
         "faults" => {
             let (nats, pg) = own.as_mut().expect("the fault run's own servers");
             faults::run(&mut cluster, nats, pg, number("--customers", 60))

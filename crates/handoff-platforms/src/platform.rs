@@ -248,6 +248,27 @@ mod tests {
         assert!(err.contains("`ai`.apiKey"), "{err}");
     }
 
+    #[test]
+    fn the_shipped_demo_channel_files_are_valid() {
+        for (name, text) in [
+            (
+                "channels.local.yaml",
+                include_str!("../../../deploy/channels.local.yaml"),
+            ),
+            (
+                "channels.local-selarti.yaml",
+                include_str!("../../../deploy/channels.local-selarti.yaml"),
+            ),
+        ] {
+            let platforms = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                platforms.service_of("chat"),
+                Some(Service::InletGateway),
+                "{name}"
+            );
+        }
+    }
+
     const SUBSCRIBER: &str = "
   - id: crm
     org: o

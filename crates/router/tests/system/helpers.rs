@@ -186,6 +186,8 @@ pub struct TestHub {
     /// The inlet-gateway's root URL (the web chat lives there).
     pub inlet_url: String,
     pub outlet: WebhookClient,
+    /// The outlet-gateway's root URL.
+    pub outlet_url: String,
     /// The customer's web chat (inlet Send API).
     pub customer: CustomPlatform,
     /// The other org's web chat: a platform of its own, as another tenant's would be.
@@ -555,7 +557,8 @@ impl TestHub {
             settings,
             inlet: WebhookClient::new(inlet_url.clone()),
             inlet_url,
-            outlet: WebhookClient::new(outlet_url),
+            outlet: WebhookClient::new(outlet_url.clone()),
+            outlet_url,
             inlet_ops,
             outlet_ops,
             customer,
@@ -698,6 +701,20 @@ impl TestHub {
         spawn_service_with(&self.settings, &self.options, "router", env)
             .await
             .0
+    }
+
+    /// Starts an inlet-gateway process on `port` (to be killed and started again on the
+    /// same port, as a browser reconnects to the same address); returns once it listens.
+    pub async fn spawn_inlet_gateway(&self, port: u16) -> tokio::process::Child {
+        let port = port.to_string();
+        spawn_service_with(
+            &self.settings,
+            &self.options,
+            "inlet-gateway",
+            &[("HANDOFF_HTTP__PORT", &port)],
+        )
+        .await
+        .0
     }
 
     /// Starts a zendesk-agent process and returns once it has connected and is about to
