@@ -56,5 +56,12 @@ ensure_nats() {
   wait_for 4222 nats-server
 }
 
+# The browser test (crates/router/tests/system/browser.rs) drives headless Chromium.
+ensure_chromium() {
+  command -v chromedriver >/dev/null && return 0
+  apt_install chromium chromium-driver
+}
+
 ensure_postgres
 ensure_nats
+[ "${HANDOFF_NO_BROWSER:-}" = 1 ] || ensure_chromium

@@ -4,7 +4,9 @@
 //! - [`CustomPlatform`]: a Stella-style custom platform. As an inlet it receives Send API
 //!   calls and posts customer messages to the hub's Webhook API; as a custom live-chat
 //!   system it receives Livechat and Relay calls and lets an agent answer and send
-//!   commands. Every call is recorded; any API can be told to fail or stall.
+//!   commands. Every call is recorded; any API can be told to fail or stall. It serves the
+//!   reference agent desk too (`/desk`): a page that plays the human agents, answering as
+//!   the [`DeskIdentity`] it is given.
 //! - [`DemoBot`]: a scripted bot speaking Handoff's webhook-bot protocol.
 //! - [`SelartiSim`]: Selarti's auth and send API with a scripted AI answering on the
 //!   "All messages" webhook, with faults on demand.
@@ -13,11 +15,13 @@
 //!   failing subscriptions, EOS, dropped sockets, lost answers).
 
 mod bot;
+mod desk;
 mod platform;
 mod selarti;
 mod zendesk;
 
 pub use bot::DemoBot;
+pub use desk::DeskIdentity;
 pub use platform::{Api, CustomPlatform, Recorded, WebhookClient};
 pub use selarti::SelartiSim;
 pub use zendesk::{ErrorCodeStyle, ZendeskSim};

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::desk::DeskIdentity;
+
 /// The platform-side APIs Handoff calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
@@ -29,6 +31,27 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// A recorded call as the desk page (`/sim/calls`) sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Logged {
+    /// Its place in arrival order, from 1; `clear` does not restart it, so a page polling
+    /// `after` its last number never sees a call twice.
+    pub(crate) n: u64,
+    /// When it was recorded, in Unix milliseconds.
+    pub(crate) at_ms: u64,
+    /// The ticket this platform's answer named, for a Livechat call: the page shows it and
+    /// sends agent commands to it.
+    pub(crate) ticket: Option<String>,
+    pub(crate) call: Recorded,
+}
+
+#[derive(Default)]
+struct CallLog {
+    calls: Vec<Logged>,
+    /// Calls recorded ever (the last one's `n`), `clear` included.
+    total: u64,
+}
+
 #[derive(Default)]
 struct Behaviour {
     /// Answer with this status instead of 200 (`None`: healthy).
@@ -41,7 +64,7 @@ struct Behaviour {
 
 #[derive(Default)]
 struct Inner {
-    calls: Mutex<Vec<Recorded>>,
+    calls: Mutex<CallLog>,
     behaviour: Mutex<HashMap<Api, Behaviour>>,
     /// Calls about these customers (`member.externalId`) answer this status.
     failing_members: Mutex<HashMap<String, u16>>,
@@ -51,6 +74,8 @@ struct Inner {
     tickets: Mutex<u64>,
     /// The agent a Livechat answer names as taking the request (`agentName`), if any.
     livechat_agent: Mutex<Option<String>>,
+    /// Who the desk page answers as, and the client it posts to the hub with.
+    desk: Mutex<Option<(DeskIdentity, WebhookClient)>>,
     verbose: bool,
 }
 
@@ -65,6 +90,14 @@ impl CustomPlatform {
     /// Binds `addr` (use `127.0.0.1:0` in tests) and serves `/send`, `/livechat`, `/relay`,
     /// and, for demos, `POST /sim/failing/{externalId}` (the body is the status every call
     /// about that customer answers) and `DELETE` of it to heal.
+    ///
+    /// It also serves the reference agent desk, `GET /desk`: a page that shows the
+    /// Livechat requests as a queue and each one's relayed conversation, and answers as an
+    /// agent (messages, `done`, other commands) through the hub's Webhook API, posted by
+    /// this simulator as the identity given to [`CustomPlatform::set_desk`] (without one
+    /// the page only watches). Its data: `GET /sim/calls?after=<n>` (every recorded call
+    /// numbered from 1, with its arrival time and, for Livechat calls, the ticket
+    /// answered), `GET /sim/desk/config` and `POST /sim/desk/send`.
     pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
@@ -100,6 +133,7 @@ impl CustomPlatform {
                 },
             ),
         );
+        let app = app.merge(crate::desk::routes(platform.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -115,6 +149,33 @@ impl CustomPlatform {
         *self.inner.livechat_agent.lock().unwrap() = agent.map(str::to_string);
     }
 
+    /// Gives the desk page (`/desk`) an identity to answer with: it posts agent messages
+    /// and commands to `desk.hub` as that outlet channel.
+    pub fn set_desk(&self, desk: DeskIdentity) {
+        // One client for the page's sends, so they share its connections.
+        let client = WebhookClient::new(desk.hub.trim_end_matches('/').to_string());
+        *self.inner.desk.lock().unwrap() = Some((desk, client));
+    }
+
+    /// The desk page's identity and client, when one was set.
+    pub(crate) fn desk(&self) -> Option<(DeskIdentity, WebhookClient)> {
+        self.inner.desk.lock().unwrap().clone()
+    }
+
+    /// Whether calls are printed as they arrive (the demo); the desk's sends are too.
+    pub(crate) fn verbose(&self) -> bool {
+        self.inner.verbose
+    }
+
+    /// Every call still kept whose number is above `after`, in arrival order, and the
+    /// number of the last call recorded.
+    pub(crate) fn logged_after(&self, after: u64) -> (Vec<Logged>, u64) {
+        let log = self.inner.calls.lock().unwrap();
+        // Numbers only grow along the log, so the calls above `after` are a tail of it.
+        let from = log.calls.partition_point(|c| c.n <= after);
+        (log.calls[from..].to_vec(), log.total)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -125,9 +186,10 @@ impl CustomPlatform {
             .calls
             .lock()
             .unwrap()
+            .calls
             .iter()
-            .filter(|c| c.api == api)
-            .cloned()
+            .filter(|c| c.call.api == api)
+            .map(|c| c.call.clone())
             .collect()
     }
 
@@ -180,9 +242,10 @@ impl CustomPlatform {
         rx
     }
 
-    /// Forgets the calls recorded so far (long load runs keep only their tap).
+    /// Forgets the calls recorded so far (long load runs keep only their tap). Later
+    /// calls go on being numbered after them.
     pub fn clear(&self) {
-        self.inner.calls.lock().unwrap().clear();
+        self.inner.calls.lock().unwrap().calls.clear();
     }
 
     /// Makes `api` wait `delay` before answering.
@@ -246,21 +309,43 @@ async fn receive(
         let mut taps = inner.taps.lock().unwrap();
         taps.retain(|t| t.send((now, recorded.clone())).is_ok());
     }
-    inner.calls.lock().unwrap().push(recorded);
+    // The ticket is chosen before the call is logged, so the desk page learns it with
+    // the call.
+    let ticket = (api == Api::Livechat).then(|| {
+        let mut n = inner.tickets.lock().unwrap();
+        *n += 1;
+        format!("T-{n}")
+    });
+    {
+        let mut log = inner.calls.lock().unwrap();
+        log.total += 1;
+        let n = log.total;
+        log.calls.push(Logged {
+            n,
+            at_ms: unix_ms(),
+            ticket: ticket.clone(),
+            call: recorded,
+        });
+    }
     inner.notify.notify_waiters();
-    let answer = match api {
-        Api::Livechat => {
-            let mut n = inner.tickets.lock().unwrap();
-            *n += 1;
-            let mut answer = json!({"ok": true, "ticketId": format!("T-{n}")});
+    let answer = match ticket {
+        Some(ticket) => {
+            let mut answer = json!({"ok": true, "ticketId": ticket});
             if let Some(agent) = inner.livechat_agent.lock().unwrap().clone() {
                 answer["agentName"] = json!(agent);
             }
             answer
         }
-        _ => json!({"ok": true}),
+        None => json!({"ok": true}),
     };
     (StatusCode::OK, Json(answer))
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Posts to a hub's Webhook API the way a custom platform does.

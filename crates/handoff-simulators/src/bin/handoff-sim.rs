@@ -2,6 +2,8 @@
 //! Zendesk Chat's Conversations API for the demo (`scripts/run`; `scripts/run --bot
 //! selarti` makes Selarti the bot). Zendesk visitors are played with curl:
 //! `POST :9301/visitors/<name>` with the text as the body; `DELETE` makes them leave.
+//! The agents are played on the custom platform's desk page (`:9100/desk`), which answers
+//! as the demo's outlet channel `desk` (`HANDOFF_SIM_DESK_*` say otherwise).
 //!
 //! `handoff-sim zendesk` instead runs only the Zendesk Chat simulator, with one visitor
 //! typing in this terminal.
@@ -13,19 +15,23 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use handoff_simulators::{CustomPlatform, DemoBot, SelartiSim, ZendeskSim};
+use handoff_simulators::{CustomPlatform, DemoBot, DeskIdentity, SelartiSim, ZendeskSim};
 
 /// What `handoff-sim --help` says.
 const USAGE: &str = "handoff-sim: the simulated platforms of the Handoff demo (scripts/run)
 
-Usage: handoff-sim            the custom platform (:9100), the demo bot (:9200), Selarti's
-                              API (:9400) and Zendesk Chat (:9300, visitors on :9301)
+Usage: handoff-sim            the custom platform (:9100, the agents' desk page on
+                              :9100/desk), the demo bot (:9200), Selarti's API (:9400) and
+                              Zendesk Chat (:9300, visitors on :9301)
        handoff-sim zendesk    only Zendesk Chat, with one visitor typing in this terminal
        handoff-sim --help | --version
 
 Environment: SIM_PLATFORM_ADDR, SIM_BOT_ADDR, SIM_SELARTI_ADDR, SIM_SELARTI_KEY,
 SIM_SELARTI_WEBHOOK, SIM_ZENDESK_ADDR, SIM_ZENDESK_TOKEN, SIM_VISITORS_ADDR (see the
 source's defaults, which match scripts/run and deploy/channels.local*.yaml).
+The desk page answers through HANDOFF_SIM_DESK_HUB (the outlet-gateway,
+http://127.0.0.1:8081) as HANDOFF_SIM_DESK_ORG (demo), HANDOFF_SIM_DESK_CHANNEL (desk)
+with HANDOFF_SIM_DESK_TOKEN (demo-desk-token).
 ";
 
 #[tokio::main]
@@ -48,10 +54,26 @@ async fn main() -> anyhow::Result<()> {
     let bot_addr = std::env::var("SIM_BOT_ADDR").unwrap_or_else(|_| "127.0.0.1:9200".into());
     let platform = CustomPlatform::start(&platform_addr, true).await?;
     let bot = DemoBot::start(&bot_addr, true).await?;
+    // The desk page answers as the demo's outlet channel (deploy/channels.local.yaml).
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let desk = DeskIdentity {
+        hub: env("HANDOFF_SIM_DESK_HUB", "http://127.0.0.1:8081"),
+        org: env("HANDOFF_SIM_DESK_ORG", "demo"),
+        channel: env("HANDOFF_SIM_DESK_CHANNEL", "desk"),
+        token: env("HANDOFF_SIM_DESK_TOKEN", "demo-desk-token"),
+    };
     println!(
         "[sim] custom platform on {} (Send API /send, Livechat API /livechat, Relay API /relay)",
         platform.url("")
     );
+    println!(
+        "[sim] desk: {} (the agents' desk page, answering as {}/{} through {})",
+        platform.url("/desk"),
+        desk.org,
+        desk.channel,
+        desk.hub
+    );
+    platform.set_desk(desk);
     println!("[sim] demo bot on {}", bot.url());
     let selarti_addr =
         std::env::var("SIM_SELARTI_ADDR").unwrap_or_else(|_| "127.0.0.1:9400".into());

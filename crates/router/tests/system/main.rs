@@ -7,6 +7,7 @@ mod helpers;
 mod admin;
 mod bad_input;
 mod bot_flow;
+mod browser;
 mod crash_recovery;
 mod hours;
 mod independence;
