@@ -20,6 +20,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Channel `id` with its typed settings, if it is configured.
+    pub fn configured(
+        &self,
+        id: &str,
+    ) -> Option<(&Arc<handoff_config::Channel>, &crate::ChannelSettings)> {
+        Some((self.channels.get(id)?, &**self.platforms.get(id)?))
+    }
+
     pub fn new(channels: Channels) -> Result<Self, String> {
         let platforms = Platforms::from_channels(&channels)?;
         Ok(Self {

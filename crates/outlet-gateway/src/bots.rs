@@ -36,15 +36,12 @@ impl Handler for BotCaller {
             };
         };
         let catalog = self.catalog.load();
-        let (Some(bot), Some(settings)) = (
-            catalog.channels.get(&envelope.channel),
-            catalog.platforms.get(&envelope.channel),
-        ) else {
+        let Some((bot, settings)) = catalog.configured(&envelope.channel) else {
             return Handled::Park {
                 reason: format!("bot channel `{}` is not configured", envelope.channel),
             };
         };
-        let settings = match &**settings {
+        let settings = match settings {
             ChannelSettings::WebhookBot(s) => s,
             ChannelSettings::Selarti(s) => {
                 return self.send_to_selarti(&envelope, cmd, bot, s).await;

@@ -22,15 +22,12 @@ impl Handler for Notifier {
             };
         };
         let catalog = self.catalog.load();
-        let (Some(subscriber), Some(settings)) = (
-            catalog.channels.get(&envelope.channel),
-            catalog.platforms.get(&envelope.channel),
-        ) else {
+        let Some((subscriber, settings)) = catalog.configured(&envelope.channel) else {
             return Handled::Park {
                 reason: format!("subscriber `{}` is not configured", envelope.channel),
             };
         };
-        let ChannelSettings::Subscriber(settings) = &**settings else {
+        let ChannelSettings::Subscriber(settings) = settings else {
             return Handled::Park {
                 reason: format!("channel `{}` is not a subscriber", subscriber.id),
             };

@@ -137,15 +137,19 @@ pub(crate) async fn set_available(
         }
         Some(_) => {}
     }
-    let changed = if available {
-        entry.unavailable.remove(id)
-    } else {
-        entry.unavailable.insert(id.to_string())
-    };
-    if changed {
+    if mark(&mut entry.unavailable, id, !available) {
         commit(pool, catalog, store, &entry, revision).await?;
     }
     Ok(())
+}
+
+/// Puts `id` in an operator's switch set or takes it out; `true` when that changed it.
+fn mark(set: &mut std::collections::BTreeSet<String>, id: &str, marked: bool) -> bool {
+    if marked {
+        set.insert(id.to_string())
+    } else {
+        set.remove(id)
+    }
 }
 
 pub(crate) async fn set_enabled(
@@ -164,12 +168,7 @@ pub(crate) async fn set_enabled(
     if !known {
         return Err(Status::not_found(format!("no channel `{id}`")));
     }
-    let changed = if enabled {
-        entry.disabled.remove(id)
-    } else {
-        entry.disabled.insert(id.to_string())
-    };
-    if changed {
+    if mark(&mut entry.disabled, id, !enabled) {
         commit(pool, catalog, store, &entry, revision).await?;
     }
     Ok(())

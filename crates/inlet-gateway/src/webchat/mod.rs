@@ -22,7 +22,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use handoff_bus::mailbox::Mailbox;
 use handoff_bus::{Bus, now_ms};
-use handoff_config::{Channel, Platform};
+use handoff_config::Channel;
 use handoff_platforms::hub::{Incoming, accept};
 use handoff_platforms::webchat::frames::{ClientFrame, MailboxEntry, error_frame};
 use handoff_platforms::webchat::{TokenError, VisitorToken, WebchatSettings};
@@ -132,13 +132,8 @@ impl Webchat {
         channel: &str,
     ) -> Result<(Arc<Channel>, WebchatSettings), Refusal> {
         let catalog = self.catalog.load();
-        let found = catalog
-            .channels
-            .get(channel)
-            .filter(|c| c.org == org && c.platform == Platform::Webchat);
-        let settings = catalog.platforms.get(channel).map(|s| &**s);
-        match (found, settings) {
-            (Some(c), Some(ChannelSettings::Webchat(s))) => {
+        match catalog.configured(channel) {
+            Some((c, ChannelSettings::Webchat(s))) if c.org == org => {
                 if !catalog.channels.is_enabled(&c.id) {
                     return Err(Refusal::new(
                         StatusCode::CONFLICT,

@@ -114,13 +114,17 @@ impl AdminService {
 impl AdminService {
     /// Which timer of each open conversation fires next, and when.
     async fn with_timers(&self, conversations: &mut [api::Conversation]) -> Result<(), Status> {
-        let waiting = store::conversations::waiting(&self.pool)
-            .await
-            .map_err(internal)?;
+        let waiting: std::collections::HashMap<String, _> =
+            store::conversations::waiting(&self.pool)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|w| (w.id.to_string(), w))
+                .collect();
         let catalog = self.catalog.load();
         let now = time::OffsetDateTime::now_utc();
         for c in conversations.iter_mut() {
-            let Some(row) = waiting.iter().find(|w| w.id.to_string() == c.id) else {
+            let Some(row) = waiting.get(&c.id) else {
                 continue;
             };
             let Some(inlet) = catalog.channels.get(&row.channel_id) else {

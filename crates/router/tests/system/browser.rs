@@ -234,6 +234,15 @@ async fn chat_waits_for(
     }
 }
 
+/// The confirmed messages shown carry rising sequences: none twice, none out of order.
+fn assert_once_in_order(shown: &[(String, String, String)]) {
+    let seqs: Vec<u64> = shown.iter().filter_map(|(_, s, _)| s.parse().ok()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "once, in order: {seqs:?}"
+    );
+}
+
 async fn say_in_chat(browser: &Browser, text: &str) {
     browser.type_into("[data-testid=hw-input]", text).await;
     browser.click("[data-testid=hw-send]").await;
@@ -304,14 +313,7 @@ async fn a_customer_in_the_web_chat_is_handed_to_the_agents_desk_and_nothing_is_
             .collect()
     };
     assert_eq!(confirmed(&after_reload), confirmed(&before));
-    let seqs: Vec<u64> = after_reload
-        .iter()
-        .filter_map(|(_, s, _)| s.parse().ok())
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "once, in order: {seqs:?}"
-    );
+    assert_once_in_order(&after_reload);
 
     // … the inlet-gateway dies under the open page; the agent writes three times while it
     // is down; it comes back on the same port
@@ -331,14 +333,7 @@ async fn a_customer_in_the_web_chat_is_handed_to_the_agents_desk_and_nothing_is_
         .collect();
     assert_eq!(away.len(), 3, "each once: {shown:?}");
     assert!(away[0].contains("one") && away[1].contains("two") && away[2].contains("three"));
-    let seqs: Vec<u64> = shown
-        .iter()
-        .filter_map(|(_, s, _)| s.parse().ok())
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "once, in order: {seqs:?}"
-    );
+    assert_once_in_order(&shown);
 
     browser.quit().await;
     drop(gateway);
