@@ -236,7 +236,10 @@ async fn chat_waits_for(
 
 /// The confirmed messages shown carry rising sequences: none twice, none out of order.
 fn assert_once_in_order(shown: &[(String, String, String)]) {
-    let seqs: Vec<u64> = shown.iter().filter_map(|(_, s, _)| s.parse().ok()).collect();
+    let seqs: Vec<u64> = shown
+        .iter()
+        .filter_map(|(_, s, _)| s.parse().ok())
+        .collect();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "once, in order: {seqs:?}"
