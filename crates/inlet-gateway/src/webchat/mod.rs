@@ -409,7 +409,11 @@ async fn socket(
         &c.id,
         now_ms() / 1000,
     );
-    let upgrade = upgrade.max_message_size(64 * 1024);
+    // A visitor's frames are small and most sockets sit idle: tungstenite's default 128 KiB
+    // read buffer per socket was most of a connection's memory (docs/performance.md).
+    let upgrade = upgrade
+        .max_message_size(64 * 1024)
+        .read_buffer_size(4 * 1024);
     Ok(match token {
         // A browser cannot read an HTTP status of a refused upgrade: it is told in a close
         // frame it can read.
