@@ -142,6 +142,10 @@ pub struct LiveChatRules {
     pub agent_takeover: bool,
     /// The agent command that takes a member over (`messageEvent.to` names the member).
     pub takeover_command: String,
+    /// Agents watch the bot: the bot conversations of the inlets handing off here are
+    /// copied to the Relay API marked `mode: "bot"` (read-only; an agent who answers takes
+    /// the member over).
+    pub monitor: bool,
     /// LIVE without a first agent message this long: the customer gets the
     /// `stillWaiting` notice, once per acceptance (0: never).
     pub first_reply_secs: u64,
@@ -186,6 +190,7 @@ impl Default for LiveChatRules {
             end_text: "The agent has left the chat. You are talking to our assistant again.".into(),
             agent_takeover: true,
             takeover_command: "takeover".into(),
+            monitor: false,
             first_reply_secs: 120,
             requeue_secs: 0,
             on_no_reply: OnNoReply::Requeue,

@@ -98,6 +98,31 @@ pub async fn settle(
     .await
 }
 
+/// Settles one attempt at a best-effort command (a copy for agents watching a bot
+/// conversation): retried like the others within `horizon`, then dropped with a warning,
+/// since nobody is owed it and a dead letter of it would only be noise.
+pub fn settle_best_effort(
+    client: &OutboundClient,
+    envelope: &Envelope,
+    target: &Channel,
+    horizon: Horizon,
+    attempt: Result<(), DeliveryError>,
+) -> Handled {
+    let error = match attempt {
+        Ok(()) => {
+            crate::metrics::delivered(envelope, target.platform.as_str());
+            return Handled::Done;
+        }
+        Err(e) => e,
+    };
+    client
+        .later(&error, envelope, target, horizon)
+        .unwrap_or_else(|| {
+            tracing::warn!(error = %error, target = %target.id, kind = envelope.kind(), "a best-effort command failed; dropped");
+            Handled::Done
+        })
+}
+
 /// [`settle`], and a retry past `stall`'s time tells the router the delivery is stalled.
 #[allow(clippy::too_many_arguments)]
 pub async fn settle_watched(

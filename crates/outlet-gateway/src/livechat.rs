@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use handoff_bus::{Bus, Handled, Handler};
-use handoff_platforms::custom::{livechat_body, relay_body, send_body};
-use handoff_platforms::settle::{Failure, Stall, settle, settle_watched};
+use handoff_platforms::custom::{livechat_body, relay_body, send_body, watched_body};
+use handoff_platforms::settle::{Failure, Stall, settle, settle_best_effort, settle_watched};
 use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
-use handoff_proto::{Body, Envelope, HandoffAccepted, HandoffFailed};
+use handoff_proto::{Body, Envelope, HandoffAccepted, HandoffFailed, Sender};
 use serde_json::Value;
 
 pub(crate) struct LiveChatDeliverer {
@@ -114,6 +114,25 @@ impl Handler for LiveChatDeliverer {
                     park: false,
                 })
                 .await
+            }
+            // A copy of a bot conversation for watching agents: for the handoff's short
+            // horizon, since a copy of an old turn helps nobody, and nobody is told of a
+            // failure (the customer and the bot are not waiting for it).
+            Some(Body::RelayToOutlet(cmd)) if cmd.mode == "bot" => {
+                let member = cmd.member.clone().unwrap_or_default();
+                let content = cmd.content.clone().unwrap_or_default();
+                let author = match cmd.author() {
+                    Sender::Customer => "customer",
+                    Sender::Agent => "agent",
+                    _ => "bot",
+                };
+                let body = watched_body(&content, &member, &outlet.info, author);
+                let attempt = self
+                    .client
+                    .post_json(&settings.relay_response_api, id, &body, signer.as_ref())
+                    .await
+                    .map(|_| ());
+                settle_best_effort(&self.client, &envelope, outlet, Horizon::Handoff, attempt)
             }
             Some(Body::RelayToOutlet(cmd)) => {
                 let url = settings.relay_response_api.as_str();

@@ -59,6 +59,8 @@ pub(crate) struct Facts<'a> {
     /// The member's last live chat and its outlet, when that outlet takes the customer's
     /// next message back into it (`reopen`, within its return window).
     pub reopen: Option<(Uuid, String)>,
+    /// The outlet whose agents watch this member's bot conversation (`liveChat.monitor`).
+    pub watcher: Option<&'a str>,
 }
 
 /// A desk outside its business hours.
@@ -181,6 +183,13 @@ pub(crate) enum Command {
         conversation: Uuid,
         live: bool,
         content: Content,
+    },
+    /// A message of the member's bot conversation copied to the outlet whose agents watch
+    /// it (`liveChat.monitor`; Relay API with `mode: "bot"`).
+    Mirror {
+        outlet: String,
+        content: Content,
+        from: Author,
     },
     /// A bot answer withheld from the customer, for the live chat as context (Relay API,
     /// as a `BOT_ANSWER_WITHHELD` event).
@@ -543,6 +552,17 @@ impl<'a> Decision<'_, 'a> {
         self.steps.push(Step::Send(command));
     }
 
+    /// A copy of the bot conversation for the agents watching it, if any.
+    fn mirror(&mut self, content: &Content, from: Author) {
+        if let Some(outlet) = self.facts.watcher {
+            self.send(Command::Mirror {
+                outlet: outlet.to_string(),
+                content: content.clone(),
+                from,
+            });
+        }
+    }
+
     /// To the inlet's bot, as a member out of any live chat unless said otherwise.
     fn tell_bot_as(&mut self, live: bool, send: SendToBot) {
         if let Some(bot) = self.facts.inlet.bot.clone() {
@@ -620,6 +640,9 @@ impl<'a> Decision<'_, 'a> {
             _ => {}
         }
         self.record(Author::Customer, &inlet.id, content, true);
+        if self.facts.conversation.is_none() {
+            self.mirror(content, Author::Customer);
+        }
         let coalescing = self.facts.coalesce_ms > 0
             && inlet.bot.is_some()
             && self.facts.conversation.is_none()
@@ -678,9 +701,11 @@ impl<'a> Decision<'_, 'a> {
         });
     }
 
-    /// LIVE with one outlet → PENDING with another of the org: the first desk hears the
-    /// chat ended (`transferred`), the customer is told, and a Livechat request goes to
-    /// the second; the customer's messages are held for it meanwhile.
+    /// LIVE with one outlet → PENDING with another of the org (or, for a Zendesk inlet's
+    /// visitor, a department of its Zendesk account: `target` is then the inlet and `group`
+    /// the department): the first desk hears the chat ended (`transferred`), the customer
+    /// is told, and a Livechat request goes to the second; the customer's messages are
+    /// held for it meanwhile.
     fn transfer(&mut self, content: &Content, to: &str, target: Option<&Channel>, group: &str) {
         let Some(c) = self
             .facts
@@ -698,9 +723,11 @@ impl<'a> Decision<'_, 'a> {
         self.record(Author::Agent, self.facts.source, content, true);
         let inlet = self.facts.inlet;
         let Some(target) = target.filter(|t| {
-            t.role == handoff_config::Role::Outlet
-                && t.org == inlet.org
-                && t.id != c.outlet_channel_id
+            let desk = t.role == handoff_config::Role::Outlet && t.org == inlet.org;
+            let department = t.id == inlet.id
+                && t.platform == handoff_config::Platform::Zendesk
+                && !group.is_empty();
+            (desk || department) && t.id != c.outlet_channel_id
         }) else {
             self.send(Command::Relay {
                 outlet: c.outlet_channel_id.clone(),
@@ -708,7 +735,7 @@ impl<'a> Decision<'_, 'a> {
                 live: true,
                 content: event_content(
                     "TRANSFER_FAILED",
-                    json!({"to": to, "reason": "not another outlet of this org"}),
+                    json!({"to": to, "reason": "not another outlet of this org, nor a department of the customer's Zendesk"}),
                 ),
             });
             return;
@@ -950,6 +977,9 @@ impl<'a> Decision<'_, 'a> {
                     content: response.clone(),
                     from: author,
                 });
+                if self.facts.conversation.is_none() {
+                    self.mirror(response, author);
+                }
             } else if let Some(c) = self.facts.conversation {
                 // The answer to an agent command goes back to the live chat.
                 self.send(Command::ToOutlet {
@@ -1518,6 +1548,7 @@ mod tests {
         coalesce_ms: u64,
         desk_closed: Option<DeskClosed>,
         reopen: Option<(Uuid, String)>,
+        watcher: Option<String>,
     }
 
     const CONV: Uuid = Uuid::from_u128(7);
@@ -1546,6 +1577,7 @@ mod tests {
             coalesce_ms: 0,
             desk_closed: None,
             reopen: None,
+            watcher: None,
         }
     }
 
@@ -1566,6 +1598,7 @@ mod tests {
                 coalesce_ms: self.coalesce_ms,
                 desk_closed: self.desk_closed.clone(),
                 reopen: self.reopen.clone(),
+                watcher: self.watcher.as_deref(),
             };
             decide(&facts, event)
         }
@@ -1887,6 +1920,13 @@ mod tests {
                 !steps.iter().any(|s| matches!(s, Step::Close { .. })),
                 "{steps:?}"
             );
+        }
+    }
+
+    fn content_text(content: &Content) -> &str {
+        match &content.kind {
+            Some(content::Kind::Text(t)) => &t.text,
+            _ => "",
         }
     }
 
@@ -2529,5 +2569,97 @@ mod tests {
             );
             assert!(sends(&refused).iter().any(|c| matches!(c, Command::Relay { content, .. } if content.raw_json.contains("TRANSFER_FAILED"))));
         }
+    }
+
+    #[test]
+    fn a_zendesk_visitors_live_chat_can_be_transferred_to_a_department_of_that_zendesk() {
+        let yaml = format!(
+            "{CHANNELS}  - id: zd\n    org: o\n    platform: zendesk\n    role: inlet\n    info: {{ accessToken: tok }}\n    bot: bot\n    outlet: desk\n"
+        );
+        let mut w = world(Some(OpenState::Live));
+        w.channels = Channels::parse(&yaml).unwrap();
+        w.source = "desk".into();
+        let zendesk = w.channels.get("zd").cloned();
+        let steps = w.decide(
+            "zd",
+            Event::Transfer {
+                content: &text("transfer Billing"),
+                to: "Billing",
+                target: zendesk.as_deref(),
+                group: "Billing",
+            },
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Close { reason, .. } if reason == "transferred"))
+        );
+        assert!(steps.iter().any(|s| matches!(s, Step::OpenHandoff { outlet, details } if outlet == "zd" && details.group_name == "Billing" && details.trigger == "transfer")));
+
+        // A web customer has no Zendesk to move into: the agent is told, nothing moves.
+        let refused = w.decide(
+            "web",
+            Event::Transfer {
+                content: &text("transfer Billing"),
+                to: "Billing",
+                target: zendesk.as_deref(),
+                group: "Billing",
+            },
+        );
+        assert!(
+            !refused
+                .iter()
+                .any(|s| matches!(s, Step::Close { .. } | Step::OpenHandoff { .. }))
+        );
+    }
+
+    #[test]
+    fn a_watched_bot_conversation_is_copied_to_the_desk_until_a_human_holds_it() {
+        let mut w = world(None);
+        w.watcher = Some("desk".into());
+        let mirrored = |steps: &[Step]| -> Vec<(String, Author)> {
+            sends(steps)
+                .into_iter()
+                .filter_map(|c| match c {
+                    Command::Mirror {
+                        outlet,
+                        content,
+                        from,
+                    } => Some((format!("{outlet}: {}", content_text(content)), *from)),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        let asked = w.decide("web", Event::Inbound(&text("hello")));
+        assert_eq!(
+            mirrored(&asked),
+            [("desk: hello".to_string(), Author::Customer)]
+        );
+        assert!(
+            sends(&asked)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. }))
+        );
+        w.source = "bot".into();
+        let answered = w.decide("web", Event::BotReply(&answer(None)));
+        assert_eq!(
+            mirrored(&answered),
+            [("desk: You said: hi".to_string(), Author::Bot)]
+        );
+
+        // Not watched: nothing copied; live: the customer's messages are relayed instead.
+        w.watcher = None;
+        w.source = "web".into();
+        assert!(mirrored(&w.decide("web", Event::Inbound(&text("hello")))).is_empty());
+        let mut live = world(Some(OpenState::Live));
+        live.watcher = Some("desk".into());
+        let relayed = live.decide("web", Event::Inbound(&text("hello")));
+        assert!(mirrored(&relayed).is_empty());
+        assert!(
+            sends(&relayed)
+                .iter()
+                .any(|c| matches!(c, Command::Relay { .. }))
+        );
     }
 }

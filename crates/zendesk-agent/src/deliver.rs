@@ -90,15 +90,21 @@ impl Deliverer {
         .await
     }
 
-    /// A handoff inside Zendesk: the configured department, if ONLINE, gets the chat;
-    /// otherwise the bot is told why and keeps the visitor.
+    /// A handoff inside Zendesk: the department an agent transferred the chat to, or else
+    /// the configured one, gets the chat if ONLINE; otherwise the bot is told why and keeps
+    /// the visitor.
     async fn transfer(
         &self,
         account: &Account,
         envelope: &Envelope,
         cmd: &RequestLivechat,
     ) -> Handled {
-        let (Some(member), Some(department)) = (&cmd.member, &account.settings.department) else {
+        let details = cmd.details.as_ref();
+        let transferred_to = details
+            .filter(|d| d.trigger == "transfer" && !d.group_name.is_empty())
+            .map(|d| &d.group_name);
+        let department = transferred_to.or(account.settings.department.as_ref());
+        let (Some(member), Some(department)) = (&cmd.member, department) else {
             return Handled::Park {
                 reason: format!(
                     "`{}` has no Zendesk department to hand off to",

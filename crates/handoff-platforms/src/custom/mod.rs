@@ -10,4 +10,5 @@ mod wire;
 pub use settings::{InletSettings, OutletSettings};
 pub use transform::{
     InvalidRequest, WebhookRequest, livechat_body, parse_webhook_request, relay_body, send_body,
+    watched_body,
 };

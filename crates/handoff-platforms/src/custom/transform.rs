@@ -301,6 +301,24 @@ pub fn relay_body(
     })
 }
 
+/// A message of a bot conversation for agents watching it (`liveChat.monitor`): the Relay
+/// API body without a `conversationId` (no live chat stands behind it), with `mode: "bot"`
+/// and who said it (`author`: `customer`, `bot` or `agent`).
+pub fn watched_body(
+    content: &Content,
+    member: &Member,
+    outlet_info: &Map<String, Value>,
+    author: &str,
+) -> Value {
+    let mut body = relay_body(content, member, outlet_info, "");
+    if let Value::Object(b) = &mut body {
+        b.remove("conversationId");
+        b.insert("mode".into(), json!("bot"));
+        b.insert("author".into(), json!(author));
+    }
+    body
+}
+
 /// Livechat API body: `{member: {_id, profile, meta, botMeta}, assignmentDetails: {summary,
 /// groupName}, chatHistoryURL, meta}`; `meta` carries Handoff's `conversationId`, the
 /// label and whatever meta the trigger supplied.

@@ -79,6 +79,8 @@ impl MailboxEntry {
             Sender::Agent => "agent",
             Sender::Hub => "system",
             Sender::Bot | Sender::Unspecified => "bot",
+            // Not sent to members today; named for what it is.
+            Sender::Customer => "visitor",
         };
         Self {
             from: from.into(),

@@ -138,6 +138,10 @@ impl Engine {
             .and_then(|c| catalog.channels.get(&c.outlet_channel_id))
             .cloned();
         let handoff_to = catalog.platforms.handoff_target(&inlet);
+        let watcher = handoff_to
+            .and_then(|desk| catalog.channels.get(desk))
+            .filter(|desk| desk.role == handoff_config::Role::Outlet && desk.live_chat.monitor)
+            .map(|desk| desk.id.as_str());
         let facts = Facts {
             inlet: &inlet,
             conversation: conversation.as_ref(),
@@ -168,6 +172,7 @@ impl Engine {
                                 .is_some_and(|age| age <= o.live_chat.return_window_secs as f64)
                     })
                 }),
+            watcher,
         };
         let default_content = Content::default();
         let event = match body {
@@ -182,11 +187,20 @@ impl Engine {
             Body::AgentCommand(c) => {
                 let content = c.content.as_ref().unwrap_or(&default_content);
                 match transfer_request(outlet.as_deref(), content) {
-                    Some((to, group)) => Event::Transfer {
+                    Some((to, group, _)) if catalog.channels.get(to).is_some() => Event::Transfer {
                         content,
                         to,
                         target: catalog.channels.get(to).map(|t| &**t),
                         group,
+                    },
+                    // Not a channel: for a Zendesk visitor, a department of their Zendesk
+                    // (its whole name, spaces and all).
+                    Some((to, _, rest)) => Event::Transfer {
+                        content,
+                        to,
+                        target: Some(&*inlet)
+                            .filter(|i| i.platform == handoff_config::Platform::Zendesk),
+                        group: rest,
                     },
                     None => Event::AgentCommand {
                         content,
@@ -280,19 +294,21 @@ fn desk_closed(desk: &Channel, available: bool) -> Option<DeskClosed> {
 }
 
 /// `transfer <outlet> [group]` (the holding outlet's `transferCommand`): the outlet and the
-/// group named.
+/// group named, and everything after the command (a Zendesk department's name).
 fn transfer_request<'c>(
     outlet: Option<&Channel>,
     content: &'c Content,
-) -> Option<(&'c str, &'c str)> {
+) -> Option<(&'c str, &'c str, &'c str)> {
     let command = outlet?.live_chat.transfer_command.trim();
     let Some(handoff_proto::v1::content::Kind::Text(t)) = &content.kind else {
         return None;
     };
-    let mut words = t.text.trim().splitn(3, char::is_whitespace);
-    if !words.next()?.eq_ignore_ascii_case(command) {
+    let text = t.text.trim();
+    let (said, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    if !said.eq_ignore_ascii_case(command) {
         return None;
     }
-    let to = words.next().filter(|w| !w.is_empty())?;
-    Some((to, words.next().unwrap_or("").trim()))
+    let rest = rest.trim();
+    let (to, group) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    (!to.is_empty()).then_some((to, group.trim(), rest))
 }

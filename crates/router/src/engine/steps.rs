@@ -462,6 +462,7 @@ impl Engine {
                     Body::RelayToOutlet(RelayToOutlet {
                         member: Some(member.to_proto(true)),
                         content: Some(event_content("BOT_ANSWER_WITHHELD", detail)),
+                        ..Default::default()
                     }),
                 )
             }
@@ -493,6 +494,26 @@ impl Engine {
                 Body::RelayToOutlet(RelayToOutlet {
                     member: Some(member.to_proto(live)),
                     content: Some(content),
+                    ..Default::default()
+                }),
+            ),
+            Command::Mirror {
+                outlet,
+                content,
+                from,
+            } => (
+                outlet,
+                None,
+                Body::RelayToOutlet(RelayToOutlet {
+                    member: Some(member.to_proto(false)),
+                    content: Some(content),
+                    mode: "bot".into(),
+                    author: match from {
+                        Author::Customer => handoff_proto::Sender::Customer,
+                        Author::Agent => handoff_proto::Sender::Agent,
+                        Author::Bot => handoff_proto::Sender::Bot,
+                        Author::System => handoff_proto::Sender::Hub,
+                    } as i32,
                 }),
             ),
             Command::ToOutlet {

@@ -251,6 +251,30 @@ async fn say_in_chat(browser: &Browser, text: &str) {
     browser.click("[data-testid=hw-send]").await;
 }
 
+/// Waits until the desk's open conversation shows `text`.
+async fn desk_waits_for(browser: &Browser, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let shown = browser
+            .run(
+                "return [...document.querySelectorAll('[data-testid=desk-msg]')].map(e => e.innerText)",
+                json!([]),
+            )
+            .await;
+        if shown.as_array().is_some_and(|all| {
+            all.iter()
+                .any(|t| t.as_str().is_some_and(|t| t.contains(text)))
+        }) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the desk never showed {text}; it shows {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn desk_says(browser: &Browser, text: &str) {
     browser.type_into("[data-testid=desk-input]", text).await;
     browser.click("[data-testid=desk-send]").await;
@@ -286,7 +310,6 @@ async fn a_customer_in_the_web_chat_is_handed_to_the_agents_desk_and_nothing_is_
     browser.switch_to(&desk).await;
     browser.open(&hub.desk.url("/desk")).await;
     browser.click("[data-testid=desk-request]").await;
-    browser.screenshot("desk.png").await;
 
     // … the agent answers from the desk, the customer sees it
     let member = browser
@@ -304,6 +327,13 @@ async fn a_customer_in_the_web_chat_is_handed_to_the_agents_desk_and_nothing_is_
     say_in_chat(&browser, "my order is late").await;
     let before = chat_waits_for(&browser, "visitor", "my order is late").await;
     browser.screenshot("webchat.png").await;
+    if std::env::var_os("HANDOFF_SHOTS").is_some() {
+        // The desk's picture with the conversation on it.
+        browser.switch_to(&desk).await;
+        desk_waits_for(&browser, "my order is late").await;
+        browser.screenshot("desk.png").await;
+        browser.switch_to(&customer).await;
+    }
 
     // … reloads: the whole conversation, once
     browser.open(&chat_page).await;

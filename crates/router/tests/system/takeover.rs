@@ -72,6 +72,82 @@ async fn an_agent_writing_to_a_member_the_bot_holds_takes_them_over_and_the_bot_
 }
 
 #[tokio::test]
+async fn a_watching_desk_sees_the_bot_conversation_as_it_happens_and_an_agent_who_answers_takes_over()
+ {
+    // Arrange: the desk watches its inlets' bot conversations
+    let hub = TestHub::start_with(HubOptions {
+        notices: None,
+        outlet_live_chat: "monitor: true",
+        ..Default::default()
+    })
+    .await;
+
+    // Act: the customer talks to the bot
+    hub.say("mia", "where is my order?").await;
+    hub.say("mia", "it is late").await;
+    hub.wait_received("mia", 2).await;
+
+    // Assert: the desk got each line, in order, marked read-only and with no live chat
+    let watched = hub.wait_desk(Api::Relay, 4).await;
+    let lines: Vec<(String, String)> = watched
+        .iter()
+        .map(|r| {
+            assert_eq!(r.body["mode"], "bot", "{}", r.body);
+            assert!(r.body.get("conversationId").is_none(), "{}", r.body);
+            assert_eq!(r.body["member"]["_id"], member_id("mia").as_str());
+            (
+                r.body["author"].as_str().unwrap_or_default().to_string(),
+                r.body["response"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let customer: Vec<_> = lines.iter().filter(|(a, _)| a == "customer").collect();
+    let bot: Vec<_> = lines.iter().filter(|(a, _)| a == "bot").collect();
+    assert_eq!(
+        customer.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["where is my order?", "it is late"]
+    );
+    assert_eq!(
+        bot.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["You said: where is my order?", "You said: it is late"]
+    );
+    let first_answer = lines.iter().position(|(a, _)| a == "bot").unwrap();
+    assert_eq!(
+        lines[0].0, "customer",
+        "the question before its answer: {lines:?}"
+    );
+    assert!(first_answer >= 1);
+
+    // … and an agent who answers takes the member over: from then on, the live chat's relays
+    let (status, body) = agent_writes(&hub, "mia", "Hi Mia, let me look").await;
+    assert_eq!(status, 200, "{body}");
+    hub.say("mia", "order 77").await;
+    let relays = hub.wait_desk(Api::Relay, 5).await;
+    assert_eq!(relays[4].body["response"]["text"], "order 77");
+    assert!(relays[4].body.get("mode").is_none(), "{}", relays[4].body);
+    assert!(relays[4].body["conversationId"].is_string());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unwatched_desk_gets_nothing_of_the_bot_conversations() {
+    // Arrange: the default desk (no `monitor`)
+    let hub = TestHub::start().await;
+
+    // Act
+    hub.say("ned", "hello").await;
+    hub.wait_received("ned", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Assert
+    assert!(hub.desk.calls(Api::Relay).is_empty());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn of_two_agents_racing_to_take_a_member_over_one_gets_the_chat_and_the_other_409() {
     // Arrange
     let hub = TestHub::start().await;

@@ -443,3 +443,75 @@ async fn a_zendesk_visitor_sees_each_notice_and_never_a_bot_answer_given_after_t
     assert_eq!(relays[0].body["response"]["event"], "BOT_ANSWER_WITHHELD");
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_agent_at_the_desk_moves_a_zendesk_visitor_into_a_department_of_their_zendesk() {
+    // Arrange: a visitor live with the desk; the account has an online "Second line"
+    let hub = TestHub::start().await;
+    hub.zendesk.set_departments(&[
+        ("D-1", "Support", "ONLINE"),
+        ("D-2", "Second line", "ONLINE"),
+    ]);
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 9");
+    hub.zendesk.visitor_says(&chat, "agent");
+    hub.wait_desk(handoff_simulators::Api::Livechat, 1).await;
+    let member = handoff_config::member_id(ZENDESK, &chat);
+    assert_eq!(
+        hub.wait_conversation_state(member, "live").await.as_deref(),
+        Some("T-1")
+    );
+
+    // Act: the agent transfers it by the department's name (a name with a space)
+    let body =
+        handoff_simulators::WebhookClient::agent_command("T-1", "transfer Second line", now_ms());
+    let (status, answer) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+
+    // Assert: Zendesk moved the chat to D-2, which is now the live chat's ticket; the
+    // desk heard it was transferred; the visitor was told and is not answered by the bot
+    let mut db = hub.db().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ticket: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT external_id FROM conversations WHERE member_id = $1 AND state = 'live'",
+        )
+        .bind(member)
+        .fetch_optional(&mut db)
+        .await
+        .unwrap();
+        if ticket.flatten().as_deref() == Some("D-2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never live with D-2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hub.zendesk.transfers(), [(chat.clone(), "D-2".to_string())]);
+    assert!(
+        hub.desk
+            .calls(handoff_simulators::Api::Relay)
+            .iter()
+            .any(|r| r.body["response"]["event"] == "LIVE_CHAT_ENDED"
+                && r.body["response"]["reason"] == "transferred"),
+        "the desk heard the chat was transferred"
+    );
+    hub.zendesk.visitor_says(&chat, "hello, second line?");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let said = texts(&hub.zendesk.sent_to(&chat));
+    assert!(
+        said.contains(&"You're being transferred to another team. One moment, please.".into()),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|t| t.contains("second line?")),
+        "the bot stays silent: {said:?}"
+    );
+    hub.shutdown().await;
+}
