@@ -157,6 +157,8 @@ pub(crate) struct Line {
 pub(crate) enum Release {
     /// Relayed to the live chat that accepted.
     Outlet(String),
+    /// Relayed to an earlier live chat that takes the customer back (a refused transfer).
+    Chat { outlet: String, conversation: Uuid },
     /// Back to the inlet's bot (none configured: they stay in the transcript only).
     Bot(Option<String>),
 }
@@ -1121,6 +1123,9 @@ impl<'a> Decision<'_, 'a> {
     /// PENDING → BOT (the Livechat API failed, or nobody answered in time): the bot is told
     /// why and gets the messages the customer sent meanwhile.
     fn ended_before_live(&mut self, c: &OpenConversation, reason: &str, error: Value) {
+        if let Some((back, outlet)) = c.transferred_from.clone() {
+            return self.transfer_refused(c, back, outlet, reason, error);
+        }
         self.steps.push(Step::Close {
             conversation: c.id,
             from: OpenState::Pending,
@@ -1136,6 +1141,50 @@ impl<'a> Decision<'_, 'a> {
         self.steps.push(Step::ReleaseHeld {
             conversation: c.id,
             to: Release::Bot(self.facts.inlet.bot.clone()),
+        });
+    }
+
+    /// A transfer the new desk refused or never accepted: the live chat it came from opens
+    /// again (a new epoch, so the bot stays silent), that desk hears why, and what the
+    /// customer wrote meanwhile goes there, in order. The customer stays with a human.
+    fn transfer_refused(
+        &mut self,
+        c: &OpenConversation,
+        back: Uuid,
+        outlet: String,
+        reason: &str,
+        error: Value,
+    ) {
+        self.steps.push(Step::Close {
+            conversation: c.id,
+            from: OpenState::Pending,
+            reason: reason.to_string(),
+        });
+        self.system("HANDOFF_FAILED", error.clone(), Some(c.id));
+        self.steps.push(Step::Lifecycle {
+            event: "handoff_failed",
+            conversation: Some(c.id),
+            detail: json!({"outlet": c.outlet_channel_id, "reason": reason, "transfer": true}),
+        });
+        self.steps.push(Step::Reopen { conversation: back });
+        let failed = json!({
+            "to": c.outlet_channel_id,
+            "reason": error["reason"].as_str().unwrap_or(reason),
+            "message": error["message"],
+        });
+        self.system("TRANSFER_FAILED", failed.clone(), Some(back));
+        self.send(Command::Relay {
+            outlet: outlet.clone(),
+            conversation: back,
+            live: true,
+            content: event_content("TRANSFER_FAILED", failed),
+        });
+        self.steps.push(Step::ReleaseHeld {
+            conversation: c.id,
+            to: Release::Chat {
+                outlet,
+                conversation: back,
+            },
         });
     }
 
@@ -1567,6 +1616,7 @@ mod tests {
                 requeues: 0,
                 replied: false,
                 in_state_secs: 0.0,
+                transferred_from: None,
             }),
             source: "web".into(),
             named: String::new(),
@@ -2569,6 +2619,40 @@ mod tests {
             );
             assert!(sends(&refused).iter().any(|c| matches!(c, Command::Relay { content, .. } if content.raw_json.contains("TRANSFER_FAILED"))));
         }
+    }
+
+    #[test]
+    fn a_transfer_the_new_desk_refuses_takes_the_customer_back_to_the_first_desk_not_the_bot() {
+        const FIRST: Uuid = Uuid::from_u128(3);
+        let mut w = world(Some(OpenState::Pending));
+        if let Some(c) = &mut w.conversation {
+            c.transferred_from = Some((FIRST, "desk-a".into()));
+        }
+        w.source = "desk".into();
+        w.named = CONV.to_string();
+
+        let steps = w.decide(
+            "web",
+            Event::HandoffFailed {
+                error: json!({"reason": "http 400", "message": "refused"}),
+            },
+        );
+
+        assert!(steps.contains(&Step::Reopen {
+            conversation: FIRST
+        }));
+        assert!(sends(&steps).iter().any(|c| matches!(c, Command::Relay { outlet, conversation, content, .. } if outlet == "desk-a" && *conversation == FIRST && content.raw_json.contains("TRANSFER_FAILED"))));
+        assert!(steps.iter().any(|s| matches!(s, Step::ReleaseHeld { conversation, to: Release::Chat { outlet, conversation: into } } if *conversation == CONV && outlet == "desk-a" && *into == FIRST)));
+        assert!(
+            !sends(&steps)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. })),
+            "the bot is not involved"
+        );
+        assert!(
+            texts_to_member(&steps).is_empty(),
+            "nobody tells the customer no agent is there"
+        );
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct OpenConversation {
     pub replied: bool,
     /// Seconds since it entered this state (for LIVE: since the desk accepted).
     pub in_state_secs: f64,
+    /// A transfer's request: the live chat it came from and that chat's outlet, where the
+    /// customer goes back if the new desk refuses.
+    pub transferred_from: Option<(Uuid, String)>,
 }
 
 /// A live-chat timer, as the router checks it again inside the transaction that acts on

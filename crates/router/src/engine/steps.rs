@@ -392,23 +392,32 @@ impl Engine {
                     }
                 }
                 Step::ReleaseHeld { conversation, to } => {
+                    let into = match &to {
+                        Release::Outlet(outlet) => Some((outlet, conversation)),
+                        Release::Chat {
+                            outlet,
+                            conversation,
+                        } => Some((outlet, *conversation)),
+                        Release::Bot(_) => None,
+                    };
                     for (author, content) in release_held(work, conversation).await? {
-                        let command = match &to {
-                            Release::Outlet(outlet) if author == Author::Bot => Command::Context {
-                                outlet: outlet.clone(),
-                                conversation,
-                                content,
-                            },
-                            Release::Outlet(outlet) => Command::Relay {
+                        let command = match (into, &to) {
+                            (Some((outlet, conversation)), _) if author == Author::Bot => {
+                                Command::Context {
+                                    outlet: outlet.clone(),
+                                    conversation,
+                                    content,
+                                }
+                            }
+                            (Some((outlet, conversation)), _) => Command::Relay {
                                 outlet: outlet.clone(),
                                 conversation,
                                 live: true,
                                 content,
                             },
                             // The bot's own withheld answers do not go back to it.
-                            Release::Bot(_) if author == Author::Bot => continue,
-                            Release::Bot(None) => continue,
-                            Release::Bot(Some(bot)) => Command::ToBot {
+                            (None, _) if author == Author::Bot => continue,
+                            (None, Release::Bot(Some(bot))) => Command::ToBot {
                                 bot: bot.clone(),
                                 live: false,
                                 send: SendToBot {
@@ -416,6 +425,7 @@ impl Engine {
                                     ..Default::default()
                                 },
                             },
+                            (None, _) => continue,
                         };
                         self.send(work, member, command)?;
                     }

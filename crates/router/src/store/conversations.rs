@@ -370,7 +370,11 @@ pub async fn open_for_update_many(
                   COALESCE(last_agent_at >= state_changed_at, false) AS "replied!",
                   EXTRACT(EPOCH FROM now() - state_changed_at)::float8 AS "in_state_secs!",
                   agent_joined_at IS NOT NULL AS "agent_joined!",
-                  trouble_told_at IS NOT NULL AS "trouble_told!"
+                  trouble_told_at IS NOT NULL AS "trouble_told!",
+                  CASE WHEN trigger = 'transfer' THEN meta->>'transferredFrom' END
+                    AS transferred_from,
+                  CASE WHEN trigger = 'transfer' THEN meta->>'fromOutlet' END
+                    AS transferred_from_outlet
            FROM conversations
            WHERE member_id = ANY($1) AND state <> 'closed' FOR UPDATE"#,
         members,
@@ -393,6 +397,10 @@ pub async fn open_for_update_many(
                     replied: r.replied,
                     in_state_secs: r.in_state_secs,
                     agent_name: r.agent_name.unwrap_or_default(),
+                    transferred_from: r
+                        .transferred_from
+                        .and_then(|id| id.parse().ok())
+                        .zip(r.transferred_from_outlet),
                 },
             )
         })

@@ -356,6 +356,73 @@ async fn a_transfer_moves_a_live_chat_to_another_team_and_every_later_message_go
 }
 
 #[tokio::test]
+async fn a_transfer_the_other_team_refuses_leaves_the_chat_with_the_first_team_which_is_told() {
+    // Arrange: a live chat with the first team; the other team's desk will refuse
+    let hub = TestHub::start().await;
+    crate::live_chat::hand_off(&hub, "yan", 1).await;
+    let member: uuid::Uuid = member_id("yan").parse().unwrap();
+    let mut db = hub.db().await;
+    let first: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM conversations WHERE member_id = $1 AND state = 'live'")
+            .bind(member)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    hub.desk.fail_next(Api::Livechat, 1, 400);
+
+    // Act: the agent transfers; the customer writes meanwhile
+    let body = WebhookClient::agent_command("T-1", "transfer desk-b billing", now_ms());
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    hub.say("yan", "still there?").await;
+
+    // Assert: the first chat is live again; its desk heard the transfer failed and got
+    // the customer's message in that chat; the bot got nothing
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let relays = loop {
+        let relays: Vec<_> = hub
+            .desk
+            .calls(Api::Relay)
+            .into_iter()
+            .filter(|r| r.body["channel"]["info"]["team"] != "b")
+            .collect();
+        if relays
+            .iter()
+            .any(|r| r.body["response"]["text"] == "still there?")
+            && relays
+                .iter()
+                .any(|r| r.body["response"]["event"] == "TRANSFER_FAILED")
+        {
+            break relays;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{relays:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let into_first =
+        |r: &handoff_simulators::Recorded| r.body["conversationId"] == first.to_string().as_str();
+    assert!(relays.iter().all(into_first), "{relays:?}");
+    let live: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM conversations WHERE member_id = $1 AND state = 'live'")
+            .bind(member)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(live, first);
+    assert!(
+        !hub.bot
+            .calls()
+            .iter()
+            .any(|c| c["message"]["text"] == "still there?"),
+        "the bot did not get it"
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_subscribed_url_hears_each_lifecycle_event_of_a_handoff_once_in_order_and_signed() {
     // Arrange: the org's CRM subscribes
     let hub = TestHub::start_with(HubOptions {

@@ -515,3 +515,59 @@ async fn an_agent_at_the_desk_moves_a_zendesk_visitor_into_a_department_of_their
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_transfer_to_a_department_nobody_staffs_leaves_the_visitor_with_the_desk_which_is_told() {
+    // Arrange: a visitor live with the desk; "Second line" is away
+    let hub = TestHub::start().await;
+    hub.zendesk
+        .set_departments(&[("D-2", "Second line", "AWAY")]);
+    assert!(hub.zendesk.wait_until_listening(WAIT).await);
+    let chat = hub.zendesk.visitor_join("Visitor 10");
+    hub.zendesk.visitor_says(&chat, "agent");
+    hub.wait_desk(handoff_simulators::Api::Livechat, 1).await;
+    let member = handoff_config::member_id(ZENDESK, &chat);
+    hub.wait_conversation_state(member, "live").await;
+
+    // Act
+    let body =
+        handoff_simulators::WebhookClient::agent_command("T-1", "transfer Second line", now_ms());
+    let (status, _) = hub
+        .outlet
+        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Assert: the desk hears why, and the visitor's next words still reach it
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !hub
+        .desk
+        .calls(handoff_simulators::Api::Relay)
+        .iter()
+        .any(|r| {
+            r.body["response"]["event"] == "TRANSFER_FAILED"
+                && r.body["response"]["reason"] == "no_department_online"
+        })
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never told");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.zendesk.visitor_says(&chat, "hello?");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !hub
+        .desk
+        .calls(handoff_simulators::Api::Relay)
+        .iter()
+        .any(|r| r.body["response"]["text"] == "hello?")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not relayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hub.zendesk.transfers().is_empty());
+    assert_eq!(
+        hub.wait_conversation_state(member, "live").await.as_deref(),
+        Some("T-1")
+    );
+    hub.shutdown().await;
+}
