@@ -82,6 +82,28 @@ pub enum PublishError {
     TooLarge { size: usize, limit: usize },
 }
 
+/// The acknowledgement, if it says the message is stored.
+///
+/// A clustered stream (nats-server before 2.10.26/2.11) notes a message id as "seen"
+/// before the proposal carrying it is committed, with sequence 0; if a leader change drops
+/// that proposal, every retry under the same id is answered `duplicate` with sequence 0
+/// although nothing was stored, until the duplicate window passes (nats-server #6415,
+/// #6486). Taking that answer as stored lost an accepted message in the fault run (all NATS
+/// nodes restarted). A duplicate is therefore trusted only with the sequence it was stored
+/// under; sequence 0 is "not yet", and the caller retries (a webhook gets 503), which ends
+/// in a real duplicate once the proposal commits, or in a fresh store once the window
+/// has passed.
+fn stored(
+    ack: jetstream::publish::PublishAck,
+) -> Result<jetstream::publish::PublishAck, PublishError> {
+    if ack.duplicate && ack.sequence == 0 {
+        return Err(PublishError::Unavailable(
+            "JetStream has seen this message id but not confirmed storing it; try again".into(),
+        ));
+    }
+    Ok(ack)
+}
+
 /// Room kept in a bus message for its headers (dedup id, trace context) beside the payload.
 const HEADERS_ROOM: usize = 1024;
 
@@ -528,7 +550,7 @@ impl Bus {
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?
                 .await
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-            Ok(ack.duplicate)
+            Ok(stored(ack)?.duplicate)
         }
         .instrument(span)
         .await
@@ -561,8 +583,10 @@ impl Bus {
             acks.push(ack);
         }
         for ack in acks {
-            ack.await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            stored(
+                ack.await
+                    .map_err(|e| PublishError::Unavailable(e.to_string()))?,
+            )?;
         }
         Ok(())
     }
@@ -836,6 +860,23 @@ impl BusSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_is_taken_as_stored_only_with_the_sequence_it_was_stored_under() {
+        let ack = |duplicate: bool, seq: u64| -> jetstream::publish::PublishAck {
+            serde_json::from_value(
+                serde_json::json!({"stream": "S", "seq": seq, "duplicate": duplicate}),
+            )
+            .unwrap()
+        };
+        assert!(stored(ack(false, 7)).is_ok());
+        assert!(stored(ack(true, 7)).is_ok_and(|a| a.duplicate));
+        // Seen but not confirmed (a proposal a leader change may have dropped): try again.
+        assert!(matches!(
+            stored(ack(true, 0)),
+            Err(PublishError::Unavailable(_))
+        ));
+    }
 
     #[test]
     fn partitions_are_stable_and_in_range() {

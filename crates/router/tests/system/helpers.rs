@@ -828,6 +828,15 @@ impl TestHub {
             .unwrap()
     }
 
+    /// The desk's agent sends a command (`done`, `transfer …`) about live chat `ticket`.
+    pub async fn desk_command(&self, ticket: &str, text: &str) -> (u16, Value) {
+        let body = WebhookClient::agent_command(ticket, text, now_ms());
+        self.outlet
+            .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
+            .await
+            .unwrap()
+    }
+
     /// A customer of the other org's inlet writes.
     pub async fn say_elsewhere(&self, external_id: &str, text: &str) -> (u16, Value) {
         let body = WebhookClient::customer_text(external_id, OTHER_INLET, text, now_ms());

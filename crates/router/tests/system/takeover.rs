@@ -217,13 +217,7 @@ async fn agent_named(hub: &TestHub, who: &str, agent: &str, text: &str) {
 }
 
 async fn done(hub: &TestHub, ticket: &str) {
-    let body = WebhookClient::agent_command(ticket, "done", now_ms());
-    let (status, _) = hub
-        .outlet
-        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(hub.desk_command(ticket, "done").await.0, 200);
 }
 
 #[tokio::test]
@@ -371,12 +365,7 @@ async fn a_transfer_the_other_team_refuses_leaves_the_chat_with_the_first_team_w
     hub.desk.fail_next(Api::Livechat, 1, 400);
 
     // Act: the agent transfers; the customer writes meanwhile
-    let body = WebhookClient::agent_command("T-1", "transfer desk-b billing", now_ms());
-    let (status, _) = hub
-        .outlet
-        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
-        .await
-        .unwrap();
+    let (status, _) = hub.desk_command("T-1", "transfer desk-b billing").await;
     assert_eq!(status, 200);
     hub.say("yan", "still there?").await;
 

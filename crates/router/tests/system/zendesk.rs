@@ -463,13 +463,7 @@ async fn an_agent_at_the_desk_moves_a_zendesk_visitor_into_a_department_of_their
     );
 
     // Act: the agent transfers it by the department's name (a name with a space)
-    let body =
-        handoff_simulators::WebhookClient::agent_command("T-1", "transfer Second line", now_ms());
-    let (status, answer) = hub
-        .outlet
-        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
-        .await
-        .unwrap();
+    let (status, answer) = hub.desk_command("T-1", "transfer Second line").await;
     assert_eq!(status, 200, "{answer}");
 
     // Assert: Zendesk moved the chat to D-2, which is now the live chat's ticket; the
@@ -530,13 +524,7 @@ async fn a_transfer_to_a_department_nobody_staffs_leaves_the_visitor_with_the_de
     hub.wait_conversation_state(member, "live").await;
 
     // Act
-    let body =
-        handoff_simulators::WebhookClient::agent_command("T-1", "transfer Second line", now_ms());
-    let (status, _) = hub
-        .outlet
-        .post(OUTLET, ORG, OUTLET_TOKEN, &body, &[])
-        .await
-        .unwrap();
+    let (status, _) = hub.desk_command("T-1", "transfer Second line").await;
     assert_eq!(status, 200);
 
     // Assert: the desk hears why, and the visitor's next words still reach it
