@@ -187,20 +187,22 @@ impl Engine {
             Body::AgentCommand(c) => {
                 let content = c.content.as_ref().unwrap_or(&default_content);
                 match transfer_request(outlet.as_deref(), content) {
-                    Some((to, group, _)) if catalog.channels.get(to).is_some() => Event::Transfer {
-                        content,
-                        to,
-                        target: catalog.channels.get(to).map(|t| &**t),
-                        group,
-                    },
-                    // Not a channel: for a Zendesk visitor, a department of their Zendesk
-                    // (its whole name, spaces and all).
-                    Some((to, _, rest)) => Event::Transfer {
-                        content,
-                        to,
-                        target: Some(&*inlet)
-                            .filter(|i| i.platform == handoff_config::Platform::Zendesk),
-                        group: rest,
+                    Some((to, group, rest)) => match catalog.channels.get(to) {
+                        Some(target) => Event::Transfer {
+                            content,
+                            to,
+                            target: Some(&**target),
+                            group,
+                        },
+                        // Not a channel: for a Zendesk visitor, a department of their
+                        // Zendesk (its whole name, spaces and all).
+                        None => Event::Transfer {
+                            content,
+                            to: rest,
+                            target: Some(&*inlet)
+                                .filter(|i| i.platform == handoff_config::Platform::Zendesk),
+                            group: rest,
+                        },
                     },
                     None => Event::AgentCommand {
                         content,
