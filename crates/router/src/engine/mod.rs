@@ -5,6 +5,7 @@
 //! late event cannot apply twice.
 
 mod batch;
+mod commands;
 mod decode;
 mod outbox;
 mod steps;
@@ -19,7 +20,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::store;
 use batch::Job;
-pub(crate) use steps::{TURN_DUE, history_token};
+pub(crate) use commands::history_token;
+pub(crate) use steps::TURN_DUE;
 
 /// A failure retrying cannot cure (the event refers to something that does not exist, or
 /// is malformed): the event is parked instead of retried.
