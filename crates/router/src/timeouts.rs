@@ -38,7 +38,7 @@ async fn sweep(parts: &Parts) -> anyhow::Result<()> {
     if let Err(e) = sweep_turns(parts).await {
         tracing::warn!(error = %format!("{e:#}"), "coalesced turn sweep failed");
     }
-    let rows = store::conversations::waiting(&parts.pool).await?;
+    let rows = store::conversations::waiting(&parts.pool, None).await?;
     for row in rows {
         let Some(inlet) = parts.catalog.load().channels.get(&row.channel_id).cloned() else {
             continue;

@@ -114,8 +114,12 @@ impl AdminService {
 impl AdminService {
     /// Which timer of each open conversation fires next, and when.
     async fn with_timers(&self, conversations: &mut [api::Conversation]) -> Result<(), Status> {
+        let ids: Vec<uuid::Uuid> = conversations
+            .iter()
+            .filter_map(|c| c.id.parse().ok())
+            .collect();
         let waiting: std::collections::HashMap<String, _> =
-            store::conversations::waiting(&self.pool)
+            store::conversations::waiting(&self.pool, Some(&ids))
                 .await
                 .map_err(internal)?
                 .into_iter()

@@ -235,7 +235,22 @@ impl Engine {
         let reason = detail["reason"].as_str().unwrap_or_default().to_string();
         work.lifecycle
             .push((event, outlet, reason, detail["seconds"].as_f64()));
+        // A catalog holds tens of channels, so a scan is cheaper than an index to keep;
+        // most orgs have no subscriber, and then no event body is built at all.
         let catalog = self.catalog.load();
+        let subscribers: Vec<&str> = catalog
+            .channels
+            .iter()
+            .filter(|c| c.org == inlet.org && c.role == handoff_config::Role::Subscriber)
+            .filter(|c| {
+                matches!(catalog.platforms.get(&c.id).map(|s| &**s),
+                    Some(handoff_platforms::ChannelSettings::Subscriber(s)) if s.wants(event))
+            })
+            .map(|c| c.id.as_str())
+            .collect();
+        if subscribers.is_empty() {
+            return;
+        }
         let mut body = json!({
             "type": event,
             "id": derived_id(&work.cause.event_id, event, 0),
@@ -251,20 +266,10 @@ impl Engine {
         if let (Value::Object(b), Value::Object(d)) = (&mut body, detail) {
             b.extend(d.into_iter().filter(|(_, v)| *v != json!("")));
         }
-        let subscribers: Vec<String> = catalog
-            .channels
-            .iter()
-            .filter(|c| c.org == inlet.org && c.role == handoff_config::Role::Subscriber)
-            .filter(|c| {
-                matches!(catalog.platforms.get(&c.id).map(|s| &**s),
-                    Some(handoff_platforms::ChannelSettings::Subscriber(s)) if s.wants(event))
-            })
-            .map(|c| c.id.clone())
-            .collect();
         for subscriber in subscribers {
             work.command(
                 Service::OutletGateway,
-                &subscriber,
+                subscriber,
                 conversation,
                 Body::DeliverLifecycle(DeliverLifecycle {
                     event_json: body.to_string(),

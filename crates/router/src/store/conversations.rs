@@ -197,7 +197,9 @@ pub struct Waiting {
     pub idle_told: Option<f64>,
 }
 
-pub async fn waiting(pool: &PgPool) -> sqlx::Result<Vec<Waiting>> {
+/// The open conversations with what their timers need; only those of `ids` when given
+/// (the admin's page of conversations, not every open one).
+pub async fn waiting(pool: &PgPool, ids: Option<&[Uuid]>) -> sqlx::Result<Vec<Waiting>> {
     sqlx::query_as!(
         Waiting,
         r#"SELECT c.id, c.member_id, c.state AS "state: OpenState", m.channel_id,
@@ -217,7 +219,9 @@ pub async fn waiting(pool: &PgPool) -> sqlx::Result<Vec<Waiting>> {
                     AS "agent_quiet_since!",
                   EXTRACT(EPOCH FROM now() - c.idle_told_at)::float8 AS idle_told
            FROM conversations c JOIN members m ON m.id = c.member_id
-           WHERE c.state IN ('pending', 'live')"#
+           WHERE c.state IN ('pending', 'live')
+             AND ($1::uuid[] IS NULL OR c.id = ANY($1))"#,
+        ids as Option<&[Uuid]>,
     )
     .fetch_all(pool)
     .await
