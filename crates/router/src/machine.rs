@@ -1123,7 +1123,9 @@ impl<'a> Decision<'_, 'a> {
     /// PENDING → BOT (the Livechat API failed, or nobody answered in time): the bot is told
     /// why and gets the messages the customer sent meanwhile.
     fn ended_before_live(&mut self, c: &OpenConversation, reason: &str, error: Value) {
-        if let Some((back, outlet)) = c.transferred_from.clone() {
+        // Only a transfer that never went live goes back: one the new desk accepted and
+        // then requeued for want of a reply has left the first desk behind.
+        if let Some((back, outlet)) = c.transferred_from.clone().filter(|_| c.requeues == 0) {
             return self.transfer_refused(c, back, outlet, reason, error);
         }
         self.steps.push(Step::Close {
@@ -2652,6 +2654,23 @@ mod tests {
         assert!(
             texts_to_member(&steps).is_empty(),
             "nobody tells the customer no agent is there"
+        );
+
+        // Accepted by the new desk once and requeued since: the first desk is not asked back.
+        if let Some(c) = &mut w.conversation {
+            c.requeues = 1;
+        }
+        let later = w.decide(
+            "web",
+            Event::HandoffFailed {
+                error: json!({"reason": "http 400", "message": "refused"}),
+            },
+        );
+        assert!(!later.iter().any(|s| matches!(s, Step::Reopen { .. })));
+        assert!(
+            sends(&later)
+                .iter()
+                .any(|c| matches!(c, Command::ToBot { .. }))
         );
     }
 
