@@ -42,6 +42,11 @@ pub struct FaultReport {
     pub lost_then_arrived: usize,
     /// What the hub parked meanwhile (`dead_letters`): service, reason, count.
     pub parked: Vec<(String, String, i64)>,
+    /// How far each lost message got, read from the router's transcript: `not_recorded`
+    /// (lost before the router: the events stream), `no_answer` (the router has it, the
+    /// bot's answer is not recorded: the bot's command or its reply), `answered` (the
+    /// answer is recorded: its delivery command was lost). Counts by stage.
+    pub lost_stages: Vec<(String, usize)>,
 }
 
 pub async fn run(
@@ -172,7 +177,38 @@ pub async fn run(
             .count();
     }
     report.parked = parked(&cluster.db_url).await.unwrap_or_default();
+    report.lost_stages = lost_stages(&cluster.db_url, &report.lost_keys)
+        .await
+        .unwrap_or_default();
     Ok(report)
+}
+
+/// Where the lost messages stopped (see [`FaultReport::lost_stages`]).
+async fn lost_stages(db_url: &str, lost: &[Key]) -> anyhow::Result<Vec<(String, usize)>> {
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    let mut stages: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (member, seq) in lost {
+        let (recorded, answered): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE author = 'customer'
+                              AND source_message_id = $1),
+                    EXISTS (SELECT 1 FROM messages WHERE author = 'bot'
+                              AND content->>'text' LIKE $2)",
+        )
+        .bind(format!("{member}-{seq}"))
+        .bind(format!("%{member}#{seq}#%"))
+        .fetch_one(&pool)
+        .await?;
+        let stage = match (recorded, answered) {
+            (false, _) => "not_recorded",
+            (true, false) => "no_answer",
+            (true, true) => "answered",
+        };
+        *stages.entry(stage).or_default() += 1;
+    }
+    Ok(stages
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect())
 }
 
 /// The hub's dead letters, by service and reason.
@@ -252,5 +288,6 @@ fn check(
         lost_keys,
         lost_then_arrived: 0,
         parked: Vec::new(),
+        lost_stages: Vec::new(),
     }
 }

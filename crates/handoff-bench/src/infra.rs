@@ -70,10 +70,15 @@ impl NatsCluster {
     }
 
     fn up(&mut self, i: usize) -> anyhow::Result<()> {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
+        // `BENCH_NATS_SERVER` runs the cluster on another build (to tell the hub's faults
+        // from the server's); else Debian's.
+        let chosen = std::env::var("BENCH_NATS_SERVER").ok();
+        let binary = chosen.as_deref().unwrap_or_else(|| {
+            ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("nats-server")
+        });
         let routes: Vec<String> = self
             .nodes
             .iter()
