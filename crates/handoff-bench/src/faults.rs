@@ -30,6 +30,10 @@ pub struct FaultReport {
     pub duplicated: usize,
     pub duplicates_sharing_webhook_id: usize,
     pub out_of_order_customers: usize,
+    /// Each such customer's first inversion: the message answered early, the earlier one
+    /// answered after it, and when (seconds into the run) that late answer arrived, to set
+    /// beside `kills`.
+    pub out_of_order: Vec<(String, u64, u64, f64)>,
     /// The longest any one message waited (accepted → arrival), and whose it was.
     pub longest_wait_ms: f64,
     pub longest_wait_customer: String,
@@ -244,11 +248,21 @@ fn check(
             same_id += a.len() - 1;
         }
     }
-    let out_of_order = tracker
+    let mut out_of_order: Vec<(String, u64, u64, f64)> = tracker
         .order()
-        .values()
-        .filter(|seqs| seqs.windows(2).any(|w| w[0] > w[1]))
-        .count();
+        .into_iter()
+        .filter_map(|(member, seqs)| {
+            let w = seqs.windows(2).find(|w| w[0] > w[1])?;
+            let late = arrivals
+                .get(&(member.clone(), w[1]))
+                .and_then(|a| a.first())
+                .map_or(0.0, |(at, _)| {
+                    at.saturating_duration_since(origin).as_secs_f64()
+                });
+            Some((member, w[0], w[1], late))
+        })
+        .collect();
+    out_of_order.sort_by(|a, b| a.3.total_cmp(&b.3));
     let mut longest = (0.0, String::new());
     let mut waits: Vec<(Instant, f64)> = Vec::new();
     for (key, sent) in accepted {
@@ -280,7 +294,8 @@ fn check(
         lost: lost_keys.len(),
         duplicated,
         duplicates_sharing_webhook_id: same_id,
-        out_of_order_customers: out_of_order,
+        out_of_order_customers: out_of_order.len(),
+        out_of_order,
         longest_wait_ms: longest.0,
         longest_wait_customer: longest.1,
         worst_wait_after_kill_ms,
