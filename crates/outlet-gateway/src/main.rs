@@ -1,6 +1,7 @@
 use handoff_config::{Channels, Settings};
 
-// glibc's allocator costs this service a fifth of its CPU under load; see docs/performance.md.
+// Under load glibc's allocator cost each profiled service about a fifth of its CPU; see
+// docs/architecture.md ("Crates") and docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
