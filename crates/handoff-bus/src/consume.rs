@@ -420,27 +420,12 @@ async fn run_partition<H: Handler>(
     for name in previous {
         ctx.stream.delete_consumer(&name).await?;
     }
-    let consumer: consumer::PullConsumer = ctx
-        .stream
-        .create_consumer(consumer::pull::Config {
-            // A new name per lease: a stalled former owner pulling by the old name gets
-            // nothing, instead of this owner's messages.
-            durable_name: Some(format!("{}-p{partition}-{epoch}", ctx.name)),
-            filter_subject: filter,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: settings.ack_wait,
-            max_ack_pending: settings.max_ack_pending,
-            max_deliver: -1,
-            deliver_policy: DeliverPolicy::All,
-            // The stream is a work queue: it alone holds what is unfinished, and a new
-            // owner always starts a new consumer from its oldest message. So the consumer's
-            // own state need not survive a server restart, and keeping it in memory spares
-            // the server a state file rewrite per acknowledgement (the largest part of its
-            // CPU time under load, measured with perf).
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await?;
+    // A new name per lease: a stalled former owner pulling by the old name gets nothing,
+    // instead of this owner's messages. `reads` counts the partition's fresh reads under
+    // this lease (see `Deliveries`).
+    let mut reads = 0;
+    let consumer_name = |reads: u32| format!("{}-p{partition}-{epoch}-{reads}", ctx.name);
+    let mut consumer = open_consumer(&ctx, &filter, consumer_name(reads)).await?;
     ctx.handler.partition_started(partition).await;
     let mut lanes = Lanes::new(ctx.clone(), partition);
     // Members held by the previous owner stay held: their messages replayed from the
@@ -462,6 +447,9 @@ async fn run_partition<H: Handler>(
     let pull_bytes = (settings.max_held_bytes / 4)
         .min(PULL_BYTES)
         .max(ctx.bus.max_payload());
+    // The consumer sequence of the last delivery that reached this process: a jump means
+    // a delivery was lost on its way (see `lost_deliveries`).
+    let mut last_delivery = 0;
     let result = 'pull: loop {
         let mut messages = tokio::select! {
             () = stop.cancelled() => break 'pull Ok(()),
@@ -491,7 +479,22 @@ async fn run_partition<H: Handler>(
                 // wait there past its ack wait, it comes again, after itself: the lanes
                 // skip a sequence they have just finished.
                 next = messages.next(), if ctx.held_bytes.load(Ordering::Relaxed) < settings.max_held_bytes => match next {
-                    Some(Ok(message)) => lanes.push(message).await,
+                    Some(Ok(message)) => {
+                        let delivery = message.info().map_or(last_delivery + 1, |i| i.consumer_sequence);
+                        if let Some(lost) = lost_deliveries(last_delivery, delivery) {
+                            tracing::warn!(partition, lost, "deliveries never arrived: reading the partition again, so no member's later message goes before them");
+                            let _ = ctx.stream.delete_consumer(&consumer_name(reads)).await;
+                            reads += 1;
+                            consumer = match open_consumer(&ctx, &filter, consumer_name(reads)).await {
+                                Ok(consumer) => consumer,
+                                Err(e) => break 'pull Err(e),
+                            };
+                            last_delivery = 0;
+                            continue 'pull;
+                        }
+                        last_delivery = delivery;
+                        lanes.push(message).await;
+                    }
                     Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
                         break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
                     }
@@ -536,8 +539,53 @@ async fn run_partition<H: Handler>(
     result
 }
 
+/// How many deliveries were lost between the last one that arrived and `delivery` (their
+/// consumer sequences), if any.
+///
+/// JetStream delivers a partition in stream order, but a delivery lost on its way (a pull
+/// abandoned with messages in flight, a connection cut by a dying server) comes again only
+/// after the ack wait — behind the member's later messages, which the lanes would have
+/// handled by then. Reading the partition again from its oldest unacknowledged message
+/// puts it back in its place: the lanes keep what they hold (a copy of a held message only
+/// takes over its acknowledgement) and the lost message queues before its member's later
+/// ones. A sequence that goes back (a new consumer leader replaying) is no loss.
+fn lost_deliveries(last: u64, delivery: u64) -> Option<u64> {
+    (delivery > last + 1).then(|| delivery - last - 1)
+}
+
+/// A pull consumer named `name` over the partition `filter`, from its oldest message.
+async fn open_consumer<H>(
+    ctx: &Ctx<H>,
+    filter: &str,
+    name: String,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let consumer = ctx
+        .stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name),
+            filter_subject: filter.to_string(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ctx.bus.settings().ack_wait,
+            max_ack_pending: ctx.bus.settings().max_ack_pending,
+            max_deliver: -1,
+            deliver_policy: DeliverPolicy::All,
+            // The stream is a work queue: it alone holds what is unfinished, and a new
+            // owner always starts a new consumer from its oldest message. So the consumer's
+            // own state need not survive a server restart, and keeping it in memory spares
+            // the server a state file rewrite per acknowledgement (the largest part of its
+            // CPU time under load, measured with perf).
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer)
+}
+
 struct Item {
     message: async_nats::jetstream::Message,
+    /// A later delivery of the same message while its lane handles it: the one the
+    /// consumer now waits on, acknowledged when the lane finishes.
+    again: Option<async_nats::jetstream::Message>,
     envelope: Envelope,
     sequence: u64,
 }
@@ -614,6 +662,7 @@ impl<H: Handler> Lanes<H> {
             return;
         }
         if !self.held.insert(sequence) {
+            self.redelivered(sequence, message);
             return;
         }
         let envelope = match Envelope::decode(message.payload.as_ref()) {
@@ -638,11 +687,30 @@ impl<H: Handler> Lanes<H> {
         let queue = self.queues.entry(member.clone()).or_default();
         queue.push_back(Item {
             message,
+            again: None,
             envelope,
             sequence,
         });
         if queue.len() == 1 {
             self.start(member);
+        }
+    }
+
+    /// A message a lane holds came again (the partition read afresh, or a redelivery):
+    /// acknowledgements and progress go to the newest delivery, the one its consumer waits
+    /// on.
+    fn redelivered(&mut self, sequence: u64, message: async_nats::jetstream::Message) {
+        let Ok(envelope) = Envelope::decode(message.payload.as_ref()) else {
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(&self.ctx.lane_of(&envelope)) else {
+            return;
+        };
+        match queue.iter().position(|item| item.sequence == sequence) {
+            // The head is being handled with the first delivery in hand.
+            Some(0) => queue[0].again = Some(message),
+            Some(i) => queue[i].message = message,
+            None => {}
         }
     }
 
@@ -686,6 +754,9 @@ impl<H: Handler> Lanes<H> {
         };
         if let Some(item) = queue.pop_front() {
             self.held.remove(&item.sequence);
+            if let Some(again) = item.again {
+                tokio::spawn(async move { ack(&again).await });
+            }
             if self.done.0.insert(item.sequence) {
                 self.done.1.push_back(item.sequence);
                 if self.done.1.len() > RECENTLY_DONE
@@ -710,7 +781,9 @@ impl<H: Handler> Lanes<H> {
     async fn progress(&self) {
         for item in self.queues.values().flatten() {
             let _ = item
-                .message
+                .again
+                .as_ref()
+                .unwrap_or(&item.message)
                 .ack_with(async_nats::jetstream::AckKind::Progress)
                 .await;
         }
@@ -1010,5 +1083,25 @@ async fn park<H: Handler>(
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_deliveries;
+
+    #[test]
+    fn a_jump_in_consumer_sequences_counts_the_deliveries_lost_between() {
+        assert_eq!(lost_deliveries(0, 1), None);
+        assert_eq!(lost_deliveries(41, 42), None);
+        assert_eq!(lost_deliveries(41, 44), Some(2));
+        // The first deliveries of a new consumer can be lost too.
+        assert_eq!(lost_deliveries(0, 3), Some(2));
+    }
+
+    #[test]
+    fn a_consumer_sequence_going_back_is_a_replay_not_a_loss() {
+        assert_eq!(lost_deliveries(41, 41), None);
+        assert_eq!(lost_deliveries(41, 7), None);
     }
 }

@@ -264,3 +264,68 @@ async fn after_a_nats_server_restart_every_customer_is_answered_again_with_no_se
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delivery_lost_on_its_way_to_the_router_is_handled_before_the_members_later_messages() {
+    // Arrange: a stranger pulls one message from the router's consumer of lee's partition
+    // and never answers — what a pull abandoned with messages in flight, or a connection
+    // cut by a dying NATS node, leaves behind: JetStream counts it delivered and sends it
+    // again only after the ack wait.
+    let hub = TestHub::start().await;
+    assert_eq!(hub.say("lee", "m0").await.0, 200);
+    hub.wait_received("lee", 1).await;
+    let prefix = &hub.settings.nats.prefix;
+    let partition = handoff_bus::partition_of(&member_id("lee"), hub.settings.nats.partitions);
+    let filter = format!("{prefix}.events.p{partition}.>");
+    let js = async_nats::jetstream::new(async_nats::connect(&hub.settings.nats.url).await.unwrap());
+    let stream = js.get_stream(prefix.to_uppercase()).await.unwrap();
+    let mut infos = stream.consumers();
+    let mut name = None;
+    while let Some(info) = futures::StreamExt::next(&mut infos).await {
+        let info = info.unwrap();
+        if info.config.filter_subject == filter {
+            name = Some(info.name);
+        }
+    }
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(&name.expect("the router consumes lee's partition"))
+        .await
+        .unwrap();
+    let mut stranger = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .unwrap();
+
+    // Act: lee writes until the stranger has taken one of lee's messages (or the bot's
+    // answer to one), then three more.
+    let mut sent = 1;
+    loop {
+        assert_eq!(hub.say("lee", &format!("m{sent}")).await.0, 200);
+        sent += 1;
+        let taken = tokio::time::timeout(
+            Duration::from_millis(300),
+            futures::StreamExt::next(&mut stranger),
+        )
+        .await;
+        if let Ok(Some(Ok(_))) = taken {
+            break;
+        }
+        assert!(sent < 20, "the stranger never got a message");
+    }
+    for _ in 0..3 {
+        assert_eq!(hub.say("lee", &format!("m{sent}")).await.0, 200);
+        sent += 1;
+    }
+
+    // Assert: every answer, once, in order — the lost one did not wait out the ack wait
+    // behind lee's later messages.
+    let got = hub.wait_received("lee", sent).await;
+    let expected: Vec<String> = (0..sent).map(|i| format!("You said: m{i}")).collect();
+    assert_eq!(got.iter().map(text_of).collect::<Vec<_>>(), expected);
+    tokio::time::sleep(Duration::from_secs(hub.settings.nats.ack_wait_secs + 1)).await;
+    assert_eq!(hub.received("lee").len(), sent);
+    hub.shutdown().await;
+}
