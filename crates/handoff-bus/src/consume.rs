@@ -11,7 +11,10 @@
 //! reads the partition again from its oldest unacknowledged message: the stream is a work
 //! queue, so it holds exactly what nobody has finished, in order. Whatever the previous
 //! owner finished but could not acknowledge comes again and is absorbed by the handler's
-//! idempotency (the router's inbox; the receivers' `webhook-id`).
+//! idempotency (the router's inbox; the receivers' `webhook-id`). The owner reads its
+//! partition afresh the same way when a delivery never reached it (a jump in consumer
+//! sequences), so the lost message is handled before its member's later ones instead of
+//! an ack wait after them (see `lost_deliveries`).
 //!
 //! Nothing poisons a lane: a message that can never be handled (undecodable bytes, or a
 //! handler's `Park`) is set aside with its reason and exact bytes (see `Parking`), and the
@@ -480,7 +483,10 @@ async fn run_partition<H: Handler>(
                 // skip a sequence they have just finished.
                 next = messages.next(), if ctx.held_bytes.load(Ordering::Relaxed) < settings.max_held_bytes => match next {
                     Some(Ok(message)) => {
-                        let delivery = message.info().map_or(last_delivery + 1, |i| i.consumer_sequence);
+                        let Ok((delivery, sequence)) = message.info().map(|i| (i.consumer_sequence, i.stream_sequence)) else {
+                            tracing::error!(subject = %message.subject, "a message without JetStream metadata");
+                            continue;
+                        };
                         if let Some(lost) = lost_deliveries(last_delivery, delivery) {
                             tracing::warn!(partition, lost, "deliveries never arrived: reading the partition again, so no member's later message goes before them");
                             let _ = ctx.stream.delete_consumer(&consumer_name(reads)).await;
@@ -493,7 +499,7 @@ async fn run_partition<H: Handler>(
                             continue 'pull;
                         }
                         last_delivery = delivery;
-                        lanes.push(message).await;
+                        lanes.push(message, sequence).await;
                     }
                     Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
                         break 'pull Err(anyhow::anyhow!("consumer deleted: another replica took partition {partition}"));
@@ -652,11 +658,7 @@ impl<H: Handler> Lanes<H> {
         }
     }
 
-    async fn push(&mut self, message: async_nats::jetstream::Message) {
-        let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
-            tracing::error!(subject = %message.subject, "a message without JetStream metadata");
-            return;
-        };
+    async fn push(&mut self, message: async_nats::jetstream::Message, sequence: u64) {
         if self.done.0.contains(&sequence) {
             ack(&message).await;
             return;
