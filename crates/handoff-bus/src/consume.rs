@@ -425,7 +425,7 @@ async fn run_partition<H: Handler>(
     }
     // A new name per lease: a stalled former owner pulling by the old name gets nothing,
     // instead of this owner's messages. `reads` counts the partition's fresh reads under
-    // this lease (see `Deliveries`).
+    // this lease (see `lost_deliveries`).
     let mut reads = 0;
     let consumer_name = |reads: u32| format!("{}-p{partition}-{epoch}-{reads}", ctx.name);
     let mut consumer = open_consumer(&ctx, &filter, consumer_name(reads)).await?;
