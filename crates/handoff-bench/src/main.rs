@@ -31,8 +31,9 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_else(|| "bench".into());
-    // Answered before anything starts: the modes start servers and services.
-    if matches!(mode.as_str(), "--help" | "-h" | "help") {
+    // Answered before anything starts, wherever it is asked (`bench --help` too): the modes
+    // start servers and services, and a bench run overwrites docs/bench.
+    if mode == "help" || args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
         println!(
             "handoff-bench bench  [--out docs/bench] [--seconds 10] [--customers 1000] [--in-flight 256]\n\
              handoff-bench latency [--rate 50] [--seconds 10]\n\

@@ -717,11 +717,12 @@ impl<H: Handler> Lanes<H> {
     }
 
     fn start(&mut self, member: String) {
-        let Some(item) = self.queues.get(&member).and_then(|q| q.front()) else {
+        let Some(item) = self.queues.get_mut(&member).and_then(|q| q.front_mut()) else {
             return;
         };
         let message = item.message.clone();
-        let envelope = item.envelope.clone();
+        // A head is started once, and only its lane reads the envelope from then on.
+        let envelope = std::mem::take(&mut item.envelope);
         let sequence = item.sequence;
         let ctx = self.ctx.clone();
         let partition = self.partition;

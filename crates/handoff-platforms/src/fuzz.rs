@@ -178,7 +178,7 @@ fn webhook_api_bodies_never_panic_the_parser() {
             return;
         };
         for inlet in [true, false] {
-            match parse_webhook_request(value.clone(), inlet) {
+            match parse_webhook_request(&value, inlet) {
                 Ok(crate::custom::WebhookRequest::SendToBot { content, .. })
                 | Ok(crate::custom::WebhookRequest::SendToInlet { content, .. }) => {
                     // What is accepted must also go out again.

@@ -192,10 +192,9 @@ pub fn parse_body(
 ) -> Result<(WebhookRequest, serde_json::Value), ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let request =
-        parse_webhook_request(value.clone(), inlet).map_err(|e| ApiError::InvalidField {
-            field: e.field,
-            message: e.message,
-        })?;
+    let request = parse_webhook_request(&value, inlet).map_err(|e| ApiError::InvalidField {
+        field: e.field,
+        message: e.message,
+    })?;
     Ok((request, value))
 }

@@ -44,8 +44,8 @@ fn invalid(field: &str, message: impl Into<String>) -> InvalidRequest {
 
 /// Parses a Webhook API body. `inlet` is true for inlet channels, where `profile`,
 /// `externalId` and `sendToBot` are required.
-pub fn parse_webhook_request(body: Value, inlet: bool) -> Result<WebhookRequest, InvalidRequest> {
-    if let Some(field) = nul_field(&body, "") {
+pub fn parse_webhook_request(body: &Value, inlet: bool) -> Result<WebhookRequest, InvalidRequest> {
+    if let Some(field) = nul_field(body, "") {
         return Err(invalid(
             &field,
             "text must not contain the NUL character (\\u0000)",
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_text_message_event_parses() {
-        let req = parse_webhook_request(inlet_body(), true).unwrap();
+        let req = parse_webhook_request(&inlet_body(), true).unwrap();
         let WebhookRequest::SendToBot {
             content,
             timestamp_ms,
@@ -391,11 +391,11 @@ mod tests {
     fn nul_anywhere_in_the_body_is_refused_naming_its_field() {
         let mut body = inlet_body();
         body["sendToBot"]["messageEvent"]["data"]["text"] = json!("a\u{0}b");
-        let err = parse_webhook_request(body, true).unwrap_err();
+        let err = parse_webhook_request(&body, true).unwrap_err();
         assert_eq!(err.field, "sendToBot.messageEvent.data.text");
         let mut body = inlet_body();
         body["profile"]["tags"] = json!(["ok", "n\u{0}"]);
-        let err = parse_webhook_request(body, true).unwrap_err();
+        let err = parse_webhook_request(&body, true).unwrap_err();
         assert_eq!(err.field, "profile.tags[1]");
     }
 
@@ -405,7 +405,7 @@ mod tests {
         body["sendToBot"]["messageEvent"]["messageId"] = json!("");
         let WebhookRequest::SendToBot {
             source_message_id, ..
-        } = parse_webhook_request(body, true).unwrap()
+        } = parse_webhook_request(&body, true).unwrap()
         else {
             panic!("expected sendToBot")
         };
@@ -419,7 +419,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("from");
-        let err = parse_webhook_request(body, true).unwrap_err();
+        let err = parse_webhook_request(&body, true).unwrap_err();
         assert_eq!(err.field, "sendToBot.messageEvent.from");
     }
 
@@ -428,7 +428,7 @@ mod tests {
         let mut body = inlet_body();
         body.as_object_mut().unwrap().remove("externalId");
         assert_eq!(
-            parse_webhook_request(body, true).unwrap_err().field,
+            parse_webhook_request(&body, true).unwrap_err().field,
             "externalId"
         );
     }
@@ -438,7 +438,7 @@ mod tests {
         let mut body = inlet_body();
         body["sendToBot"]["messageEvent"]["timestamp"] = json!("1599536864");
         let WebhookRequest::SendToBot { timestamp_ms, .. } =
-            parse_webhook_request(body, true).unwrap()
+            parse_webhook_request(&body, true).unwrap()
         else {
             panic!()
         };
