@@ -17,7 +17,7 @@ mod serve;
 pub mod shell;
 mod telemetry;
 
-pub use serve::{HttpListener, http_part, ops_part};
+pub use serve::{HttpListener, http_part, listen, ops_part};
 pub use telemetry::{TelemetryGuard, init_telemetry, metrics_text};
 
 /// Answers `--help` and `--version` (and refuses any other argument) before a service

@@ -42,7 +42,7 @@ impl HttpListener {
 
     async fn bind_to(settings: &HttpSettings, address: String) -> std::io::Result<Self> {
         Ok(Self {
-            listener: TcpListener::bind(address).await?,
+            listener: listen(&address).await?,
             header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
             max_connections: settings.max_connections.max(1),
         })
@@ -51,6 +51,38 @@ impl HttpListener {
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
+}
+
+/// Connections the kernel completes and queues for a listener before it accepts them (it
+/// caps this at `net.core.somaxconn`, 4096 on current kernels).
+const BACKLOG: u32 = 4096;
+
+/// Binds `address` (`host:port`) for listening, as `TcpListener::bind` does but with a
+/// backlog of `BACKLOG` instead of std's 128. With 128, a burst of new connections — a
+/// thousand customers writing at once, a platform opening connections for a spike — found
+/// the queue full while the process was busy, and the kernel dropped the handshakes it
+/// could not queue: each client waited a full second for its SYN to be sent again.
+pub async fn listen(address: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std does: a restarted service rebinds its port while old connections linger.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
 }
 
 /// A service's HTTP server as one of its parts: serves `app` until `stop`, then lets the

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// A scripted bot speaking the webhook-bot protocol:
 /// - "agent" or "human" → asks for a handoff (`groupName: support`);
@@ -46,7 +45,7 @@ struct BotState {
 
 impl DemoBot {
     pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen(addr).await?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(BotState {
             verbose,

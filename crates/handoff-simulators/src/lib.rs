@@ -25,3 +25,29 @@ pub use desk::DeskIdentity;
 pub use platform::{Api, CustomPlatform, Recorded, WebhookClient};
 pub use selarti::SelartiSim;
 pub use zendesk::{ErrorCodeStyle, ZendeskSim};
+
+/// Binds `address` as `TcpListener::bind` does, but with the backlog a real platform's
+/// server has (the kernel caps it at `net.core.somaxconn`) instead of std's 128: the hub
+/// opens a connection per concurrent call, and a thousand customers at once must not find
+/// a simulator dropping handshakes (each dropped one waits a second to be sent again).
+pub async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
+}

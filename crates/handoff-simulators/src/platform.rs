@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::desk::DeskIdentity;
@@ -99,7 +98,7 @@ impl CustomPlatform {
     /// numbered from 1, with its arrival time and, for Livechat calls, the ticket
     /// answered), `GET /sim/desk/config` and `POST /sim/desk/send`.
     pub async fn start(addr: &str, verbose: bool) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen(addr).await?;
         let port = listener.local_addr()?.port();
         let inner = Arc::new(Inner {
             verbose,

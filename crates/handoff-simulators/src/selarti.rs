@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// Selarti's API as the spec (`stella_selarti.md` part B, seed 001) describes it, with a
 /// scripted AI behind it:
@@ -55,7 +54,7 @@ struct SimState {
 
 impl SelartiSim {
     pub async fn start(addr: &str, api_key: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen(addr).await?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(SimState {
             key: api_key.to_string(),

@@ -174,7 +174,7 @@ impl Application {
         let admin = match &settings.admin.token {
             Some(token) if !token.expose_secret().is_empty() => {
                 let address = format!("{}:{}", settings.admin.host, settings.admin.port);
-                Some((TcpListener::bind(address).await?, token.clone()))
+                Some((handoff_service::listen(&address).await?, token.clone()))
             }
             _ => {
                 tracing::warn!("no HANDOFF_ADMIN__TOKEN: the admin API is not served");

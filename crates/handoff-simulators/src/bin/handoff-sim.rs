@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let zendesk = ZendeskSim::start(&zendesk_addr, &zendesk_token).await?;
     let visitors_addr =
         std::env::var("SIM_VISITORS_ADDR").unwrap_or_else(|_| "127.0.0.1:9301".into());
-    let visitors = tokio::net::TcpListener::bind(&visitors_addr).await?;
+    let visitors = handoff_simulators::listen(&visitors_addr).await?;
     println!(
         "[sim] Zendesk Chat API on {} (visitors: POST http://{visitors_addr}/visitors/<name>)",
         zendesk.graphql_url()

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub use frames::ErrorCodeStyle;
@@ -87,7 +86,7 @@ impl ZendeskSim {
     /// Binds `addr` (use `127.0.0.1:0` in tests) for an account whose agent logs in with
     /// `access_token`.
     pub async fn start(addr: &str, access_token: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen(addr).await?;
         let local = listener.local_addr()?;
         let host = if local.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], local.port()))

@@ -304,6 +304,72 @@ async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_other
 }
 
 #[tokio::test]
+async fn a_burst_of_connections_past_the_limit_waits_in_the_backlog_and_none_is_dropped() {
+    // Arrange: an inlet-gateway serving two connections at once, both taken.
+    let hub = TestHub::start().await;
+    let mut settings = hub.settings.clone();
+    settings.http.max_connections = 2;
+    let channels = handoff_config::Channels::load(&settings.channels).unwrap();
+    let gateway = inlet_gateway::Application::build(&settings, channels)
+        .await
+        .unwrap();
+    let address = format!("127.0.0.1:{}", gateway.port());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    let holders = [
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+    ];
+
+    // Act: hundreds of customers connect at once while it accepts none of them.
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4096);
+    let burst = somaxconn.min(600) - 1;
+    assert!(
+        burst > 128,
+        "net.core.somaxconn is {somaxconn}: too small to tell"
+    );
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..burst {
+        let address = address.clone();
+        connects.spawn(tokio::time::timeout(
+            std::time::Duration::from_millis(800),
+            async move { tokio::net::TcpStream::connect(address).await },
+        ));
+    }
+    let waiting: Vec<_> = connects
+        .join_all()
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().and_then(Result::ok))
+        .collect();
+
+    // Assert: every handshake completed at once (a dropped one is sent again only after a
+    // second); once the queue is gone, a customer is served.
+    assert_eq!(
+        waiting.len(),
+        burst,
+        "{} of {burst} were queued",
+        waiting.len()
+    );
+    drop(waiting);
+    drop(holders);
+    let client = WebhookClient::new(format!("http://{address}"));
+    assert_eq!(
+        client
+            .post(INLET, ORG, INLET_TOKEN, &good(), &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    stop.cancel();
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn every_binary_answers_help_and_version_and_starts_nothing() {
     let dir = std::path::Path::new(env!("CARGO_BIN_EXE_router"))
         .parent()
