@@ -253,13 +253,14 @@ async fn closed_within(
     None
 }
 
-#[tokio::test]
-async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_others_are_served() {
-    // Arrange: an inlet-gateway that gives a request head one second.
-    use tokio::io::AsyncWriteExt as _;
-    let hub = TestHub::start().await;
+/// A second inlet-gateway beside the hub's, with its HTTP settings changed by `edit`: its
+/// address, and the token that stops it.
+async fn inlet_gateway_with(
+    hub: &TestHub,
+    edit: impl FnOnce(&mut handoff_config::HttpSettings),
+) -> (String, tokio_util::sync::CancellationToken) {
     let mut settings = hub.settings.clone();
-    settings.http.header_read_timeout_ms = 1_000;
+    edit(&mut settings.http);
     let channels = handoff_config::Channels::load(&settings.channels).unwrap();
     let gateway = inlet_gateway::Application::build(&settings, channels)
         .await
@@ -267,6 +268,16 @@ async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_other
     let address = format!("127.0.0.1:{}", gateway.port());
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    (address, stop)
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_others_are_served() {
+    // Arrange: an inlet-gateway that gives a request head one second.
+    use tokio::io::AsyncWriteExt as _;
+    let hub = TestHub::start().await;
+    let (address, stop) =
+        inlet_gateway_with(&hub, |http| http.header_read_timeout_ms = 1_000).await;
 
     // Act: a slowloris client sends a head one line at a time, another nothing at all,
     // while a customer writes.
@@ -307,15 +318,7 @@ async fn a_client_trickling_its_headers_or_saying_nothing_is_cut_off_while_other
 async fn a_burst_of_connections_past_the_limit_waits_in_the_backlog_and_none_is_dropped() {
     // Arrange: an inlet-gateway serving two connections at once, both taken.
     let hub = TestHub::start().await;
-    let mut settings = hub.settings.clone();
-    settings.http.max_connections = 2;
-    let channels = handoff_config::Channels::load(&settings.channels).unwrap();
-    let gateway = inlet_gateway::Application::build(&settings, channels)
-        .await
-        .unwrap();
-    let address = format!("127.0.0.1:{}", gateway.port());
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    let (address, stop) = inlet_gateway_with(&hub, |http| http.max_connections = 2).await;
     let holders = [
         tokio::net::TcpStream::connect(&address).await.unwrap(),
         tokio::net::TcpStream::connect(&address).await.unwrap(),
