@@ -149,9 +149,10 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(db.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        // sqlx already pings every connection it takes back; a second ping on the way out
-        // cost each transaction a round trip. A connection that died while idle fails
-        // its batch once, is dropped, and the batch is retried (its events are not acked).
+        // sqlx already pings every connection given back to the pool; pinging it again
+        // when the pool hands it out cost each transaction a round trip. A connection that
+        // died while idle fails its batch once, is dropped, and the batch is retried (its
+        // events are not acked).
         .test_before_acquire(false)
         .connect_with(options)
         .await?;
