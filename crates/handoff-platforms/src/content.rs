@@ -105,24 +105,42 @@ pub fn content_from_response(v: &Value) -> Result<Content, String> {
             original_type: other.to_string(),
         }),
     };
-    Ok(Content {
-        kind: Some(typed),
-        raw_json: v.to_string(),
-    })
+    Ok(content_with_raw(typed, v))
+}
+
+/// Content of `kind` whose platform form is `raw`. The raw form is kept (`raw_json`) only
+/// when it says more than the typed form renders to, which loses nothing: a plain text
+/// then travels once, not twice, on every bus hop and outbox row after the edge.
+pub fn content_with_raw(kind: content::Kind, raw: &Value) -> Content {
+    let raw_json = if typed_to_response(Some(&kind)) == *raw {
+        String::new()
+    } else {
+        raw.to_string()
+    };
+    Content {
+        kind: Some(kind),
+        raw_json,
+    }
 }
 
 /// Normalized content as a Stella response object: the original object when there is one
 /// (lossless), otherwise built from the typed form.
 pub fn content_to_response(content: &Content) -> Value {
-    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&content.raw_json) {
+    if !content.raw_json.is_empty()
+        && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&content.raw_json)
+    {
         return v;
     }
+    typed_to_response(content.kind.as_ref())
+}
+
+fn typed_to_response(kind: Option<&content::Kind>) -> Value {
     let button = |b: &Button| match button::Kind::try_from(b.kind).unwrap_or_default() {
         button::Kind::Url => json!({"type": "web_url", "title": b.title, "url": b.value}),
         button::Kind::Call => json!({"type": "phone_number", "title": b.title, "payload": b.value}),
         _ => json!({"type": "postback", "title": b.title, "payload": b.value}),
     };
-    match &content.kind {
+    match kind {
         Some(content::Kind::Text(t)) => json!({"type": "TEXT", "text": t.text}),
         Some(content::Kind::Postback(p)) => {
             json!({"type": "PAYLOAD", "payload": p.payload, "text": p.title})
@@ -181,6 +199,28 @@ mod tests {
         );
         c.raw_json.clear();
         assert_eq!(content_to_response(&c), v);
+    }
+
+    #[test]
+    fn a_plain_text_travels_once_and_anything_more_keeps_the_original_object() {
+        let plain = json!({"type": "TEXT", "text": "Hello"});
+        let c = content_from_response(&plain).unwrap();
+        assert_eq!(c.raw_json, "", "the typed form says it all");
+        assert_eq!(content_to_response(&c), plain);
+
+        let more = json!({"type": "TEXT", "text": "Hello", "metadata": {"intent": "greet"}});
+        let c = content_from_response(&more).unwrap();
+        assert!(matches!(c.kind, Some(content::Kind::Text(ref t)) if t.text == "Hello"));
+        assert_eq!(
+            content_to_response(&c),
+            more,
+            "nothing the bot sent is dropped"
+        );
+        let lower = json!({"type": "text", "text": "Hello"});
+        assert_eq!(
+            content_to_response(&content_from_response(&lower).unwrap()),
+            lower
+        );
     }
 
     #[test]

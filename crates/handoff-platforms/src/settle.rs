@@ -56,12 +56,13 @@ impl Failure {
 /// failed for `after` (counted from the command's acceptance, like the horizon), the
 /// router hears `DeliveryStalled` with `content`: once, whatever the retries after (the
 /// event's id derives from the command's).
-pub struct Stall {
+pub struct Stall<'a> {
     pub after: Duration,
-    pub content: Content,
+    /// Copied only when the router is told (most deliveries never stall).
+    pub content: &'a Content,
 }
 
-impl Stall {
+impl Stall<'_> {
     fn is_due(&self, envelope: &Envelope) -> bool {
         let age_ms = handoff_bus::now_ms().saturating_sub(envelope.accepted_at_ms);
         !self.after.is_zero() && u128::try_from(age_ms).unwrap_or(0) >= self.after.as_millis()
@@ -133,7 +134,7 @@ pub async fn settle_watched(
     horizon: Horizon,
     attempt: Result<Delivered, DeliveryError>,
     failure: impl FnOnce(&DeliveryError) -> Failure,
-    stall: Option<Stall>,
+    stall: Option<Stall<'_>>,
 ) -> Handled {
     let error = match attempt {
         Ok(result) => {
@@ -152,7 +153,7 @@ pub async fn settle_watched(
         return match stall {
             Some(stall) if stall.is_due(envelope) => {
                 let stalled = Body::DeliveryStalled(DeliveryStalled {
-                    content: Some(stall.content),
+                    content: Some(stall.content.clone()),
                     reason: error.to_string(),
                     status: error.status().unwrap_or_default().into(),
                 });

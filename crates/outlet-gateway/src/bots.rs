@@ -13,7 +13,7 @@ use handoff_platforms::webhook_bot::{
 };
 use handoff_platforms::{Catalog, ChannelSettings, DeliveryError, Horizon, OutboundClient, Signer};
 use handoff_proto::v1::send_to_bot::Reason;
-use handoff_proto::{Body, BotFailed, BotReply, Envelope, SendToBot};
+use handoff_proto::{Body, BotFailed, BotReply, Content, Envelope, SendToBot};
 
 use handoff_proto::Message as _;
 
@@ -155,11 +155,15 @@ impl BotCaller {
     ) -> Handled {
         let inlet = cmd.member.as_ref().map(|m| m.inlet_channel.as_str());
         let after = inlet
-            .and_then(|inlet| self.catalog.load().channels.get(inlet).cloned())
-            .map_or(0, |inlet| inlet.handoff.bot_down_secs);
+            .and_then(|inlet| {
+                let catalog = self.catalog.load();
+                catalog.channels.get(inlet).map(|c| c.handoff.bot_down_secs)
+            })
+            .unwrap_or(0);
+        let no_content = Content::default();
         let stall = Stall {
             after: Duration::from_secs(after),
-            content: cmd.content.clone().unwrap_or_default(),
+            content: cmd.content.as_ref().unwrap_or(&no_content),
         };
         settle_watched(
             &self.client,

@@ -152,7 +152,7 @@ impl Handler for LiveChatDeliverer {
                     .map_or(0, |inlet| inlet.handoff.relay_notice_secs);
                 let stall = Stall {
                     after: Duration::from_secs(after),
-                    content: content.clone(),
+                    content: &content,
                 };
                 settle_watched(
                     &self.client,

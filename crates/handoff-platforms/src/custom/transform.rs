@@ -3,7 +3,7 @@ use handoff_proto::{Content, HandoffDetails, Member, Postback, Text, Unsupported
 use serde_json::{Map, Value, json};
 
 use super::wire::{StellaTimestamp, StellaWebhookBody};
-use crate::content::{content_from_response, content_to_response};
+use crate::content::{content_from_response, content_to_response, content_with_raw};
 
 /// A validated Webhook API request, in Handoff's terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,10 +236,7 @@ fn content_from_message_event(
     let mut raw = Map::new();
     raw.insert("type".into(), Value::String(kind_upper));
     raw.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(Content {
-        kind: Some(typed),
-        raw_json: Value::Object(raw).to_string(),
-    })
+    Ok(content_with_raw(typed, &Value::Object(raw)))
 }
 
 fn json_object(text: &str) -> Value {

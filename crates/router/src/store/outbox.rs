@@ -46,8 +46,14 @@ pub async fn insert(db: impl PgExecutor<'_>, c: &NewCommands) -> sqlx::Result<Ve
 }
 
 /// Deletes published rows, all in one statement.
+///
+/// Planned afresh each time, not from a prepared statement's cached plan: the outbox is a
+/// small table that swells with dead rows between two autovacuum rounds, and a plan cached
+/// while it was small scans all of it by sequence (seen under load: a delete of a hundred
+/// rows taking 12 ms instead of 0.3 ms). A fresh plan sees the table's current size.
 pub async fn delete(pool: &PgPool, seqs: &[i64]) -> sqlx::Result<()> {
     sqlx::query!("DELETE FROM outbox WHERE seq = ANY($1)", seqs)
+        .persistent(false)
         .execute(pool)
         .await?;
     Ok(())
