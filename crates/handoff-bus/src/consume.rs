@@ -731,8 +731,7 @@ impl<H: Handler> Lanes<H> {
             let stored = Stored::read(&ctx, &message, sequence);
             let held = holding
                 || matches!(
-                    handle_until_done(&ctx, &stored, envelope.clone(), partition, ctx.hold_after)
-                        .await,
+                    handle_until_done(&ctx, &stored, &envelope, partition, ctx.hold_after).await,
                     Settled::Held
                 );
             if held {
@@ -926,7 +925,7 @@ async fn deliver_held<H: Handler>(
         };
         match Envelope::decode(held.payload.as_ref()) {
             Ok(envelope) => {
-                handle_until_done(ctx, &stored, envelope, partition, None).await;
+                handle_until_done(ctx, &stored, &envelope, partition, None).await;
             }
             Err(e) => park(ctx, &stored, None, format!("undecodable message: {e}")).await,
         }
@@ -945,11 +944,11 @@ async fn deliver_held<H: Handler>(
 async fn handle_until_done<H: Handler>(
     ctx: &Ctx<H>,
     stored: &Stored<'_>,
-    envelope: Envelope,
+    envelope: &Envelope,
     partition: u16,
     hold_after: Option<Duration>,
 ) -> Settled {
-    let hold_after = hold_after.filter(|_| holdable(&ctx.lane_of(&envelope)));
+    let hold_after = hold_after.filter(|_| holdable(&ctx.lane_of(envelope)));
     let started = Instant::now();
     let span = tracing::info_span!(
         "handle",
@@ -977,12 +976,12 @@ async fn handle_until_done<H: Handler>(
         drop(permit);
         let (after, reason) = match outcome {
             Ok(Handled::Done) => {
-                receipt(ctx, &envelope, attempt, "done", "");
+                receipt(ctx, envelope, attempt, "done", "");
                 return Settled::Finished;
             }
             Ok(Handled::Park { reason }) => {
-                receipt(ctx, &envelope, attempt, "parked", &reason);
-                park(ctx, stored, Some(&envelope), reason)
+                receipt(ctx, envelope, attempt, "parked", &reason);
+                park(ctx, stored, Some(envelope), reason)
                     .instrument(span.clone())
                     .await;
                 return Settled::Finished;
@@ -990,7 +989,7 @@ async fn handle_until_done<H: Handler>(
             Ok(Handled::Retry { after, reason }) => (after, reason),
             Err(_) => (Duration::from_secs(5), "handler panicked".to_string()),
         };
-        receipt(ctx, &envelope, attempt, "retry", &reason);
+        receipt(ctx, envelope, attempt, "retry", &reason);
         if hold_after.is_some_and(|h| started.elapsed() + after >= h) {
             return Settled::Held;
         }
