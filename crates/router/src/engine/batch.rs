@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::outbox::{OUTBOX_CLEANUP, OutboxRow, Scope};
-use super::steps::{Pending, Work, push_line};
+use super::work::{Pending, Work, push_line};
 use super::{Engine, is_permanent, permanent, retry};
 use crate::machine::Step;
 use crate::store;

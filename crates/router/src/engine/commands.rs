@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Engine;
-use super::steps::Work;
+use super::work::Work;
 use crate::machine::{Command, Line, event_content};
 use crate::model::Author;
 use crate::store::{self, members::MemberRow};

@@ -7,8 +7,10 @@
 mod batch;
 mod commands;
 mod decode;
+mod held;
 mod outbox;
 mod steps;
+mod work;
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::store;
 use batch::Job;
 pub(crate) use commands::history_token;
-pub(crate) use steps::TURN_DUE;
+pub(crate) use held::TURN_DUE;
 
 /// A failure retrying cannot cure (the event refers to something that does not exist, or
 /// is malformed): the event is parked instead of retried.

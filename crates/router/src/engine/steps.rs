@@ -1,162 +1,17 @@
 //! The step interpreter: applies the machine's steps inside the batch's transaction, in
 //! order. A transition whose compare-and-set finds the state moved ends the steps.
 
-use handoff_bus::{Service, derived_id, now_ms};
+use handoff_bus::{derived_id, now_ms};
 use handoff_config::Channel;
-use handoff_platforms::content::{content_from_response, content_to_response};
-use handoff_proto::{Body, Content, Envelope, HandoffDetails, RequestLivechat, SendToBot, TurnDue};
+use handoff_proto::{Body, Envelope, HandoffDetails, RequestLivechat, SendToBot, TurnDue};
 use serde_json::{Value, json};
-use sqlx::{Postgres, Transaction};
-use uuid::Uuid;
 
 use super::Engine;
-use crate::machine::{Command, Line, Release, Step};
+use super::held::{TURN_DUE, one_turn, release_held};
+use super::work::Work;
+use crate::machine::{Command, Release, Step};
 use crate::model::{Author, OpenState};
 use crate::store::{self, members::MemberRow};
-
-/// One event's unit of work: the batch's open transaction and the commands it derives.
-pub(super) struct Work<'a> {
-    pub tx: &'a mut Transaction<'static, Postgres>,
-    pub cause: &'a Envelope,
-    pub commands: Vec<(Service, Envelope)>,
-    /// Transcript lines this event has recorded so far (their ids derive from the index).
-    pub messages: usize,
-    /// Handoffs this event settled: outcome and seconds since the request, recorded once
-    /// the transaction commits.
-    pub settled: Vec<(&'static str, f64)>,
-    /// Satisfaction answers this event recorded (inlet, answer), counted once committed.
-    pub csat: Vec<(String, String)>,
-    /// Lifecycle events (event, outlet, reason), counted once committed.
-    pub lifecycle: Vec<(&'static str, String, String, Option<f64>)>,
-    /// `TurnDue` events to publish once committed, each after its delay.
-    pub timers: Vec<(std::time::Duration, Envelope)>,
-    /// What the batch writes together, once, instead of a statement per event.
-    pub pending: &'a mut Pending,
-    /// The member's epoch as this event leaves it (a live chat starting or ending bumps
-    /// it): what the bot is told, to carry back with its answer.
-    pub epoch: i32,
-}
-
-/// Writes the batch's events share: transcript lines (appended in one statement before
-/// anything reads the transcript, and at the end) and conversations that saw activity.
-#[derive(Default)]
-pub(super) struct Pending {
-    lines: store::messages::NewLines,
-    touched: Vec<Uuid>,
-    by_agent: Vec<Uuid>,
-    by_customer: Vec<Uuid>,
-}
-
-impl Pending {
-    /// Appends the lines recorded so far.
-    pub async fn write_lines(
-        &mut self,
-        tx: &mut Transaction<'static, Postgres>,
-    ) -> sqlx::Result<()> {
-        if !self.lines.is_empty() {
-            store::messages::insert(&mut **tx, &std::mem::take(&mut self.lines)).await?;
-        }
-        Ok(())
-    }
-
-    /// Everything still pending, at the end of the batch.
-    pub async fn write(&mut self, tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<()> {
-        self.write_lines(tx).await?;
-        if !self.touched.is_empty() {
-            store::conversations::touch_many(
-                &mut **tx,
-                &std::mem::take(&mut self.touched),
-                &std::mem::take(&mut self.by_agent),
-                &std::mem::take(&mut self.by_customer),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-/// Adds the `index`-th line of event `cause` to `lines`; its id. The first line of a
-/// customer's message takes the event's own id; the first of a customer's or agent's
-/// message carries the platform's message id, so a repeat under a new event id is found.
-pub(super) fn push_line(
-    lines: &mut store::messages::NewLines,
-    cause: &Envelope,
-    index: usize,
-    member: Uuid,
-    line: &Line,
-) -> Uuid {
-    let event_id: Uuid = if index == 0 && line.author == Author::Customer {
-        cause.event_id.parse().unwrap_or_else(|_| Uuid::now_v7())
-    } else {
-        derived_id(&cause.event_id, "message", index)
-            .parse()
-            .expect("derived ids are UUIDs")
-    };
-    let source = (matches!(line.author, Author::Customer | Author::Agent) && index == 0)
-        .then(|| cause.source_message_id.clone())
-        .filter(|s| !s.is_empty());
-    lines.event_ids.push(event_id);
-    lines.member_ids.push(member);
-    lines.conversation_ids.push(line.conversation);
-    lines.channel_ids.push(line.channel.clone());
-    lines.source_message_ids.push(source);
-    lines.authors.push(line.author.as_str().to_string());
-    lines.contents.push(content_to_response(&line.content));
-    lines.held.push(line.held);
-    lines.withheld.push(line.withheld);
-    event_id
-}
-
-impl Work<'_> {
-    /// Queues a command; its id derives from the cause, so re-processing re-emits it as-is.
-    pub(super) fn command(
-        &mut self,
-        service: Service,
-        channel: &str,
-        conversation: Option<Uuid>,
-        body: Body,
-    ) {
-        let index = self.commands.len();
-        let envelope = Envelope {
-            event_id: derived_id(&self.cause.event_id, "command", index),
-            org: self.cause.org.clone(),
-            channel: channel.to_string(),
-            member_id: self.cause.member_id.clone(),
-            conversation_id: conversation.map(|c| c.to_string()).unwrap_or_default(),
-            causation_id: self.cause.event_id.clone(),
-            occurred_at_ms: self.cause.occurred_at_ms,
-            accepted_at_ms: now_ms(),
-            origin_accepted_at_ms: handoff_bus::origin_of(self.cause),
-            body: Some(body),
-            ..Default::default()
-        };
-        self.commands.push((service, envelope));
-    }
-
-    /// Records a transcript line with the batch's others.
-    pub(super) fn record(&mut self, member: Uuid, line: &Line) {
-        push_line(
-            &mut self.pending.lines,
-            self.cause,
-            self.messages,
-            member,
-            line,
-        );
-        self.messages += 1;
-    }
-
-    /// Records the line that makes an event a duplicate when its platform message id was
-    /// seen before, at once (after the lines before it); `false`: a duplicate.
-    async fn record_first(&mut self, member: Uuid, line: &Line) -> sqlx::Result<bool> {
-        self.pending.write_lines(self.tx).await?;
-        let mut one = store::messages::NewLines::default();
-        let id = push_line(&mut one, self.cause, self.messages, member, line);
-        self.messages += 1;
-        Ok(store::messages::insert(&mut **self.tx, &one)
-            .await?
-            .contains(&id))
-    }
-}
 
 impl Engine {
     /// Applies the machine's steps in order. A transition whose compare-and-set finds the
@@ -440,66 +295,5 @@ impl Engine {
             }
         }
         Ok(true)
-    }
-}
-
-/// Lines held while PENDING (the customer's, and bot answers withheld from them), oldest
-/// first, with who wrote them; no longer held.
-async fn release_held(work: &mut Work<'_>, conv: Uuid) -> anyhow::Result<Vec<(Author, Content)>> {
-    work.pending.write_lines(work.tx).await?;
-    let rows = store::messages::release_held(&mut **work.tx, conv).await?;
-    // A line is stored as the platform sent it when the model has no form for it (a
-    // `type` the model does not know, even one that is not a string): it is released in
-    // that same raw form, as it would have been relayed had the chat been live already.
-    // Refusing it would park the desk's acceptance and strand the member in PENDING.
-    Ok(rows
-        .into_iter()
-        .map(|(author, stored)| {
-            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
-                kind: None,
-                raw_json: stored.to_string(),
-            });
-            (author, content)
-        })
-        .collect())
-}
-
-/// The purpose of a `TurnDue` event: its id is `derived_id(first message's event, TURN_DUE, 0)`.
-pub(crate) const TURN_DUE: &str = "turn_due";
-
-/// What waited for a coalescing bot, as what it is told: texts joined into one message
-/// carrying every platform message id, oldest first; a burst with anything but text
-/// (a button, a picture) goes message by message, in order.
-fn one_turn(waiting: Vec<(Value, Option<String>)>) -> Vec<SendToBot> {
-    let contents: Vec<(Content, Option<String>)> = waiting
-        .into_iter()
-        .map(|(stored, id)| {
-            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
-                kind: None,
-                raw_json: stored.to_string(),
-            });
-            (content, id)
-        })
-        .collect();
-    let texts: Option<Vec<&str>> = contents
-        .iter()
-        .map(|(c, _)| match &c.kind {
-            Some(handoff_proto::v1::content::Kind::Text(t)) => Some(t.text.as_str()),
-            _ => None,
-        })
-        .collect();
-    match texts {
-        Some(texts) if texts.len() > 1 => vec![SendToBot {
-            content: Some(crate::machine::text_content(&texts.join("\n"))),
-            message_ids: contents.iter().filter_map(|(_, id)| id.clone()).collect(),
-            ..Default::default()
-        }],
-        _ => contents
-            .into_iter()
-            .map(|(content, _)| SendToBot {
-                content: Some(content),
-                ..Default::default()
-            })
-            .collect(),
     }
 }
