@@ -18,20 +18,22 @@ pub(super) async fn release_held(
 ) -> anyhow::Result<Vec<(Author, Content)>> {
     work.pending.write_lines(work.tx).await?;
     let rows = store::messages::release_held(&mut **work.tx, conv).await?;
-    // A line is stored as the platform sent it when the model has no form for it (a
-    // `type` the model does not know, even one that is not a string): it is released in
-    // that same raw form, as it would have been relayed had the chat been live already.
-    // Refusing it would park the desk's acceptance and strand the member in PENDING.
     Ok(rows
         .into_iter()
-        .map(|(author, stored)| {
-            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
-                kind: None,
-                raw_json: stored.to_string(),
-            });
-            (author, content)
-        })
+        .map(|(author, stored)| (author, stored_content(&stored)))
         .collect())
+}
+
+/// A transcript line's content as it is passed on. A line is stored as the platform sent
+/// it when the model has no form for it (a `type` the model does not know, even one that
+/// is not a string): it goes on in that same raw form, as it would have been relayed had
+/// its party been there already. Refusing it would park the desk's acceptance and strand
+/// the member in PENDING, or drop a coalesced customer message.
+fn stored_content(stored: &Value) -> Content {
+    content_from_response(stored).unwrap_or_else(|_| Content {
+        kind: None,
+        raw_json: stored.to_string(),
+    })
 }
 
 /// The purpose of a `TurnDue` event: its id is `derived_id(first message's event, TURN_DUE, 0)`.
@@ -43,13 +45,7 @@ pub(crate) const TURN_DUE: &str = "turn_due";
 pub(super) fn one_turn(waiting: Vec<(Value, Option<String>)>) -> Vec<SendToBot> {
     let contents: Vec<(Content, Option<String>)> = waiting
         .into_iter()
-        .map(|(stored, id)| {
-            let content = content_from_response(&stored).unwrap_or_else(|_| Content {
-                kind: None,
-                raw_json: stored.to_string(),
-            });
-            (content, id)
-        })
+        .map(|(stored, id)| (stored_content(&stored), id))
         .collect();
     let texts: Option<Vec<&str>> = contents
         .iter()
